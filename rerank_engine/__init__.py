@@ -1,0 +1,9 @@
+"""rerank-engine: offline cross-encoder reranking.
+
+The package root imports nothing heavy. Import the component you need:
+
+    from rerank_engine.engine import CrossEncoderEngine      # onnxruntime
+    from rerank_engine.batching import plan_batches           # numpy only
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,222 @@
+"""The scoring engine: an exported cross-encoder served by onnxruntime with length bucketing.
+
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir="artifacts/onnx/<key>"))
+    result = engine.score(queries, passages)        # fp32 logits and probabilities, input order
+    engine.rerank("waiting period?", passages, top_k=5, threshold=0.5)
+
+Three separate steps: tokenize (CPU, returns ids and true lengths) → forward (device, padded arrays only)
+→ post-process (fp32 sigmoid). `score_tokenized` joins them with the batch plan.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
+from rerank_engine.config import EngineConfig
+from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
+from rerank_engine.manifest import Manifest, read_manifest
+from rerank_engine.tokenization import PairTokenizer, TokenizedPairs
+from rerank_engine.validation import check_pairs
+
+log = logging.getLogger(__name__)
+
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    logits: np.ndarray  # float32, relevance logit (two-logit models: logit[1] - logit[0])
+    scores: np.ndarray  # float32, sigmoid(logits) = probability of relevance
+    n_batches: int
+    padding_efficiency: float
+    real_tokens: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    index: int  # position in the passages given to rerank()
+    passage: str
+    score: float
+    logit: float
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable sigmoid, always computed in fp32."""
+    x = np.asarray(logits, dtype=np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def cuda_driver_present() -> bool:
+    """True where an NVIDIA driver is loadable (cheap probe before asking onnxruntime for CUDA)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+class CrossEncoderEngine:
+    """Loads one exported model once; scores (query, passage) pairs."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.manifest: Manifest = read_manifest(config.model_dir)
+        self.session, self.precision = self._open_session()
+        self.providers: list[str] = self.session.get_providers()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
+        missing = [n for n in ("input_ids", "attention_mask") if n not in self.input_names]
+        if unknown or missing:
+            raise ModelFormatError(
+                f"{self.model_path}: graph inputs {self.input_names} are not a cross-encoder's "
+                f"(missing {missing}, unknown {unknown}); expected {list(KNOWN_INPUTS[:2])} "
+                "and optionally token_type_ids"
+            )
+        if config.tokenizer.max_length > self.manifest.max_length:
+            raise ModelFormatError(
+                f"tokenizer.max_length {config.tokenizer.max_length} exceeds the model's "
+                f"max_length {self.manifest.max_length} ({config.model_dir})"
+            )
+        self.tokenizer = PairTokenizer(config.model_dir, config.tokenizer)
+
+    # -- loading -------------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
+
+    def _open_session(self):
+        ort = require("onnxruntime", "onnxruntime-gpu")
+        cfg, variants = self.config, self.manifest.variants
+        want_cuda = cfg.provider == "cuda" or (cfg.provider == "auto" and cuda_driver_present())
+        if want_cuda and CUDA in ort.get_available_providers():
+            precision = self._pick(["fp16", "fp32"] if cfg.precision == "auto" else [cfg.precision])
+            session = self._session(ort, variants[precision].file, [CUDA, CPU])
+            if session.get_providers()[0] == CUDA:
+                return session, precision
+            log.warning("CUDA provider asked for but not available; falling back to %s", CPU)
+            if cfg.provider == "cuda":
+                log.warning("provider 'cuda' requested; running on %s instead", session.get_providers())
+        cpu_order = ["int8", "fp32"] if cfg.precision in ("auto", "fp16") else [cfg.precision]
+        precision = self._pick(cpu_order)
+        return self._session(ort, variants[precision].file, [CPU]), precision
+
+    def _pick(self, order: list[str]) -> str:
+        for precision in order:
+            if precision in self.manifest.variants:
+                return precision
+        raise ModelNotFoundError(
+            f"{self.config.model_dir} has no {' or '.join(order)} variant (it has "
+            f"{sorted(self.manifest.variants)}); export it with `python -m export --precision {order[0]}`"
+        )
+
+    def _session(self, ort, file: str, providers: list[str]):
+        path = Path(self.config.model_dir) / file
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path} is listed in the manifest but missing")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if self.config.intra_op_threads:
+            options.intra_op_num_threads = self.config.intra_op_threads
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+            raise ModelFormatError(f"{path} cannot be loaded by onnxruntime: {exc}") from None
+        self.model_path = path
+        return session
+
+    # -- the three steps -----------------------------------------------------------------------------
+
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> TokenizedPairs:
+        return self.tokenizer(queries, passages)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> np.ndarray:
+        """Padded int64 arrays → fp32 relevance logits, one per row."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = (
+                token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
+            )
+        (out,) = self.session.run([self.manifest.output], feed)
+        out = np.asarray(out, dtype=np.float32)
+        if self.manifest.num_labels == 2:  # softmax[:, 1] == sigmoid(l1 - l0)
+            return out[:, 1] - out[:, 0]
+        return out[:, 0]
+
+    @staticmethod
+    def postprocess(logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
+    # -- composed ------------------------------------------------------------------------------------
+
+    def score_tokenized(self, pairs: TokenizedPairs) -> ScoreResult:
+        b = self.config.batching
+        plan = plan_batches(
+            pairs.lengths,
+            max_batch_tokens=b.max_batch_tokens,
+            max_batch_rows=b.max_batch_rows,
+            pad_multiple=b.pad_multiple,
+            bucketing=b.bucketing,
+        )
+        check_coverage(plan, len(pairs))
+        logits = np.full(len(pairs), np.nan, dtype=np.float32)
+        filled = np.zeros(len(pairs), dtype=np.int64)
+        for batch in plan:
+            rows = [pairs.input_ids[i] for i in batch.indices]
+            ids, mask = pad_rows(rows, batch.padded_length, self.tokenizer.pad_id)
+            types = None
+            if pairs.token_type_ids is not None and "token_type_ids" in self.input_names:
+                types, _ = pad_rows([pairs.token_type_ids[i] for i in batch.indices], batch.padded_length, 0)
+            logits[batch.indices] = self.forward(ids, mask, types)
+            filled[batch.indices] += 1
+        if not np.all(filled == 1):
+            raise RuntimeError(f"scoring lost or repeated pairs: {np.flatnonzero(filled != 1)[:5].tolist()}")
+        return ScoreResult(
+            logits=logits,
+            scores=self.postprocess(logits),
+            n_batches=len(plan),
+            padding_efficiency=padding_efficiency(pairs.lengths, plan),
+            real_tokens=int(pairs.lengths.sum()),
+        )
+
+    def score(self, queries: Sequence[str], passages: Sequence[str]) -> ScoreResult:
+        """Score pairs in input order. Raises InputError naming the first pair that cannot be scored."""
+        check_pairs(queries, passages)
+        return self.score_tokenized(self.tokenize(queries, passages))
+
+    def rerank(
+        self, query: str, passages: Sequence[str], top_k: int = 5, threshold: float | None = None
+    ) -> list[Ranked]:
+        """One query: score, sort by probability (ties by input position), keep top_k, drop < threshold."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+        if not passages:
+            return []
+        result = self.score([query] * len(passages), passages)
+        order = np.lexsort((np.arange(len(passages)), -result.scores))[:top_k]
+        ranked = [Ranked(int(i), passages[i], float(result.scores[i]), float(result.logits[i])) for i in order]
+        if threshold is not None:
+            ranked = [r for r in ranked if r.score >= threshold]
+        return ranked

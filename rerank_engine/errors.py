@@ -1,0 +1,53 @@
+"""Typed errors. Each message names the file, column, key or row at fault and what was expected."""
+
+from __future__ import annotations
+
+
+class RerankEngineError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class ConfigError(RerankEngineError, ValueError):
+    """A configuration key holds a value the job cannot run with."""
+
+
+class InputError(RerankEngineError, ValueError):
+    """Input data (a file, a column, a pair) is not what the component expects."""
+
+
+class ModelNotFoundError(RerankEngineError, FileNotFoundError):
+    """A model folder, ONNX file or manifest is missing."""
+
+
+class ModelFormatError(RerankEngineError, ValueError):
+    """A model file exists but cannot be used (corrupted, wrong inputs, unexpected outputs)."""
+
+
+class ExportValidationError(RerankEngineError):
+    """The exported graph disagrees with the PyTorch reference beyond tolerance."""
+
+    def __init__(self, message: str, *, max_abs_diff: float, shape: tuple[int, int], tolerance: float):
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.shape = shape
+        self.tolerance = tolerance
+
+
+class ScaleMismatchError(RerankEngineError, ValueError):
+    """A threshold is applied to scores of another model or another scale."""
+
+
+class MissingExtraError(RerankEngineError, ImportError):
+    """An optional dependency is missing; the message names the extra that provides it."""
+
+
+def require(module: str, extra: str):
+    """Import `module` or raise MissingExtraError naming the pip extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingExtraError(
+            f"{module!r} is not installed; install it with: pip install 'rerank-engine[{extra}]'"
+        ) from exc

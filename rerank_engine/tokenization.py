@@ -1,0 +1,64 @@
+"""(query, passage) pairs → token ids and true token lengths. CPU only; no padding here.
+
+The query is capped at `max_query_share × max_length` tokens and the passage truncated to what is left,
+so a long passage never squeezes the query out and a long query never squeezes out the passage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.config import TokenizerConfig
+
+
+@dataclass(frozen=True)
+class TokenizedPairs:
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
+    lengths: np.ndarray  # true token count of each pair, special tokens included
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class PairTokenizer:
+    """Wraps a Hugging Face fast tokenizer (through AutoTokenizer, so the files' fixed padding is ignored)."""
+
+    def __init__(self, tokenizer_dir: str | Path, config: TokenizerConfig | None = None):
+        from transformers import AutoTokenizer
+
+        self.config = config or TokenizerConfig()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        self._n_special = self.tokenizer.num_special_tokens_to_add(pair=True)
+        if self.config.max_length <= self._n_special + 1:
+            raise ValueError(f"max_length {self.config.max_length} leaves no room for text")
+        self.query_cap = max(1, int(self.config.max_length * self.config.max_query_share))
+
+    def __call__(self, queries: Sequence[str], passages: Sequence[str]) -> TokenizedPairs:
+        max_length = self.config.max_length
+        unique = list(dict.fromkeys(queries))  # each distinct query is tokenized once
+        q_ids = dict(
+            zip(unique, self._encode(unique, min(self.query_cap, max_length - self._n_special - 1)), strict=True)
+        )
+        p_ids = self._encode(list(passages), max_length)
+        build = self.tokenizer.build_inputs_with_special_tokens
+        types = self.tokenizer.create_token_type_ids_from_sequences
+        ids_out, types_out = [], []
+        for query, passage in zip(queries, p_ids, strict=True):
+            q = q_ids[query]
+            p = passage[: max(1, max_length - self._n_special - len(q))]
+            ids_out.append(np.asarray(build(q, p), dtype=np.int64))
+            types_out.append(np.asarray(types(q, p), dtype=np.int64))
+        lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
+        return TokenizedPairs(ids_out, types_out, lengths)
+
+    def _encode(self, texts: list[str], limit: int) -> list[list[int]]:
+        if not texts:
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit)
+        return enc["input_ids"]
