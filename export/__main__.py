@@ -1,6 +1,6 @@
 """Export a cross-encoder to ONNX, validated against PyTorch.
 
-    python -m export --model <hub id or local dir> --out <dir> [--precision fp32|fp16|int8 ...] [--optimize]
+python -m export --model <hub id or local dir> --out <dir> [--precision fp32|fp16|int8 ...] [--optimize]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from export.core import CONTRACT, export_model
+from rerank_engine.exporting import CONTRACT, export_model
 from rerank_engine.errors import RerankEngineError
 from rerank_engine.manifest import read_manifest
 
@@ -30,16 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         out = export_model(
-            args.model, args.out, precisions=args.precision, optimize=args.optimize, opset=args.opset,
-            max_length=args.max_length, revision=args.revision, trust_remote_code=args.trust_remote_code,
+            args.model,
+            args.out,
+            precisions=args.precision,
+            optimize=args.optimize,
+            opset=args.opset,
+            max_length=args.max_length,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
             min_top5_overlap=args.min_top5_overlap,
         )
     except RerankEngineError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
     manifest = read_manifest(out)
-    print(json.dumps({"out": str(out), "model_id": manifest.model_id,
-                      "variants": {k: v.validation for k, v in manifest.variants.items()}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "model_id": manifest.model_id,
+                "variants": {k: v.validation for k, v in manifest.variants.items()},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -26,7 +26,8 @@ class _Frozen(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<config>'}: {err['msg']} (got {err.get('input')!r})"
+                f"{'.'.join(str(p) for p in err['loc']) or '<config>'}: {err['msg']} "
+                f"(got {err.get('input')!r})"
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
@@ -66,3 +67,83 @@ class EngineConfig(_Frozen):
             # fp16 on the CPU provider runs but is slow and inexact; ask explicitly for fp32/int8 there.
             raise ValueError("precision 'fp16' is for the CUDA provider; use 'fp32' or 'int8' on cpu")
         return self
+
+
+class ColumnsConfig(_Frozen):
+    query_id: str = "query_id"
+    query: str = "query"
+    candidates: str = "candidates"
+    doc_id: str = "doc_id"
+    text: str = "text"
+    title: str = "title"
+
+
+class ResourcesConfig(_Frozen):
+    """Placement, read only by `rerank_engine.pipeline.build_pipeline`.
+
+    The defaults fit a 2-core machine: the actors reserve 1 CPU in all, so Ray Data's read tasks (its
+    ListFiles step asks for a whole CPU) and write tasks can always run. Threads are set separately.
+    """
+
+    recall_actors: int = Field(1, ge=1)
+    recall_cpus: float = Field(0.25, gt=0)
+    recall_batch_rows: int = Field(64, ge=1)
+    tokenize_actors: int = Field(1, ge=1)
+    tokenize_cpus: float = Field(0.25, gt=0)
+    rerank_actors: int = Field(1, ge=1)
+    rerank_cpus: float = Field(0.5, gt=0)
+    rerank_gpus: Literal["auto", 0, 1] = "auto"
+    rerank_batch_rows: int = Field(32, ge=1, description="queries per rerank call (× k_recall pairs)")
+    rerank_threads: int = Field(2, ge=0, description="onnxruntime intra-op threads per rerank actor")
+    io_cpus: float = Field(0.1, gt=0, description="CPU share of read / finalize / write tasks")
+    block_rows: int = Field(64, ge=1, description="input is cut into blocks of about this many queries")
+
+
+class JobConfig(_Frozen):
+    """Everything `jobs.rerank` needs besides the paths; YAML + CLI overrides."""
+
+    model: str = "models/insurance-minilm-l6-ce"  # HF model dir or hub id (exported, cached) or export dir
+    bi_encoder: str | None = None  # None = the bundled all-MiniLM-L6-v2
+    k_recall: int = Field(20, ge=1)
+    k_rerank: int = Field(5, ge=1)
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="None: model's threshold.json, else 0.5"
+    )
+    precision: Precision = "auto"
+    provider: Provider = "auto"
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    batching: BatchingConfig = BatchingConfig()
+    columns: ColumnsConfig = ColumnsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    exploded: bool = False
+    timeout_s: float = Field(3600, gt=0, description="the job fails instead of hanging past this")
+
+    @model_validator(mode="after")
+    def _k(self):
+        if self.k_rerank > self.k_recall:
+            raise ValueError(f"k_rerank ({self.k_rerank}) cannot exceed k_recall ({self.k_recall})")
+        return self
+
+
+def load_job_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
+    """YAML file (may be None) + dotted overrides like {"resources.rerank_actors": 2}."""
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, found {type(values).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return JobConfig.build(**values)

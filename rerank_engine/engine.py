@@ -216,7 +216,9 @@ class CrossEncoderEngine:
             return []
         result = self.score([query] * len(passages), passages)
         order = np.lexsort((np.arange(len(passages)), -result.scores))[:top_k]
-        ranked = [Ranked(int(i), passages[i], float(result.scores[i]), float(result.logits[i])) for i in order]
+        ranked = [
+            Ranked(int(i), passages[i], float(result.scores[i]), float(result.logits[i])) for i in order
+        ]
         if threshold is not None:
             ranked = [r for r in ranked if r.score >= threshold]
         return ranked

@@ -54,7 +54,9 @@ def read_manifest(model_dir: str | Path) -> Manifest:
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST_NAME
     if not model_dir.is_dir():
-        raise ModelNotFoundError(f"model folder {model_dir} does not exist (expected an exported model folder)")
+        raise ModelNotFoundError(
+            f"model folder {model_dir} does not exist (expected an exported model folder)"
+        )
     if not path.is_file():
         raise ModelNotFoundError(
             f"{path} is missing: {model_dir} is not an exported model folder; "

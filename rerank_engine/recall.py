@@ -29,8 +29,15 @@ def bundled_minilm_dir() -> Path:
 class BiEncoder:
     """Sentence embeddings with length-sorted batches; PyTorch, on CUDA where present."""
 
-    def __init__(self, model_dir: str | Path | None = None, *, max_length: int = 256,
-                 max_batch_tokens: int = 16384, threads: int = 0, device: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        max_length: int = 256,
+        max_batch_tokens: int = 16384,
+        threads: int = 0,
+        device: str = "auto",
+    ):
         torch = require("torch", "torch")
         from transformers import AutoModel, AutoTokenizer
 
@@ -40,8 +47,11 @@ class BiEncoder:
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else (
-            "cpu" if device == "auto" else device)
+        self.device = (
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), use_fast=True)
         self.model = AutoModel.from_pretrained(str(self.model_dir)).eval().to(self.device)
         if self.device == "cuda":
@@ -52,11 +62,17 @@ class BiEncoder:
 
     @property
     def model_id(self) -> str:
-        digest = hashlib.sha256((self.model_dir / "config.json").read_bytes())
-        weights = self.model_dir / "model.safetensors"
+        return self.describe(self.model_dir)
+
+    @staticmethod
+    def describe(model_dir: str | Path | None) -> str:
+        """"<folder name>@<hash of config and weights size>", without loading the model."""
+        model_dir = Path(model_dir) if model_dir else bundled_minilm_dir()
+        digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+        weights = model_dir / "model.safetensors"
         if weights.is_file():
             digest.update(str(weights.stat().st_size).encode())
-        return f"{self.model_dir.name}@{digest.hexdigest()[:12]}"
+        return f"{model_dir.name}@{digest.hexdigest()[:12]}"
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """float32 [n, dim], unit length, in input order."""
@@ -74,12 +90,14 @@ class BiEncoder:
         torch = self.torch
         with torch.inference_mode():
             for batch in batches:
-                arr, mask = pad_rows([ids[i] for i in batch.indices], batch.padded_length,
-                                     self.tokenizer.pad_token_id or 0)
+                arr, mask = pad_rows(
+                    [ids[i] for i in batch.indices], batch.padded_length, self.tokenizer.pad_token_id or 0
+                )
                 t_ids = torch.from_numpy(arr).to(self.device)
                 t_mask = torch.from_numpy(mask).to(self.device)
-                hidden = self.model(input_ids=t_ids, attention_mask=t_mask,
-                                    token_type_ids=torch.zeros_like(t_ids)).last_hidden_state.float()
+                hidden = self.model(
+                    input_ids=t_ids, attention_mask=t_mask, token_type_ids=torch.zeros_like(t_ids)
+                ).last_hidden_state.float()
                 m = t_mask.unsqueeze(-1).float()
                 pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
@@ -105,8 +123,13 @@ class RecallIndex:
             raise ValueError(f"embeddings {embeddings.shape} do not match {len(doc_ids)} doc ids")
         index = faiss.IndexFlatIP(embeddings.shape[1])
         index.add(embeddings)
-        meta = {"dimension": int(embeddings.shape[1]), "count": len(doc_ids), "metric": "inner_product",
-                "index_type": "Flat", **manifest}
+        meta = {
+            "dimension": int(embeddings.shape[1]),
+            "count": len(doc_ids),
+            "metric": "inner_product",
+            "index_type": "Flat",
+            **manifest,
+        }
         return cls(index, list(doc_ids), meta)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,11 @@ class PairTokenizer:
         max_length = self.config.max_length
         unique = list(dict.fromkeys(queries))  # each distinct query is tokenized once
         q_ids = dict(
-            zip(unique, self._encode(unique, min(self.query_cap, max_length - self._n_special - 1)), strict=True)
+            zip(
+                unique,
+                self._encode(unique, min(self.query_cap, max_length - self._n_special - 1)),
+                strict=True,
+            )
         )
         p_ids = self._encode(list(passages), max_length)
         build = self.tokenizer.build_inputs_with_special_tokens

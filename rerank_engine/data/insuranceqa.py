@@ -43,7 +43,27 @@ def load_split(split: str) -> tuple[Question, ...]:
     data = require("insuranceqa_data", "data")
     raw = getattr(data, f"load_{split}")()
     return tuple(
-        Question(qid=f"{split}-{qid}", text=clean(q["en"]), domain=q["domain"],
-                 answers=tuple(q["answers"]), negatives=tuple(q["negatives"]))
+        Question(
+            qid=f"{split}-{qid}",
+            text=clean(q["en"]),
+            domain=q["domain"],
+            answers=tuple(q["answers"]),
+            negatives=tuple(q["negatives"]),
+        )
         for qid, q in sorted(raw.items(), key=lambda kv: int(kv[0]))
     )
+
+
+def answer_ids() -> list[str]:
+    return sorted(load_answers(), key=int)
+
+
+def answer_recall(cache_dir: str, encoder=None):
+    """(BiEncoder, RecallIndex over all 27,413 answers, {answer id: embedding}); embeddings cached."""
+    from rerank_engine.recall import BiEncoder, RecallIndex, embed_cached
+
+    encoder = encoder or BiEncoder()
+    answers, ids = load_answers(), answer_ids()
+    emb = embed_cached(encoder, [answers[i] for i in ids], cache_dir, progress=True)
+    index = RecallIndex.build(emb, ids, model=encoder.model_id, corpus=DATA_VERSION)
+    return encoder, index, dict(zip(ids, emb, strict=True))

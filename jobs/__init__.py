@@ -1,0 +1,1 @@
+"""Command-line jobs: each a thin script, `python -m jobs.<name> --help`."""

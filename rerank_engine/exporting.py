@@ -1,0 +1,464 @@
+"""Hugging Face sequence-classification model → verified ONNX variants, cached by a content key.
+
+The CLI is `python -m export` (the `export/` folder at the repository root).
+
+The export contract is declared once (`CONTRACT`) and checked against the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.probe_pairs import probe_groups
+from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
+from rerank_engine.manifest import MANIFEST_NAME, Manifest, Variant, read_manifest, write_manifest
+from rerank_engine.metrics import ranking_agreement
+
+log = logging.getLogger(__name__)
+
+EXPORT_CODE_VERSION = "1"
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+WEIGHT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "merges.txt",
+    "vocab.json",
+)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What every exported cross-encoder graph looks like."""
+
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # token_type_ids optional
+    output: str = "logits"
+    dynamic_axes: tuple[str, str] = ("batch_size", "sequence_length")
+    fp32_atol: float = 1e-4
+    shapes: tuple[tuple[int, int], ...] = ((1, 8), (2, 13), (3, 31), (4, 64), (5, 127), (2, 200))
+    min_top5_overlap: float = 0.8  # fp16 / int8 variants, mean over probe queries
+
+
+CONTRACT = Contract()
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("RERANK_ENGINE_CACHE", Path.home() / ".cache" / "rerank-engine"))
+
+
+# -- resolving the source ------------------------------------------------------------------------------
+
+
+def resolve_source(model: str | Path, revision: str | None = None) -> tuple[Path, dict]:
+    """A local folder as is, or a hub id downloaded (or found in the HF cache). Returns (dir, source)."""
+    path = Path(model)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json; expected a Hugging Face model folder")
+        return path, {"model": str(model), "revision": None}
+    if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
+        raise ModelNotFoundError(f"model folder {model} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = Path(snapshot_download(repo_id=str(model), revision=revision))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"{model!r} is neither a local folder nor a reachable Hugging Face hub id: {exc}"
+        ) from None
+    return local, {"model": str(model), "revision": local.name}
+
+
+def content_hash(model_dir: Path) -> str:
+    """sha256 over the weight, config and tokenizer files (names and bytes), in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(WEIGHT_FILES):
+        file = model_dir / name
+        if file.is_file():
+            digest.update(name.encode())
+            with file.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import optimum.version
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "optimum": optimum.version.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "export_code": EXPORT_CODE_VERSION,
+    }
+
+
+def cache_key(
+    chash: str, *, opset: int | None, max_length: int | None, optimize: bool, versions: dict[str, str]
+) -> str:
+    blob = json.dumps(
+        {"content": chash, "opset": opset, "max_length": max_length, "optimize": optimize, "tools": versions},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# -- the export ----------------------------------------------------------------------------------------
+
+
+def export_model(
+    model: str | Path,
+    out: str | Path | None = None,
+    *,
+    precisions: Sequence[str] = ("fp32",),
+    optimize: bool = False,
+    opset: int | None = None,
+    max_length: int | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    min_top5_overlap: float = CONTRACT.min_top5_overlap,
+) -> Path:
+    """Export `model` (hub id or local folder) into `out` (default: the cache, keyed by content).
+
+    Returns the export folder. A folder that already holds this content key and the requested variants
+    is returned at once. fp32 is always built: fp16 and int8 derive from it.
+    """
+    unknown = set(precisions) - set(VARIANT_FILES)
+    if unknown:
+        raise ValueError(f"unknown precision(s) {sorted(unknown)}; expected fp32, fp16 or int8")
+    src_dir, source = resolve_source(model, revision)
+    chash = content_hash(src_dir)
+    versions = tool_versions()
+    key = cache_key(chash, opset=opset, max_length=max_length, optimize=optimize, versions=versions)
+    out = Path(out) if out is not None else default_cache_root() / "onnx" / key[:20]
+    wanted = list(dict.fromkeys(["fp32", *precisions]))
+
+    existing = _cached(out, key)
+    if existing is not None:
+        if all(p in existing.variants for p in wanted):
+            return out
+        wanted = list(dict.fromkeys([*existing.variants, *wanted]))  # rebuild, keeping what was there
+
+    started = time.perf_counter()
+    torch_model, tokenizer = _load_torch(src_dir, trust_remote_code)
+    num_labels = int(torch_model.config.num_labels)
+    if num_labels not in (1, 2):
+        raise ModelFormatError(
+            f"{model}: num_labels={num_labels}; a cross-encoder needs 1 (sigmoid) or 2 (softmax[:, 1]) logits"
+        )
+    max_len = _max_length(torch_model.config, tokenizer, max_length)
+
+    with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
+        work = Path(tmp)
+        _onnx_export(torch_model, work, opset)
+        inputs = _graph_inputs(work / VARIANT_FILES["fp32"])
+        fp32_path = work / VARIANT_FILES["fp32"]
+        if optimize:
+            _optimize(fp32_path, torch_model.config)
+        probe = ProbeSet(tokenizer, inputs, max_len)
+        ref = probe.torch_logits(torch_model)
+        variants = {
+            "fp32": Variant(
+                file=VARIANT_FILES["fp32"],
+                precision="fp32",
+                optimized=optimize,
+                validation=validate_fp32(torch_model, fp32_path, inputs),
+            )
+        }
+        if "fp16" in wanted:
+            _to_fp16(fp32_path, work / VARIANT_FILES["fp16"], torch_model.config, optimize)
+        if "int8" in wanted:
+            _to_int8(fp32_path, work / VARIANT_FILES["int8"], optimized=optimize)
+        for precision in ("fp16", "int8"):
+            if precision in wanted:
+                agreement = ranking_agreement(
+                    ref, probe.onnx_logits(work / VARIANT_FILES[precision], num_labels)
+                )
+                variants[precision] = Variant(
+                    file=VARIANT_FILES[precision],
+                    precision=precision,
+                    optimized=optimize,
+                    validation=agreement,
+                )
+                if agreement["top5_overlap_mean"] < min_top5_overlap:
+                    raise ExportValidationError(
+                        f"{precision} variant of {model} ranks differently from PyTorch fp32: "
+                        f"mean top-5 overlap "
+                        f"{agreement['top5_overlap_mean']:.3f} < {min_top5_overlap} "
+                        f"(Spearman {agreement['spearman_mean']:.3f}, max |Δscore| "
+                        f"{agreement['max_abs_diff_score']:.4f})",
+                        max_abs_diff=agreement["max_abs_diff_score"],
+                        shape=(len(ref), 24),
+                        tolerance=min_top5_overlap,
+                    )
+        tokenizer.save_pretrained(work)
+        torch_model.config.save_pretrained(work)
+        manifest = Manifest(
+            cache_key=key,
+            source={**source, "content_hash": chash, "model_type": torch_model.config.model_type},
+            opset=_opset_of(fp32_path),
+            max_length=max_len,
+            num_labels=num_labels,
+            activation="sigmoid" if num_labels == 1 else "softmax",
+            inputs=inputs,
+            variants=variants,
+            tool_versions=versions,
+            export_seconds=round(time.perf_counter() - started, 2),
+        )
+        write_manifest(work, manifest)
+        _install(work, out)
+    log.info("exported %s → %s in %.1fs", model, out, time.perf_counter() - started)
+    return out
+
+
+def _cached(out: Path, key: str) -> Manifest | None:
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except Exception:
+        return None
+    if manifest.cache_key != key:
+        return None
+    if not all((out / v.file).is_file() for v in manifest.variants.values()):
+        return None
+    return manifest
+
+
+def _install(work: Path, out: Path) -> None:
+    """Move a finished export into place; the manifest goes last so a half-copied folder is never used."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for item in work.iterdir():
+        if item.name != MANIFEST_NAME:
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            shutil.move(str(item), target)
+    shutil.move(str(work / MANIFEST_NAME), out / MANIFEST_NAME)
+
+
+def _load_torch(src_dir: Path, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(src_dir), torch_dtype=torch.float32, trust_remote_code=trust_remote_code
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(src_dir), use_fast=True, trust_remote_code=trust_remote_code
+    )
+    return model, tokenizer
+
+
+def _max_length(config, tokenizer, requested: int | None) -> int:
+    limit = int(config.max_position_embeddings)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(config.pad_token_id or 1) + 1  # learned positions start after the padding index
+    if 0 < tokenizer.model_max_length < 100_000:
+        limit = min(limit, int(tokenizer.model_max_length))
+    if requested is not None:
+        if requested > limit:
+            raise ValueError(f"max_length {requested} exceeds what the model supports ({limit})")
+        return requested
+    return limit
+
+
+def _onnx_export(model, work: Path, opset: int | None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    onnx_export_from_model(model, work, task="text-classification", opset=opset, do_validation=False)
+    (work / "config.json").unlink(missing_ok=True)
+
+
+def _graph_inputs(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    if "input_ids" not in names or "attention_mask" not in names:
+        raise ModelFormatError(f"exported graph {path} takes {names}; expected input_ids and attention_mask")
+    return names
+
+
+def _opset_of(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _optimize(path: Path, config) -> None:
+    """ORT transformer optimizer (attention / LayerNorm / GELU fusion), in place."""
+    from onnxruntime.transformers import optimizer
+
+    opt = optimizer.optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size),
+        opt_level=1,
+        use_gpu=False,
+    )
+    opt.save_model_to_file(str(path))
+
+
+def _to_fp16(fp32_path: Path, out: Path, config, optimized: bool) -> None:
+    """fp16 weights and activations with fp32 inputs/outputs (the sigmoid stays fp32 in the engine)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    model16 = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=["LayerNormalization", "SkipLayerNormalization"]
+    )
+    onnx.save(model16, str(out))
+
+
+def _to_int8(fp32_path: Path, out: Path, *, optimized: bool) -> None:
+    """Dynamic int8 quantization, per-channel signed weights (the CPU default)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if optimized else {}
+    quantize_dynamic(
+        str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True, extra_options=extra
+    )
+
+
+# -- validation ----------------------------------------------------------------------------------------
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, inputs: list[str], feed: dict[str, np.ndarray]) -> np.ndarray:
+    return session.run(["logits"], {k: v for k, v in feed.items() if k in inputs})[0]
+
+
+def validate_fp32(torch_model, onnx_path: Path, inputs: list[str], atol: float = CONTRACT.fp32_atol) -> dict:
+    """Compare raw logits at several (batch, sequence) shapes with padded rows; raise on the largest diff."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    session = _session(onnx_path)
+    vocab = int(torch_model.config.vocab_size)
+    worst, worst_shape = 0.0, (0, 0)
+    for batch, seq in CONTRACT.shapes:
+        seq = min(seq, int(torch_model.config.max_position_embeddings) - 2)
+        ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
+        lengths = rng.integers(max(1, seq // 2), seq + 1, size=batch)
+        lengths[0] = seq
+        mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+        types = np.zeros_like(ids)
+        types[:, seq // 3 :] = 1
+        types *= mask
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        with torch.inference_mode():
+            ref = torch_model(
+                **{k: torch.from_numpy(v) for k, v in feed.items() if k in inputs}
+            ).logits.numpy()
+        got = _run(session, inputs, feed)
+        diff = float(np.max(np.abs(ref - got)))
+        if diff > worst:
+            worst, worst_shape = diff, (batch, seq)
+    if worst > atol:
+        raise ExportValidationError(
+            f"{onnx_path} disagrees with PyTorch: max |Δlogit| {worst:.3g} at (batch, seq) {worst_shape} "
+            f"> tolerance {atol}",
+            max_abs_diff=worst,
+            shape=worst_shape,
+            tolerance=atol,
+        )
+    return {
+        "max_abs_diff_logit": worst,
+        "worst_shape": list(worst_shape),
+        "atol": atol,
+        "shapes": [list(s) for s in CONTRACT.shapes],
+    }
+
+
+class ProbeSet:
+    """The hand-written probe queries × passages, tokenized once, for ranking agreement."""
+
+    def __init__(self, tokenizer, inputs: list[str], max_length: int):
+        self.inputs = inputs
+        self.groups = probe_groups()
+        self.encoded = [
+            tokenizer(
+                [q] * len(ps), ps, padding=True, truncation=True, max_length=max_length, return_tensors="np"
+            )
+            for q, ps in self.groups
+        ]
+
+    def _feeds(self):
+        for i, enc in enumerate(self.encoded):
+            yield i, {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in self.inputs}
+
+    def torch_logits(self, model) -> dict[int, np.ndarray]:
+        import torch
+
+        out = {}
+        with torch.inference_mode():
+            for i, feed in self._feeds():
+                logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
+                out[i] = _relevance(logits)
+        return out
+
+    def onnx_logits(self, path: Path, num_labels: int) -> dict[int, np.ndarray]:
+        session = _session(path)
+        return {
+            i: _relevance(np.asarray(_run(session, self.inputs, feed), dtype=np.float32))
+            for i, feed in self._feeds()
+        }
+
+
+def _relevance(logits: np.ndarray) -> np.ndarray:
+    from rerank_engine.engine import sigmoid
+
+    rel = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
+    return sigmoid(rel)
+
+
+def needed_precisions(precision: str, gpu: bool) -> list[str]:
+    """Variants to export for an engine precision setting ("auto": int8 for CPUs, fp16 for GPUs)."""
+    if precision != "auto":
+        return [precision]
+    return ["int8", "fp16"] if gpu else ["int8"]
+
+
+def resolve_export(model: str | Path, precisions: Sequence[str] = ("int8",)) -> Path:
+    """An export folder for `model`: itself if it already is one, else the cached export (built once
+    per machine and content key)."""
+    if (Path(model) / MANIFEST_NAME).is_file():
+        return Path(model)
+    return export_model(model, precisions=precisions)

@@ -1,0 +1,251 @@
+"""The batch job: check inputs, resolve model and threshold, run the pipeline on Ray, verify that every
+input query is in the output exactly once, commit, and write the run summary.
+
+    summary = run_job(config, input="q.parquet", corpus="corpus.parquet", index="idx/", output="out/")
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rerank_engine import schema
+from rerank_engine.config import JobConfig
+from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
+
+log = logging.getLogger(__name__)
+THRESHOLD_FILE = "threshold.json"
+DEFAULT_THRESHOLD = 0.5
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+
+
+def resolve_files(path: str) -> tuple[list[str], object]:
+    """A file, a folder (its *.parquet files, recursively) or a glob; local or a pyarrow URI."""
+    from pyarrow import fs
+
+    if "://" in path:
+        filesystem, root = fs.FileSystem.from_uri(path)
+        info = filesystem.get_file_info(root)
+        if info.type == fs.FileType.File:
+            return [root], filesystem
+        if info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+            files = sorted(f.path for f in found if f.is_file and f.path.endswith(".parquet"))
+            if files:
+                return files, filesystem
+        raise InputError(f"input {path} matches no Parquet file")
+    p = Path(path)
+    if p.is_file():
+        files = [str(p)]
+    elif p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith(("_", ".")))
+    else:
+        files = sorted(glob.glob(path, recursive=True))
+    if not files:
+        raise InputError(f"input {path} matches no Parquet file (expected a file, a folder or a glob)")
+    return files, None
+
+
+def inspect_query_log(path: str, config: JobConfig):
+    """Fail fast on whole-file problems. Returns (files, filesystem, schema, n_rows, logged_mode)."""
+    files, filesystem = resolve_files(path)
+    cols = config.columns
+    first_schema, n_rows, logged = None, 0, False
+    for f in files:
+        try:
+            meta = pq.ParquetFile(filesystem.open_input_file(f) if filesystem else f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{f} is not a readable Parquet file: {exc}") from None
+        file_schema = meta.schema_arrow
+        logged = schema.check_query_schema(file_schema, schema.QueryColumns(cols.query_id, cols.query,
+                                                                            cols.candidates), f)
+        if first_schema is None:
+            first_schema = file_schema
+        elif not file_schema.equals(first_schema):
+            raise InputError(f"{f} has schema {file_schema} but {files[0]} has {first_schema}; "
+                             "all files of one input must share a schema")
+        n_rows += meta.metadata.num_rows
+    return files, filesystem, first_schema, n_rows, logged
+
+
+def read_ids(files: list[str], filesystem, column: str) -> Counter:
+    counts: Counter = Counter()
+    for f in files:
+        counts.update(pq.read_table(f, columns=[column], filesystem=filesystem).column(column).to_pylist())
+    return counts
+
+
+# -- model and threshold --------------------------------------------------------------------------------
+
+
+def resolve_threshold(config: JobConfig, model: str, model_id: str) -> tuple[float, str]:
+    """(threshold, where it came from): the config's value, else the model's calibration file, else 0.5."""
+    if config.threshold is not None:
+        return config.threshold, "config"
+    path = Path(model) / THRESHOLD_FILE
+    if not path.is_file():
+        return DEFAULT_THRESHOLD, "default"
+    data = json.loads(path.read_text())
+    if data.get("scale") != "probability":
+        raise ScaleMismatchError(f"{path} holds a threshold on scale {data.get('scale')!r}; "
+                                 "the job thresholds probabilities")
+    if data.get("model_id") != model_id:
+        raise ScaleMismatchError(f"{path} was calibrated for model {data.get('model_id')!r}, "
+                                 f"not for {model_id!r}; recalibrate with jobs.calibrate")
+    return float(data["value"]), str(path)
+
+
+# -- running --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def deadline(seconds: float):
+    """Fail instead of hanging (a stalled Ray pipeline shows no error of its own)."""
+    def _raise(signum, frame):
+        raise TimeoutError(f"the job ran past its timeout of {seconds:.0f} s (config key timeout_s)")
+
+    try:
+        previous = signal.signal(signal.SIGALRM, _raise)
+    except ValueError:  # not the main thread: no alarm
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def ensure_ray():
+    """Connect to the cluster in RAY_ADDRESS or a running local one; start a local Ray otherwise."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = bool(os.environ.get("RERANK_PROGRESS"))
+    return ray
+
+
+def run_job(config: JobConfig, *, input: str, corpus: str, output: str, index: str | None = None,
+            run_id: str | None = None, overwrite: bool = False) -> dict:
+    started = time.perf_counter()
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    cols = config.columns
+
+    # Whole-file and config problems, before any model is loaded.
+    files, filesystem, in_schema, n_rows, logged = inspect_query_log(input, config)
+    if not Path(corpus).is_file():
+        raise InputError(f"corpus {corpus} does not exist (expected a Parquet file with doc_id, text)")
+    schema.check_corpus_schema(pq.read_schema(corpus), schema.CorpusColumns(cols.doc_id, cols.text,
+                                                                            cols.title), corpus)
+    if not logged and index is None:
+        raise ConfigError(f"--index is required: {files[0]} has no {cols.candidates!r} column")
+    out = Path(output)
+    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith("_staging")):
+        if not overwrite:
+            raise InputError(f"output {out} is not empty; choose another folder or pass --overwrite")
+        shutil.rmtree(out)
+
+    from rerank_engine.exporting import needed_precisions, resolve_export
+    from rerank_engine.manifest import read_manifest
+    from rerank_engine.pipeline import PipelineInputs, build_pipeline, rerank_gpus
+
+    ray = ensure_ray()
+    gpus = rerank_gpus(config)
+    export_dir = resolve_export(config.model, needed_precisions(config.precision, gpu=bool(gpus)))
+    manifest = read_manifest(export_dir)
+    threshold, threshold_source = resolve_threshold(config, config.model, manifest.model_id)
+    recall_model = "logged"
+    if not logged:
+        from rerank_engine.recall import RecallIndex
+
+        recall_model = str(RecallIndex.load(index).manifest.get("model", "unknown"))
+
+    staging = out / f"_staging-{run_id}"
+    inp = PipelineInputs(files=files, n_rows=n_rows, logged=logged, corpus=str(corpus), index_dir=index,
+                         model_source=config.model, export_dir=str(export_dir),
+                         reranker_model=manifest.model_id, recall_model=recall_model,
+                         threshold=threshold, run_id=run_id, filesystem=filesystem)
+    pipeline_started = time.perf_counter()
+    with deadline(config.timeout_s):
+        ds = build_pipeline(config, inp)
+        if config.exploded:
+            from rerank_engine.stages import explode
+
+            ds = ds.map_batches(explode, fn_kwargs={"query_id": cols.query_id, "query": cols.query},
+                                batch_format="pyarrow", num_cpus=config.resources.io_cpus)
+        ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
+    pipeline_s = time.perf_counter() - pipeline_started
+
+    written = sorted(str(p) for p in staging.glob("*.parquet"))
+    table = pq.read_table(written) if written else None
+    verify_exactly_once(read_ids(files, filesystem, cols.query_id), table, cols.query_id, config.exploded)
+    for f in written:  # commit: the verified files move out of staging
+        shutil.move(f, out / Path(f).name)
+    shutil.rmtree(staging)
+
+    summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
+    summary.update(run_id=run_id, input=input, output=str(out), threshold=threshold,
+                   threshold_source=threshold_source, reranker_model=manifest.model_id,
+                   recall_model=recall_model, mode="logged_candidates" if logged else "recall",
+                   ray_gpus_for_rerank=gpus, ray_version=ray.__version__)
+    (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    return summary
+
+
+def verify_exactly_once(expected: Counter, table: pa.Table | None, id_col: str, exploded: bool) -> None:
+    """Every input query row appears in the output exactly once (exploded: every query id appears)."""
+    ids = table.column(id_col).to_pylist() if table is not None else []
+    if exploded:  # one row per kept pair: each input query id must be present, nothing else
+        got = Counter(set(ids))
+        expected = Counter(set(expected))
+    else:
+        got = Counter(ids)
+    if got != expected:
+        missing = list((expected - got).elements())[:5]
+        extra = list((got - expected).elements())[:5]
+        raise RerankEngineError(f"output check failed: {sum((expected - got).values())} query rows missing "
+                                f"(e.g. {missing}), {sum((got - expected).values())} extra (e.g. {extra})")
+
+
+def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, wall_s: float) -> dict:
+    if table is None or table.num_rows == 0:
+        return {"queries": 0, "pairs": 0, "wall_s": round(wall_s, 2)}
+    if config.exploded:  # one row per kept pair: count queries once
+        table = table.group_by([config.columns.query_id, "status", "n_candidates", "n_kept", "n_tokens",
+                                "n_padded_tokens", "provider"]).aggregate([])
+    statuses = Counter(table.column("status").to_pylist())
+    pairs = int(pa.compute.sum(table.column("n_candidates")).as_py() or 0)
+    tokens = int(pa.compute.sum(table.column("n_tokens")).as_py() or 0)
+    padded = float(pa.compute.sum(table.column("n_padded_tokens")).as_py() or 0.0)
+    return {
+        "queries": table.num_rows,
+        "pairs": pairs,
+        "pairs_per_s": round(pairs / pipeline_s, 1) if pipeline_s else None,
+        "kept": int(pa.compute.sum(table.column("n_kept")).as_py() or 0),
+        "ok": statuses.get(schema.OK, 0),
+        "no_relevant": statuses.get(schema.NO_RELEVANT, 0),
+        "errors": {k: v for k, v in statuses.items() if k not in (schema.OK, schema.NO_RELEVANT)},
+        "padding_efficiency": round(tokens / padded, 4) if padded else None,
+        "providers": sorted(p for p in set(table.column("provider").to_pylist()) if p),
+        "pipeline_s": round(pipeline_s, 2),
+        "wall_s": round(wall_s, 2),
+    }

@@ -1,0 +1,77 @@
+"""The Ray Data wiring — the only place that sets resources, pool sizes and batch sizes.
+
+read Parquet → recall (CPU actors) or logged candidates → tokenize (CPU actors) → rerank (GPU actors
+where the cluster has GPUs, CPU actors otherwise) → threshold and top-k → (write, by the caller).
+One row per query throughout: candidates travel as list columns, so nothing shuffles or groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rerank_engine.config import JobConfig
+from rerank_engine.stages import RecallStage, RerankStage, TokenizeStage, finalize, logged_candidates
+
+
+@dataclass(frozen=True)
+class PipelineInputs:
+    files: list[str]
+    n_rows: int
+    logged: bool
+    corpus: str
+    index_dir: str | None
+    model_source: str  # what the rerank actors export (cached per node) and load
+    export_dir: str  # the driver's export (tokenizer files for the tokenize stage)
+    reranker_model: str
+    recall_model: str
+    threshold: float
+    run_id: str
+    filesystem: object = None
+
+
+def rerank_gpus(config: JobConfig) -> int:
+    import ray
+
+    if config.resources.rerank_gpus != "auto":
+        return int(config.resources.rerank_gpus)
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+
+def build_pipeline(config: JobConfig, inp: PipelineInputs):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    r = config.resources
+    gpus = rerank_gpus(config)
+    blocks = max(1, math.ceil(inp.n_rows / r.block_rows))
+    ds = ray.data.read_parquet(inp.files, filesystem=inp.filesystem, num_cpus=r.io_cpus,
+                               override_num_blocks=blocks)
+    if inp.logged:
+        ds = ds.map_batches(logged_candidates, fn_kwargs={"config": config}, batch_format="pyarrow",
+                            batch_size=r.recall_batch_rows, num_cpus=r.io_cpus)
+    else:
+        ds = ds.map_batches(
+            RecallStage, fn_constructor_kwargs={"config": config, "index_dir": inp.index_dir,
+                                                "threads": max(1, round(r.recall_cpus))},
+            batch_format="pyarrow", batch_size=r.recall_batch_rows,
+            compute=ActorPoolStrategy(size=r.recall_actors), num_cpus=r.recall_cpus,
+        )
+    ds = ds.map_batches(
+        TokenizeStage, fn_constructor_kwargs={"config": config, "corpus_path": inp.corpus,
+                                              "tokenizer_dir": inp.export_dir},
+        batch_format="pyarrow", batch_size=r.rerank_batch_rows,
+        compute=ActorPoolStrategy(size=r.tokenize_actors), num_cpus=r.tokenize_cpus,
+    )
+    ds = ds.map_batches(
+        RerankStage, fn_constructor_kwargs={"config": config, "model_source": inp.model_source,
+                                            "threads": r.rerank_threads, "want_fp16": bool(gpus)},
+        batch_format="pyarrow", batch_size=r.rerank_batch_rows,
+        compute=ActorPoolStrategy(size=r.rerank_actors), num_cpus=r.rerank_cpus, num_gpus=gpus,
+    )
+    return ds.map_batches(
+        finalize, fn_kwargs={"k_rerank": config.k_rerank, "threshold": inp.threshold,
+                             "reranker_model": inp.reranker_model, "recall_model": inp.recall_model,
+                             "run_id": inp.run_id},
+        batch_format="pyarrow", num_cpus=r.io_cpus,
+    )

@@ -1,0 +1,121 @@
+"""Input checks and the output schema of the batch job.
+
+Light module: pyarrow only. Whole-file problems raise InputError naming the file or column and what was
+expected, before any model is loaded; row problems become a per-row `status` in the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from rerank_engine.errors import InputError
+
+# Row statuses written to the output `status` column.
+OK = "ok"
+NO_RELEVANT = "no_relevant"
+EMPTY_QUERY = "empty_query"
+INVALID_QUERY = "invalid_query"
+NO_CANDIDATES = "no_candidates"
+UNKNOWN_CANDIDATES = "unknown_candidates"
+NONFINITE_SCORE = "nonfinite_score"
+STATUSES = (OK, NO_RELEVANT, EMPTY_QUERY, INVALID_QUERY, NO_CANDIDATES, UNKNOWN_CANDIDATES, NONFINITE_SCORE)
+
+RESULT_TYPE = pa.struct(
+    [
+        ("doc_id", pa.string()),
+        ("rank", pa.int32()),
+        ("score", pa.float32()),  # probability of relevance, sigmoid(logit), fp32
+        ("logit", pa.float32()),
+        ("recall_score", pa.float32()),  # bi-encoder cosine; null in logged-candidates mode
+        ("recall_rank", pa.int32()),  # 1-based position in the recall (or logged) list
+    ]
+)
+
+# Columns the job adds; everything else in the input is passed through unchanged.
+OUTPUT_FIELDS = [
+    pa.field("results", pa.list_(RESULT_TYPE)),
+    pa.field("n_candidates", pa.int32()),
+    pa.field("n_kept", pa.int32()),
+    pa.field("status", pa.string()),
+    pa.field("threshold", pa.float32()),
+    pa.field("reranker_model", pa.string()),
+    pa.field("recall_model", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("n_tokens", pa.int64()),  # diagnostics: real tokens scored for this query
+    pa.field("n_padded_tokens", pa.float64()),  # its share of the padded tokens of its batches
+    pa.field("provider", pa.string()),  # onnxruntime provider that scored it
+]
+
+EXPLODED_FIELDS = [
+    pa.field("doc_id", pa.string()),
+    pa.field("rank", pa.int32()),
+    pa.field("score", pa.float32()),
+    pa.field("logit", pa.float32()),
+    pa.field("recall_score", pa.float32()),
+    pa.field("recall_rank", pa.int32()),
+]
+
+
+@dataclass(frozen=True)
+class QueryColumns:
+    query_id: str = "query_id"
+    query: str = "query"
+    candidates: str = "candidates"
+
+
+@dataclass(frozen=True)
+class CorpusColumns:
+    doc_id: str = "doc_id"
+    text: str = "text"
+    title: str = "title"
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def check_query_schema(schema: pa.Schema, cols: QueryColumns, where: str) -> bool:
+    """Raise InputError unless `schema` has a string query column and a query id column.
+    Returns True when it carries a candidates column (logged-candidates mode)."""
+    names = schema.names
+    for role, name in (("query id", cols.query_id), ("query", cols.query)):
+        if name not in names:
+            raise InputError(f"{where}: missing {role} column {name!r}; columns present: {names}")
+    qtype = schema.field(cols.query).type
+    if not _is_string(qtype):
+        raise InputError(f"{where}: column {cols.query!r} must hold strings, found {qtype}")
+    idtype = schema.field(cols.query_id).type
+    if not (_is_string(idtype) or pa.types.is_integer(idtype)):
+        raise InputError(f"{where}: column {cols.query_id!r} must hold strings or integers, found {idtype}")
+    for reserved in (f.name for f in OUTPUT_FIELDS):
+        if reserved in names:
+            raise InputError(f"{where}: column {reserved!r} is written by the job; rename it in the input")
+    if cols.candidates in names:
+        ctype = schema.field(cols.candidates).type
+        if not (pa.types.is_list(ctype) or pa.types.is_large_list(ctype)) or not (
+            _is_string(ctype.value_type) or pa.types.is_integer(ctype.value_type)
+        ):
+            raise InputError(
+                f"{where}: column {cols.candidates!r} must be a list of doc ids (strings), found {ctype}"
+            )
+        return True
+    return False
+
+
+def check_corpus_schema(schema: pa.Schema, cols: CorpusColumns, where: str) -> None:
+    names = schema.names
+    for role, name in (("doc id", cols.doc_id), ("text", cols.text)):
+        if name not in names:
+            raise InputError(f"{where}: missing corpus {role} column {name!r}; columns present: {names}")
+    if not _is_string(schema.field(cols.text).type):
+        raise InputError(
+            f"{where}: corpus column {cols.text!r} must hold strings, found {schema.field(cols.text).type}"
+        )
+
+
+def output_schema(input_schema: pa.Schema, drop: Sequence[str] = ()) -> pa.Schema:
+    kept = [f for f in input_schema if f.name not in drop and not f.name.startswith("_")]
+    return pa.schema(kept + OUTPUT_FIELDS)

@@ -1,0 +1,346 @@
+"""The batch job's stages: one callable class per stateful stage, a plain function for the rest.
+
+Each takes and returns a `pyarrow.Table` with one row per query (candidates as list columns), checks the
+columns it needs on entry, and knows nothing of Ray or resources, so a test can call it on a hand-made
+table. Intermediate columns start with "_" and are dropped by `finalize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from rerank_engine import schema
+from rerank_engine.config import EngineConfig, JobConfig
+from rerank_engine.errors import ConfigError, InputError
+from rerank_engine.tokenization import TokenizedPairs
+from rerank_engine.validation import EMPTY_TEXT, text_problem
+
+_STATUS_OF_PROBLEM = {EMPTY_TEXT: schema.EMPTY_QUERY}
+
+
+def _table(batch) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else pa.table(batch)
+
+
+def require_columns(batch: pa.Table, needed: Iterable[str], stage: str) -> None:
+    missing = [c for c in needed if c not in batch.column_names]
+    if missing:
+        raise InputError(f"stage {stage}: missing columns {missing}; columns present: {batch.column_names}")
+
+
+def _list_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, per-row lengths) of a list column; null lists count as empty."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return arr.flatten().to_numpy(zero_copy_only=False), lengths
+
+
+def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def query_statuses(batch: pa.Table, query_col: str) -> list[str | None]:
+    """None for a query that can be scored, else its row status."""
+    out = []
+    for q in batch.column(query_col).to_pylist():
+        problem = text_problem(q if q is not None else "")
+        out.append(None if problem is None else _STATUS_OF_PROBLEM.get(problem, schema.INVALID_QUERY))
+    return out
+
+
+def _with(batch: pa.Table, **columns) -> pa.Table:
+    for name, values in columns.items():
+        if name in batch.column_names:
+            batch = batch.set_column(batch.column_names.index(name), name, values)
+        else:
+            batch = batch.append_column(name, values)
+    return batch
+
+
+# -- candidates -----------------------------------------------------------------------------------------
+
+
+class RecallStage:
+    """Bi-encoder + FAISS top-k: `_cand_ids`, `_recall_scores`, `_recall_ranks`."""
+
+    def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
+        from rerank_engine.recall import BiEncoder, RecallIndex
+
+        self.config = config
+        self.index = RecallIndex.load(index_dir)
+        self.encoder = BiEncoder(
+            config.bi_encoder, threads=threads, max_length=int(self.index.manifest.get("max_length", 256))
+        )
+        built_with = self.index.manifest.get("model")
+        if built_with and built_with != self.encoder.model_id:
+            raise ConfigError(
+                f"index {index_dir} was built with bi-encoder {built_with}, "
+                f"but bi_encoder resolves to {self.encoder.model_id}"
+            )
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    def __call__(self, batch) -> pa.Table:
+        batch = _table(batch)
+        qcol = self.config.columns.query
+        require_columns(batch, [qcol], "recall")
+        status = query_statuses(batch, qcol)
+        ok = [i for i, s in enumerate(status) if s is None]
+        ids: list[list[str]] = [[] for _ in status]
+        scores: list[list[float]] = [[] for _ in status]
+        if ok:
+            queries = batch.column(qcol).to_pylist()
+            s, d = self.index.search(self.encoder.encode([queries[i] for i in ok]), self.config.k_recall)
+            for row, i in enumerate(ok):
+                ids[i], scores[i] = [str(x) for x in d[row]], s[row].tolist()
+        return _with(
+            batch,
+            _status=pa.array(status, pa.string()),
+            _cand_ids=pa.array(ids, pa.list_(pa.string())),
+            _recall_scores=pa.array(scores, pa.list_(pa.float32())),
+            _recall_ranks=pa.array([list(range(1, len(r) + 1)) for r in ids], pa.list_(pa.int32())),
+        )
+
+
+def logged_candidates(batch, *, config: JobConfig) -> pa.Table:
+    """Logged-candidates mode: the input's candidate list replaces recall (duplicates: first kept)."""
+    batch = _table(batch)
+    cols = config.columns
+    require_columns(batch, [cols.query, cols.candidates], "logged_candidates")
+    status = query_statuses(batch, cols.query)
+    ids, ranks = [], []
+    for i, cands in enumerate(batch.column(cols.candidates).to_pylist()):
+        kept: dict[str, int] = {}
+        for rank, d in enumerate(cands or [], start=1):
+            if d is not None:
+                kept.setdefault(str(d), rank)
+        if status[i] is None and not kept:
+            status[i] = schema.NO_CANDIDATES
+        ids.append(list(kept) if status[i] is None else [])
+        ranks.append(list(kept.values()) if status[i] is None else [])
+    return _with(
+        batch,
+        _status=pa.array(status, pa.string()),
+        _cand_ids=pa.array(ids, pa.list_(pa.string())),
+        _recall_scores=pa.array([None] * len(ids), pa.list_(pa.float32())),
+        _recall_ranks=pa.array(ranks, pa.list_(pa.int32())),
+    )
+
+
+# -- tokenize (CPU) ---------------------------------------------------------------------------------------
+
+
+def load_corpus(path: str, config: JobConfig) -> dict[str, str]:
+    """doc_id → passage text ("title. text" where a title column is present and non-empty)."""
+    import pyarrow.parquet as pq
+
+    cols = config.columns
+    table = pq.read_table(path)
+    schema.check_corpus_schema(table.schema, schema.CorpusColumns(cols.doc_id, cols.text, cols.title), path)
+    ids = [str(d) for d in table.column(cols.doc_id).to_pylist()]
+    texts = table.column(cols.text).to_pylist()
+    if cols.title in table.column_names:
+        titles = table.column(cols.title).to_pylist()
+        texts = [f"{t}. {x}" if t and x else x for t, x in zip(titles, texts, strict=True)]
+    return {d: t for d, t in zip(ids, texts, strict=True) if isinstance(t, str) and t.strip()}
+
+
+class TokenizeStage:
+    """Join passage text and tokenize every (query, candidate) pair: `_ids_flat`, `_types_flat`, `_lengths`.
+
+    Candidates absent from the corpus are dropped (counted in `_n_unknown`); a query left with none
+    gets status `unknown_candidates`.
+    """
+
+    def __init__(self, config: JobConfig, corpus_path: str, tokenizer_dir: str | Path):
+        from rerank_engine.tokenization import PairTokenizer
+
+        self.config = config
+        self.corpus = load_corpus(corpus_path, config)
+        self.tokenizer = PairTokenizer(tokenizer_dir, config.tokenizer)
+
+    def __call__(self, batch) -> pa.Table:
+        batch = _table(batch)
+        qcol = self.config.columns.query
+        require_columns(batch, [qcol, "_status", "_cand_ids", "_recall_scores", "_recall_ranks"], "tokenize")
+        status = batch.column("_status").to_pylist()
+        queries = batch.column(qcol).to_pylist()
+        cand_ids = batch.column("_cand_ids").to_pylist()
+        rscores = batch.column("_recall_scores").to_pylist()
+        rranks = batch.column("_recall_ranks").to_pylist()
+        flat_q, flat_p = [], []
+        n_unknown = []
+        for i, ids in enumerate(cand_ids):
+            keep = [j for j, d in enumerate(ids) if d in self.corpus]
+            n_unknown.append(len(ids) - len(keep))
+            if status[i] is None and ids and not keep:
+                status[i] = schema.UNKNOWN_CANDIDATES
+            if status[i] is not None:
+                keep = []
+            cand_ids[i] = [ids[j] for j in keep]
+            rranks[i] = [rranks[i][j] for j in keep]
+            rscores[i] = None if rscores[i] is None else [rscores[i][j] for j in keep]
+            flat_q.extend([queries[i]] * len(keep))
+            flat_p.extend(self.corpus[ids[j]] for j in keep)
+        pairs = self.tokenizer(flat_q, flat_p)
+        counts = [len(c) for c in cand_ids]
+        starts = np.cumsum([0, *counts])
+        ids_rows, types_rows, len_rows = [], [], []
+        for i in range(len(counts)):
+            sl = slice(starts[i], starts[i + 1])
+            ids_rows.append(
+                np.concatenate(pairs.input_ids[sl]).astype(np.int32) if counts[i] else np.zeros(0, np.int32)
+            )
+            types_rows.append(
+                np.concatenate(pairs.token_type_ids[sl]).astype(np.int8)
+                if counts[i]
+                else np.zeros(0, np.int8)
+            )
+            len_rows.append(pairs.lengths[sl].astype(np.int32))
+        return _with(
+            batch,
+            _status=pa.array(status, pa.string()),
+            _cand_ids=pa.array(cand_ids, pa.list_(pa.string())),
+            _recall_scores=pa.array(rscores, pa.list_(pa.float32())),
+            _recall_ranks=pa.array(rranks, pa.list_(pa.int32())),
+            _n_unknown=pa.array(n_unknown, pa.int32()),
+            _ids_flat=pa.array(ids_rows, pa.list_(pa.int32())),
+            _types_flat=pa.array(types_rows, pa.list_(pa.int8())),
+            _lengths=pa.array(len_rows, pa.list_(pa.int32())),
+        )
+
+
+# -- rerank (GPU where present) --------------------------------------------------------------------------
+
+
+class RerankStage:
+    """Score every pair of the batch with the engine (bucketed across the whole batch): `_logits`."""
+
+    def __init__(self, config: JobConfig, model_source: str | Path, threads: int = 0, want_fp16: bool = False):
+        from rerank_engine.engine import CrossEncoderEngine
+        from rerank_engine.exporting import needed_precisions, resolve_export
+
+        export_dir = resolve_export(model_source, needed_precisions(config.precision, gpu=want_fp16))
+        self.engine = CrossEncoderEngine(EngineConfig.build(
+            model_dir=export_dir, precision=config.precision, provider=config.provider,
+            intra_op_threads=threads, tokenizer=config.tokenizer, batching=config.batching,
+        ))
+
+    def __call__(self, batch) -> pa.Table:
+        batch = _table(batch)
+        require_columns(batch, ["_ids_flat", "_types_flat", "_lengths"], "rerank")
+        flat_ids, _ = _list_values(batch.column("_ids_flat"))
+        flat_types, _ = _list_values(batch.column("_types_flat"))
+        lengths, per_row = _list_values(batch.column("_lengths"))
+        pairs = TokenizedPairs(
+            input_ids=[x.astype(np.int64) for x in _split(flat_ids, lengths)],
+            token_type_ids=[x.astype(np.int64) for x in _split(flat_types, lengths)],
+            lengths=lengths.astype(np.int64),
+        )
+        logits = np.zeros(0, np.float32)
+        padded_share = np.zeros(len(per_row))
+        real = np.zeros(len(per_row), dtype=np.int64)
+        if len(pairs):
+            result = self.engine.score_tokenized(pairs)
+            logits = result.logits
+            row_of_pair = np.repeat(np.arange(len(per_row)), per_row)
+            real = np.bincount(row_of_pair, weights=lengths, minlength=len(per_row)).astype(np.int64)
+            padded_share = real / result.padding_efficiency
+        provider = self.engine.providers[0]
+        return _with(
+            batch,
+            _logits=pa.array(_split(logits, per_row), pa.list_(pa.float32())),
+            n_tokens=pa.array(real, pa.int64()),
+            n_padded_tokens=pa.array(padded_share, pa.float64()),
+            provider=pa.array([provider] * len(per_row), pa.string()),
+        )
+
+
+# -- threshold and top-k (plain function) ---------------------------------------------------------------
+
+
+def finalize(
+    batch, *, k_rerank: int, threshold: float, reranker_model: str, recall_model: str, run_id: str
+) -> pa.Table:
+    """Sort each query's candidates by probability (ties by doc_id), keep top-k ≥ threshold, set status."""
+    from rerank_engine.engine import sigmoid
+
+    batch = _table(batch)
+    require_columns(batch, ["_status", "_cand_ids", "_recall_scores", "_recall_ranks", "_logits"], "finalize")
+    status = batch.column("_status").to_pylist()
+    results, n_cands, n_kept = [], [], []
+    for i, (ids, logits, rscores, rranks) in enumerate(
+        zip(
+            batch.column("_cand_ids").to_pylist(),
+            batch.column("_logits").to_pylist(),
+            batch.column("_recall_scores").to_pylist(),
+            batch.column("_recall_ranks").to_pylist(),
+            strict=True,
+        )
+    ):
+        logits = np.asarray(logits or [], dtype=np.float32)
+        n_cands.append(len(ids))
+        if status[i] is None and not np.all(np.isfinite(logits)):
+            status[i] = schema.NONFINITE_SCORE
+        if status[i] is not None:
+            results.append([])
+            n_kept.append(0)
+            continue
+        scores = sigmoid(logits)
+        order = sorted(range(len(ids)), key=lambda j: (-scores[j], ids[j]))[:k_rerank]
+        kept = [j for j in order if scores[j] >= threshold]
+        results.append(
+            [
+                {
+                    "doc_id": ids[j],
+                    "rank": r,
+                    "score": float(scores[j]),
+                    "logit": float(logits[j]),
+                    "recall_score": None if rscores is None else rscores[j],
+                    "recall_rank": rranks[j],
+                }
+                for r, j in enumerate(kept, start=1)
+            ]
+        )
+        n_kept.append(len(kept))
+        status[i] = schema.OK if kept else schema.NO_RELEVANT
+    n = batch.num_rows
+    out = _with(
+        batch,
+        results=pa.array(results, pa.list_(schema.RESULT_TYPE)),
+        n_candidates=pa.array(n_cands, pa.int32()),
+        n_kept=pa.array(n_kept, pa.int32()),
+        status=pa.array(status, pa.string()),
+        threshold=pa.array([threshold] * n, pa.float32()),
+        reranker_model=pa.array([reranker_model] * n, pa.string()),
+        recall_model=pa.array([recall_model] * n, pa.string()),
+        run_id=pa.array([run_id] * n, pa.string()),
+    )
+    for field in schema.OUTPUT_FIELDS:  # diagnostics absent when no rerank stage ran
+        if field.name not in out.column_names:
+            out = out.append_column(field, pa.nulls(n, field.type))
+    written = {f.name for f in schema.OUTPUT_FIELDS}
+    passed = [c for c in out.column_names if not c.startswith("_") and c not in written]
+    return out.select(passed + [f.name for f in schema.OUTPUT_FIELDS])
+
+
+def explode(batch, *, query_id: str, query: str) -> pa.Table:
+    """One row per kept (query, doc) pair; a query with none kept gets one row with a null doc_id."""
+    batch = _table(batch)
+    rows = {name: [] for name in batch.column_names if name != "results"}
+    fields = {f.name: [] for f in schema.EXPLODED_FIELDS}
+    for row in batch.to_pylist():
+        for res in row.pop("results") or [None]:
+            for k, v in row.items():
+                rows[k].append(v)
+            for k in fields:
+                fields[k].append(None if res is None else res[k])
+    cols = {k: pa.array(v, batch.schema.field(k).type) for k, v in rows.items()}
+    cols.update({f.name: pa.array(fields[f.name], f.type) for f in schema.EXPLODED_FIELDS})
+    return pa.table(cols)

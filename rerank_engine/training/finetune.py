@@ -1,0 +1,302 @@
+"""Fine-tune a one-logit cross-encoder on mined (query, positive, hard negatives) groups.
+
+Two losses over the same groups of 1 positive + n negatives:
+- "bce": pointwise binary cross-entropy on every pair;
+- "listwise": softmax cross-entropy over the group's logits (the positive is the target).
+
+Resumable: `run_dir/checkpoint.pt` holds model, optimizer, schedule, data order and RNG state; a
+restarted run continues from it. The best model by valid NDCG@5 is saved as a Hugging Face folder in
+`run_dir/best/`. `train(..., stop_at=S)` pauses after step S of a schedule of `config.steps`, so a short
+comparison run can later be continued exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from rerank_engine.batching import pad_rows, plan_batches
+from rerank_engine.config import TokenizerConfig, _Frozen
+from rerank_engine.errors import require
+from rerank_engine.metrics import mean_metrics
+from rerank_engine.tokenization import PairTokenizer
+
+
+class FinetuneConfig(_Frozen):
+    loss: Literal["bce", "listwise"] = "listwise"
+    n_negatives: int = Field(7, ge=1, description="negatives per group (1 positive + n)")
+    groups_per_step: int = Field(4, ge=1)
+    steps: int = Field(2000, ge=1, description="length of the LR schedule")
+    lr: float = Field(3e-5, gt=0)
+    warmup_share: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_length: int = Field(256, ge=16)
+    max_query_share: float = Field(0.25, gt=0, lt=1)
+    max_train_queries: int | None = Field(None, ge=1, description="use only the first N mined queries")
+    seed: int = 0
+    eval_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    threads: int = Field(0, ge=0, description="torch CPU threads, 0 = default")
+
+    def key(self) -> str:
+        """Hash of everything that changes the trajectory (eval/checkpoint cadence excluded)."""
+        fields = self.model_dump(exclude={"eval_every", "checkpoint_every", "threads"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Per query: the candidate passages (recall order) and which of them are relevant."""
+
+    queries: list[str]
+    candidates: list[list[str]]
+    candidate_ids: list[list[str]]
+    relevant: list[set[str]]
+
+
+def load_model(base_model: str | Path, seed: int):
+    torch = require("torch", "torch")
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)  # the new classification head is drawn from this seed
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(base_model), num_labels=1, torch_dtype=torch.float32
+    )
+
+
+def score_pairs(
+    model,
+    tokenizer: PairTokenizer,
+    queries: Sequence[str],
+    passages: Sequence[str],
+    max_batch_tokens: int = 8192,
+) -> np.ndarray:
+    """fp32 logits with length bucketing, in input order (PyTorch, evaluation mode)."""
+    torch = require("torch", "torch")
+    pairs = tokenizer(queries, passages)
+    out = np.zeros(len(pairs), dtype=np.float32)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in plan_batches(pairs.lengths, max_batch_tokens=max_batch_tokens, max_batch_rows=128):
+            ids, mask = pad_rows(
+                [pairs.input_ids[i] for i in batch.indices], batch.padded_length, tokenizer.pad_id
+            )
+            types, _ = pad_rows([pairs.token_type_ids[i] for i in batch.indices], batch.padded_length, 0)
+            logits = model(
+                input_ids=torch.from_numpy(ids).to(device),
+                attention_mask=torch.from_numpy(mask).to(device),
+                token_type_ids=torch.from_numpy(types).to(device),
+            ).logits
+            out[batch.indices] = logits[:, 0].float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate(model, tokenizer: PairTokenizer, evalset: EvalSet, k_rerank: int = 5) -> dict[str, float]:
+    """Rerank each query's candidates; NDCG/P/R/MRR at 1, 5, 10 of the reranked list."""
+    flat_q = [q for q, cands in zip(evalset.queries, evalset.candidates, strict=True) for _ in cands]
+    flat_p = [p for cands in evalset.candidates for p in cands]
+    logits = score_pairs(model, tokenizer, flat_q, flat_p)
+    runs, start = [], 0
+    for ids, rel in zip(evalset.candidate_ids, evalset.relevant, strict=True):
+        s = logits[start : start + len(ids)]
+        start += len(ids)
+        order = np.lexsort((np.arange(len(ids)), -s))
+        runs.append(([ids[i] for i in order], rel))
+    return mean_metrics(runs, ks=(1, 5, 10))
+
+
+class GroupSampler:
+    """Deterministic, resumable: epoch permutations from (seed, epoch); a cursor into the current one."""
+
+    def __init__(self, records: list[dict], n_negatives: int, seed: int):
+        self.records, self.n_negatives, self.seed = records, n_negatives, seed
+        self.epoch, self.cursor = 0, 0
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+    def next_groups(self, n: int) -> list[tuple[str, str, list[str]]]:
+        groups = []
+        while len(groups) < n:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.records))
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                continue
+            idx = int(order[self.cursor])
+            rng = np.random.default_rng((self.seed, self.epoch, self.cursor))
+            self.cursor += 1
+            rec = self.records[idx]
+            pos = rec["pos"][int(rng.integers(len(rec["pos"])))]
+            negs = list(rec["neg"])
+            pick = rng.choice(len(negs), size=self.n_negatives, replace=len(negs) < self.n_negatives)
+            groups.append((rec["query"], pos, [negs[i] for i in pick]))
+        return groups
+
+
+def _bucketed_logits(model, tokenizer: PairTokenizer, queries, passages, device, max_batch_tokens=4096):
+    """Training forward with length bucketing inside the step: each sub-batch is padded to its own
+    longest row, and the logits are put back in input order (gradients flow through the gather)."""
+    torch = require("torch", "torch")
+    pairs = tokenizer(queries, passages)
+    plan = plan_batches(pairs.lengths, max_batch_tokens=max_batch_tokens, max_batch_rows=256)
+    parts, order = [], []
+    for batch in plan:
+        ids, mask = pad_rows(
+            [pairs.input_ids[i] for i in batch.indices], batch.padded_length, tokenizer.pad_id
+        )
+        types, _ = pad_rows([pairs.token_type_ids[i] for i in batch.indices], batch.padded_length, 0)
+        parts.append(
+            model(
+                input_ids=torch.from_numpy(ids).to(device),
+                attention_mask=torch.from_numpy(mask).to(device),
+                token_type_ids=torch.from_numpy(types).to(device),
+            ).logits[:, 0]
+        )
+        order.append(batch.indices)
+    inverse = np.empty(len(pairs), dtype=np.int64)
+    inverse[np.concatenate(order)] = np.arange(len(pairs))
+    return torch.cat(parts)[torch.from_numpy(inverse).to(device)]
+
+
+def train(
+    config: FinetuneConfig,
+    records: list[dict],
+    run_dir: str | Path,
+    *,
+    base_model: str | Path,
+    evalset: EvalSet | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Train (or resume) until `stop_at` (default: config.steps). Returns the run state summary."""
+    torch = require("torch", "torch")
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    stop_at = min(stop_at or config.steps, config.steps)
+    if config.max_train_queries:
+        records = records[: config.max_train_queries]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    model = load_model(base_model, config.seed).to(device)
+    tokenizer = PairTokenizer(
+        base_model, TokenizerConfig(max_length=config.max_length, max_query_share=config.max_query_share)
+    )
+    no_decay = ("bias", "LayerNorm.weight")
+    params = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    warmup = int(config.steps * config.warmup_share)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (config.steps - step) / max(1, config.steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    sampler = GroupSampler(records, config.n_negatives, config.seed)
+    state = {"step": 0, "best_ndcg5": -1.0, "best_step": None, "config_key": config.key(), "history": []}
+
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)  # our own file, never user input
+        if saved["state"]["config_key"] != config.key():
+            raise ValueError(f"{ckpt} was written with another config; use a new run_dir")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        sampler.load_state(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        log(f"resumed {run_dir} at step {state['step']}")
+
+    def save_checkpoint():
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "sampler": sampler.state(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+            },
+            tmp,
+        )
+        tmp.replace(ckpt)
+
+    def run_eval():
+        metrics = evaluate(model, tokenizer, evalset)
+        entry = {"step": state["step"], **{k: round(v, 4) for k, v in metrics.items()}}
+        state["history"].append(entry)
+        with (run_dir / "history.jsonl").open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        log(f"step {state['step']}: valid NDCG@5 {metrics['NDCG@5']:.4f} P@1 {metrics['P@1']:.4f}")
+        if metrics["NDCG@5"] > state["best_ndcg5"]:
+            state["best_ndcg5"], state["best_step"] = metrics["NDCG@5"], state["step"]
+            best = run_dir / "best"
+            model.save_pretrained(best)
+            tokenizer.tokenizer.save_pretrained(best)
+            (best / "metrics.json").write_text(json.dumps(entry, indent=2))
+
+    bar = tqdm(total=stop_at, initial=state["step"], disable=not progress, desc=f"train[{config.loss}]")
+    model.train()
+    started, losses = time.perf_counter(), []
+    while state["step"] < stop_at:
+        groups = sampler.next_groups(config.groups_per_step)
+        queries = [q for q, _, negs in groups for _ in range(1 + len(negs))]
+        passages = [p for _, pos, negs in groups for p in (pos, *negs)]
+        logits = _bucketed_logits(model, tokenizer, queries, passages, device)
+        grouped = logits.view(len(groups), 1 + config.n_negatives)
+        if config.loss == "listwise":
+            target = torch.zeros(len(groups), dtype=torch.long, device=device)
+            loss = torch.nn.functional.cross_entropy(grouped, target)
+        else:
+            labels = torch.zeros_like(grouped)
+            labels[:, 0] = 1.0
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(grouped, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if state["step"] % 50 == 0 or state["step"] == stop_at:
+            with (run_dir / "loss.jsonl").open("a") as fh:
+                fh.write(json.dumps({"step": state["step"], "loss": float(np.mean(losses[-50:]))}) + "\n")
+        if evalset is not None and (state["step"] % config.eval_every == 0 or state["step"] == stop_at):
+            run_eval()
+        if state["step"] % config.checkpoint_every == 0 or state["step"] == stop_at:
+            save_checkpoint()
+    bar.close()
+    state["last_losses"] = losses[-50:]
+    state["seconds_this_sitting"] = round(time.perf_counter() - started, 1)
+    state["mean_loss_first"] = float(np.mean(losses[:10])) if losses else math.nan
+    return state

@@ -1,0 +1,93 @@
+"""The InsuranceQA fine-tuning recipe behind `jobs/finetune_reranker.py` (config: a YAML file).
+
+mine train hard negatives → valid selection set (recall top-20) → each loss trained `compare_steps`
+→ the better by valid NDCG@5 continues to `train.steps` → best checkpoint saved as fp16 safetensors
+with a model card. Every stage resumes from what is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.training.finetune import EvalSet, FinetuneConfig, train
+from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
+
+
+def valid_evalset(recall, n_queries: int, k: int = 20, split: str = "valid") -> EvalSet:
+    """The first `n_queries` questions of `split`, each with its bi-encoder top-k (realistic setting:
+    missed positives are not added)."""
+    from rerank_engine.data.insuranceqa import load_answers, load_split
+
+    encoder, index, _ = recall
+    questions = load_split(split)[:n_queries]
+    answers = load_answers()
+    _, ids = index.search(encoder.encode([q.text for q in questions]), k)
+    return EvalSet(
+        queries=[q.text for q in questions],
+        candidates=[[answers[d] for d in row] for row in ids],
+        candidate_ids=[list(row) for row in ids],
+        relevant=[set(q.answers) for q in questions],
+    )
+
+
+def run(cfg: dict, log=print) -> dict:
+    from rerank_engine.data.insuranceqa import answer_recall
+    from rerank_engine.recall import bundled_minilm_dir
+
+    run_dir = Path(cfg["run_dir"])
+    base_model = cfg.get("base_model") or bundled_minilm_dir()
+    recall = answer_recall(cfg["cache_dir"])
+    mined_path = run_dir / "mined_train.jsonl"
+    if not mined_path.is_file():
+        _, stats = mine_insuranceqa(
+            "train", MiningConfig.build(**cfg["mining"]), cfg["cache_dir"], mined_path, recall=recall
+        )
+        (run_dir / "mining_stats.json").write_text(json.dumps(dict(stats), indent=2))
+        log(f"mined {mined_path}: {dict(stats)}")
+    records = read_records(mined_path)
+    evalset = valid_evalset(recall, cfg["valid_queries"])
+
+    results = {}
+    for loss in cfg["losses"]:
+        tc = FinetuneConfig.build(**{**cfg["train"], "loss": loss})
+        state = train(
+            tc,
+            records,
+            run_dir / loss,
+            base_model=base_model,
+            evalset=evalset,
+            stop_at=cfg["compare_steps"],
+            log=log,
+        )
+        results[loss] = state["history"][-1]["NDCG@5"] if state["history"] else float("nan")
+        log(f"compare {loss}: valid NDCG@5 {results[loss]:.4f} at step {cfg['compare_steps']}")
+    winner = max(results, key=lambda k: (np.nan_to_num(results[k], nan=-1), k == "listwise"))
+    log(f"continuing {winner} (valid NDCG@5 at comparison: {results})")
+    tc = FinetuneConfig.build(**{**cfg["train"], "loss": winner})
+    state = train(tc, records, run_dir / winner, base_model=base_model, evalset=evalset, log=log)
+    summary = {
+        "comparison_ndcg5": results,
+        "winner": winner,
+        "best_step": state["best_step"],
+        "best_valid_ndcg5": state["best_ndcg5"],
+        "history": state["history"],
+        "train_queries": len(records),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def ship(best_dir: str | Path, out: str | Path, card: str) -> Path:
+    """Save the best checkpoint as fp16 safetensors + tokenizer + config + README model card."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = Path(out)
+    model = AutoModelForSequenceClassification.from_pretrained(str(best_dir), torch_dtype=torch.float32)
+    model.half().save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(best_dir)).save_pretrained(out)
+    (out / "README.md").write_text(card)
+    return out

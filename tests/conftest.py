@@ -1,0 +1,202 @@
+"""Session fixtures: tiny Hugging Face models built locally from a config, their real ONNX exports, and
+(for the slow parity tests) the bundled all-MiniLM-L6-v2 encoder with a seeded random one-logit head.
+
+Everything here is real: `rerank_engine.exporting.export_model` (what `python -m export` runs), onnxruntime
+sessions, Hugging Face tokenizers. Heavy libraries are imported inside the fixtures so that collecting the
+light tests stays light.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank_engine.batching import pad_rows
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A little real text for the tests that need (query, passage) pairs.
+WORDS = [
+    "the", "policy", "covers", "flood", "fire", "theft", "and", "liability", "claims", "after", "a",
+    "waiting", "period", "of", "thirty", "days", "premiums", "depend", "on", "age", "occupation",
+    "health", "history", "deductible", "beneficiary", "annuity", "surrender", "rider",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def random_pairs():
+    """`random_pairs(n, seed, max_words)` -> (queries, passages) of random lengths, a few queries repeated."""
+
+    def make(n: int, seed: int = 0, max_words: int = 120) -> tuple[list[str], list[str]]:
+        rng = np.random.default_rng(seed)
+        n_queries = max(1, n // 4)
+        queries = [" ".join(rng.choice(WORDS, size=rng.integers(2, 12)).tolist()) for _ in range(n_queries)]
+        picked = [queries[i] for i in rng.integers(0, len(queries), size=n)]
+        passages = [" ".join(rng.choice(WORDS, size=rng.integers(1, max_words)).tolist()) for _ in range(n)]
+        return picked, passages
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    from transformers import AutoTokenizer
+
+    from rerank_engine.recall import bundled_minilm_dir
+
+    return AutoTokenizer.from_pretrained(str(bundled_minilm_dir()))
+
+
+def _save_tiny(model_cls, config, tokenizer, out: Path, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _bert_config(vocab_size: int, num_labels: int):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+        max_position_embeddings=512,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    """A tiny random BertForSequenceClassification (one logit) with the MiniLM WordPiece tokenizer."""
+    from transformers import BertForSequenceClassification
+
+    config = _bert_config(bundled_tokenizer.vocab_size, num_labels=1)
+    return _save_tiny(
+        BertForSequenceClassification, config, bundled_tokenizer, tmp_path_factory.mktemp("tiny-bert")
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_model_dir) -> Path:
+    from rerank_engine.exporting import export_model
+
+    # A random tiny model scores every pair almost the same (all ≈ 0.50), so int8's ranking agreement
+    # with fp32 is noise there: the ranking gate is switched off (min_top5_overlap=0.0). The int8 gate
+    # is held against a real model in test_parity_minilm.py.
+    out = tmp_path_factory.mktemp("tiny-bert-onnx") / "export"
+    return export_model(tiny_model_dir, out, precisions=["fp32", "int8"], min_top5_overlap=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_model(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir)).eval()
+
+
+@pytest.fixture(scope="session")
+def two_logit_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    """The same tiny BERT with a two-logit head (softmax[:, 1] is the relevance probability)."""
+    from transformers import BertForSequenceClassification
+
+    config = _bert_config(bundled_tokenizer.vocab_size, num_labels=2)
+    return _save_tiny(
+        BertForSequenceClassification, config, bundled_tokenizer, tmp_path_factory.mktemp("tiny-bert-2")
+    )
+
+
+@pytest.fixture(scope="session")
+def two_logit_export(tmp_path_factory, two_logit_model_dir) -> Path:
+    from rerank_engine.exporting import export_model
+
+    out = tmp_path_factory.mktemp("tiny-bert-2-onnx") / "export"
+    return export_model(two_logit_model_dir, out, precisions=["fp32"])
+
+
+@pytest.fixture(scope="session")
+def distil_export(tmp_path_factory, bundled_tokenizer) -> tuple[Path, Path]:
+    """A tiny DistilBERT (its graph has no token_type_ids input): (model dir, export dir)."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from rerank_engine.exporting import export_model
+
+    config = DistilBertConfig(
+        vocab_size=bundled_tokenizer.vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        num_labels=1,
+        max_position_embeddings=512,
+    )
+    model_dir = _save_tiny(
+        DistilBertForSequenceClassification, config, bundled_tokenizer, tmp_path_factory.mktemp("tiny-distil")
+    )
+    out = export_model(model_dir, tmp_path_factory.mktemp("tiny-distil-onnx") / "export", precisions=["fp32"])
+    return model_dir, out
+
+
+@pytest.fixture(scope="session")
+def minilm_ce_dir(tmp_path_factory) -> Path:
+    """The bundled all-MiniLM-L6-v2 encoder under a seeded random one-logit head, saved with its tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerank_engine.recall import bundled_minilm_dir
+
+    src = bundled_minilm_dir()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(src), num_labels=1).eval()
+    out = tmp_path_factory.mktemp("minilm-ce")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_export(tmp_path_factory, minilm_ce_dir) -> Path:
+    from rerank_engine.exporting import export_model
+
+    # The int8 ranking gate is asserted by the test itself (with the measured figure printed), so the
+    # export does not stop on it here.
+    out = tmp_path_factory.mktemp("minilm-ce-onnx") / "export"
+    return export_model(minilm_ce_dir, out, precisions=["fp32", "int8"], min_top5_overlap=0.0)
+
+
+@pytest.fixture
+def copy_export(tmp_path):
+    """Copy an export folder to a fresh place a test may damage."""
+
+    def copy(src: Path, name: str = "copy") -> Path:
+        return Path(shutil.copytree(src, tmp_path / name))
+
+    return copy
+
+
+def torch_logits(model, pairs, pad_id: int = 0) -> np.ndarray:
+    """PyTorch reference on the engine's own tokenization, all rows padded to the longest; raw logits."""
+    import torch
+
+    length = int(pairs.lengths.max())
+    ids, mask = pad_rows(pairs.input_ids, length, pad_id)
+    feed = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if pairs.token_type_ids is not None and model.config.model_type != "distilbert":
+        types, _ = pad_rows(pairs.token_type_ids, length, 0)
+        feed["token_type_ids"] = torch.from_numpy(types)
+    with torch.inference_mode():
+        return model(**feed).logits.float().numpy()
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """`reference(model, tokenized_pairs) -> raw logits [n, num_labels]` (the PyTorch ground truth)."""
+    return torch_logits

@@ -1,0 +1,254 @@
+"""The export: a real tiny model → ONNX, validated against PyTorch, cached by content key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank_engine.config import EngineConfig
+from rerank_engine.engine import CrossEncoderEngine
+from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
+from rerank_engine.exporting import CONTRACT, content_hash, validate_fp32
+from rerank_engine.manifest import read_manifest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_fields(tiny_export, tiny_model_dir):
+    manifest = read_manifest(tiny_export)
+    assert manifest.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest.output == "logits"
+    assert isinstance(manifest.opset, int) and manifest.opset >= 14
+    assert manifest.num_labels == 1
+    assert manifest.activation == "sigmoid"
+    assert manifest.score_scale == "probability"
+    assert manifest.max_length == 512  # BERT positions and the tokenizer's model_max_length
+    assert set(manifest.variants) == {"fp32", "int8"}
+    assert manifest.variants["fp32"].file == "model.onnx"
+    assert manifest.variants["int8"].file == "model_int8.onnx"
+    for variant in manifest.variants.values():
+        assert (tiny_export / variant.file).is_file()
+    fp32 = manifest.variants["fp32"].validation
+    assert fp32["max_abs_diff_logit"] <= fp32["atol"] == CONTRACT.fp32_atol
+    assert "top5_overlap_mean" in manifest.variants["int8"].validation
+    assert {"torch", "transformers", "optimum", "onnx", "onnxruntime", "export_code"} <= set(
+        manifest.tool_versions
+    )
+    assert manifest.source["content_hash"] == content_hash(tiny_model_dir)
+    assert manifest.source["model"] == str(tiny_model_dir)
+    assert manifest.model_id == f"{tiny_model_dir.name}@{manifest.source['content_hash'][:12]}"
+    # the folder is self-contained: the engine's tokenizer loads from it
+    assert (tiny_export / "tokenizer.json").is_file() and (tiny_export / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(tiny_export):
+    return CrossEncoderEngine(EngineConfig.build(model_dir=tiny_export, precision="fp32"))
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(1, 1), (1, 7), (3, 13), (2, 31), (4, 65), (2, 257)])
+def test_fp32_forward_matches_torch(fp32_engine, tiny_torch_model, batch, seq):
+    import torch
+
+    rng = np.random.default_rng(batch * 1000 + seq)
+    ids = rng.integers(5, tiny_torch_model.config.vocab_size, size=(batch, seq), dtype=np.int64)
+    lengths = rng.integers(1, seq + 1, size=batch)
+    lengths[0] = seq  # one full row, the others padded
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    types = ((np.arange(seq)[None, :] >= seq // 2) * mask).astype(np.int64)
+    ids = np.where(mask == 1, ids, 0)
+    with torch.inference_mode():
+        ref = tiny_torch_model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            token_type_ids=torch.from_numpy(types),
+        ).logits.numpy()[:, 0]
+    got = fp32_engine.forward(ids, mask, types)
+    assert got.shape == (batch,) and got.dtype == np.float32
+    diff = float(np.max(np.abs(got - ref)))
+    assert diff <= 1e-4, f"max |Δlogit| {diff:.3g} at ({batch}, {seq})"
+
+
+def test_export_again_is_cached(tiny_export, tiny_model_dir):
+    from rerank_engine.exporting import export_model
+
+    onnx_file = tiny_export / "model.onnx"
+    before = (onnx_file.stat().st_mtime_ns, (tiny_export / "model_int8.onnx").stat().st_mtime_ns)
+    started = time.perf_counter()
+    out = export_model(tiny_model_dir, tiny_export, precisions=["fp32", "int8"], min_top5_overlap=0.0)
+    seconds = time.perf_counter() - started
+    assert out == tiny_export
+    assert (onnx_file.stat().st_mtime_ns, (tiny_export / "model_int8.onnx").stat().st_mtime_ns) == before
+    assert seconds < 2.0, f"cached export took {seconds:.2f}s"
+    # a subset of what is there is also served from the cache
+    assert export_model(tiny_model_dir, tiny_export, precisions=["int8"]) == tiny_export
+    assert onnx_file.stat().st_mtime_ns == before[0]
+
+
+def test_asking_for_another_precision_adds_it(two_logit_model_dir, two_logit_export, copy_export):
+    from rerank_engine.exporting import export_model
+
+    folder = copy_export(two_logit_export)
+    assert set(read_manifest(folder).variants) == {"fp32"}
+    out = export_model(two_logit_model_dir, folder, precisions=["int8"], min_top5_overlap=0.0)
+    assert out == folder
+    manifest = read_manifest(folder)
+    assert set(manifest.variants) == {"fp32", "int8"}
+    assert (folder / "model_int8.onnx").is_file()
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="int8"))
+    assert engine.precision == "int8"
+    assert np.isfinite(engine.score(["a query"], ["a passage"]).scores).all()
+
+
+def test_two_logit_model_scores_softmax_of_second_logit(
+    two_logit_export, two_logit_model_dir, random_pairs, reference
+):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    manifest = read_manifest(two_logit_export)
+    assert manifest.num_labels == 2 and manifest.activation == "softmax"
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=two_logit_export))
+    assert engine.precision == "fp32"  # the only variant exported
+    queries, passages = random_pairs(12, seed=3)
+    result = engine.score(queries, passages)
+    model = AutoModelForSequenceClassification.from_pretrained(str(two_logit_model_dir)).eval()
+    logits = reference(model, engine.tokenize(queries, passages))
+    assert logits.shape == (12, 2)
+    expected = torch.softmax(torch.from_numpy(logits), dim=-1)[:, 1].numpy()
+    assert np.max(np.abs(result.scores - expected)) <= 1e-5
+    assert np.max(np.abs(result.logits - (logits[:, 1] - logits[:, 0]))) <= 1e-4
+
+
+def test_missing_model_raises_model_not_found(tmp_path):
+    from rerank_engine.exporting import export_model
+
+    with pytest.raises(ModelNotFoundError, match="does-not-exist"):
+        export_model(tmp_path / "does-not-exist", tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"config\.json"):
+        export_model(empty, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_three_labels_is_a_format_error(tmp_path, bundled_tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from rerank_engine.exporting import export_model
+
+    config = BertConfig(
+        vocab_size=bundled_tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    src = tmp_path / "three"
+    BertForSequenceClassification(config).save_pretrained(src)
+    bundled_tokenizer.save_pretrained(src)
+    with pytest.raises(ModelFormatError, match="num_labels=3"):
+        export_model(src, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_unknown_precision_is_rejected(tiny_model_dir, tmp_path):
+    from rerank_engine.exporting import export_model
+
+    with pytest.raises(ValueError, match="bf16"):
+        export_model(tiny_model_dir, tmp_path / "out", precisions=["bf16"])
+
+
+def test_validate_fp32_passes_on_the_right_model(tiny_export, tiny_torch_model):
+    inputs = read_manifest(tiny_export).inputs
+    report = validate_fp32(tiny_torch_model, tiny_export / "model.onnx", inputs)
+    assert report["max_abs_diff_logit"] <= CONTRACT.fp32_atol
+    assert [tuple(s) for s in report["shapes"]] == list(CONTRACT.shapes)
+
+
+def test_validate_fp32_raises_with_the_largest_difference(tiny_export, tiny_torch_model, tiny_model_dir):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    inputs = read_manifest(tiny_export).inputs
+    # With atol 0 any nonzero difference raises; ONNX and PyTorch rarely agree to the last bit.
+    try:
+        report = validate_fp32(tiny_torch_model, tiny_export / "model.onnx", inputs, atol=0.0)
+    except ExportValidationError as exc:
+        assert exc.max_abs_diff > 0.0
+        assert exc.shape in CONTRACT.shapes
+        assert exc.tolerance == 0.0
+        assert "max |Δlogit|" in str(exc)
+    else:
+        assert report["max_abs_diff_logit"] == 0.0
+    # A different model against the first one's graph must fail at the default tolerance.
+    torch.manual_seed(1)
+    other = BertForSequenceClassification(tiny_torch_model.config).eval()
+    with pytest.raises(ExportValidationError) as info:
+        validate_fp32(other, tiny_export / "model.onnx", inputs)
+    err = info.value
+    assert err.max_abs_diff > CONTRACT.fp32_atol
+    assert err.tolerance == CONTRACT.fp32_atol
+    assert err.shape in CONTRACT.shapes
+    assert f"{err.shape}" in str(err)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_exports_and_prints_json(tiny_model_dir, tmp_path):
+    out = tmp_path / "cli-out"
+    proc = _run_cli("--model", str(tiny_model_dir), "--out", str(out), "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["out"] == str(out)
+    assert set(report["variants"]) == {"fp32"}
+    assert report["variants"]["fp32"]["max_abs_diff_logit"] <= CONTRACT.fp32_atol
+    assert report["model_id"] == read_manifest(out).model_id
+
+
+def test_cli_missing_model_exits_2(tmp_path):
+    missing = tmp_path / "no-such-model"
+    proc = _run_cli("--model", str(missing), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert str(missing) in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_cli_package_runs_the_library_export():
+    import export
+    import rerank_engine.exporting
+
+    assert export.export_model is rerank_engine.exporting.export_model
+
+
+def test_content_hash_covers_sharded_weights(tmp_path, tiny_torch_model, bundled_tokenizer):
+    """Two checkpoints with the same config and tokenizer but different weights must not share a cache key.
+
+    `save_pretrained` shards weights into model-0000k-of-0000n.safetensors (+ model.safetensors.index.json)
+    above `max_shard_size`; content_hash only reads the fixed names in WEIGHT_FILES, so sharded weights are
+    not hashed at all and export_model serves the first model's ONNX for the second.
+    """
+    import torch
+    from transformers import BertForSequenceClassification
+
+    hashes = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(tiny_torch_model.config)
+        folder = tmp_path / f"sharded-{seed}"
+        model.save_pretrained(folder, max_shard_size="1MB")
+        bundled_tokenizer.save_pretrained(folder)
+        assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1  # really sharded
+        hashes.append(content_hash(folder))
+    assert hashes[0] != hashes[1], "different sharded weights hash the same: the export cache would collide"
