@@ -10,8 +10,8 @@ import json
 import logging
 import sys
 
-from rerank_engine.exporting import CONTRACT, export_model
 from rerank_engine.errors import RerankEngineError
+from rerank_engine.exporting import CONTRACT, export_model
 from rerank_engine.manifest import read_manifest
 
 

@@ -25,8 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--actors", type=int, default=1)
     args = p.parse_args(argv)
     try:
-        manifest = build_index(args.corpus, args.out, bi_encoder=args.bi_encoder,
-                               max_length=args.max_length, actors=args.actors)
+        manifest = build_index(
+            args.corpus, args.out, bi_encoder=args.bi_encoder, max_length=args.max_length, actors=args.actors
+        )
     except RerankEngineError as exc:
         print(f"build_index failed: {exc}", file=sys.stderr)
         return 2

@@ -28,12 +28,14 @@ def make_sample(out: str | Path, n_queries: int = 300, n_negatives: int = 6, spl
     for q in questions:
         docs.update(dict.fromkeys(q.answers))
         docs.update(dict.fromkeys(q.negatives[:n_negatives]))
-    queries = pa.table({
-        "query_id": [q.qid for q in questions],
-        "query": [q.text for q in questions],
-        "domain": [q.domain for q in questions],
-        "gold_doc_ids": pa.array([list(q.answers) for q in questions], pa.list_(pa.string())),
-    })
+    queries = pa.table(
+        {
+            "query_id": [q.qid for q in questions],
+            "query": [q.text for q in questions],
+            "domain": [q.domain for q in questions],
+            "gold_doc_ids": pa.array([list(q.answers) for q in questions], pa.list_(pa.string())),
+        }
+    )
     doc_ids = sorted(docs, key=int)
     corpus = pa.table({"doc_id": doc_ids, "text": [answers[d] for d in doc_ids]})
     pq.write_table(queries, out / "queries.parquet")

@@ -40,13 +40,26 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("--run-id", default=None)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set k_rerank=3 --set resources.rerank_actors=2")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set k_rerank=3 --set resources.rerank_actors=2",
+    )
     args = p.parse_args(argv)
     try:
         config = load_job_config(args.config, parse_overrides(args.overrides))
-        summary = run_job(config, input=args.input, corpus=args.corpus, index=args.index, output=args.output,
-                          run_id=args.run_id, overwrite=args.overwrite)
+        summary = run_job(
+            config,
+            input=args.input,
+            corpus=args.corpus,
+            index=args.index,
+            output=args.output,
+            run_id=args.run_id,
+            overwrite=args.overwrite,
+        )
     except RerankEngineError as exc:
         print(f"rerank job failed: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,8 @@ def check_coverage(batches: Sequence[Batch], n_rows: int) -> None:
     """Raise if any row is missing from the plan or appears twice."""
     seen = np.zeros(n_rows, dtype=np.int64)
     for batch in batches:
+        if len(batch.indices) and (batch.indices.min() < 0 or batch.indices.max() >= n_rows):
+            raise RuntimeError(f"batch plan is broken: row index outside 0..{n_rows - 1}")
         np.add.at(seen, batch.indices, 1)
     if n_rows and not np.all(seen == 1):
         missing = np.flatnonzero(seen == 0)[:5].tolist()

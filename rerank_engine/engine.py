@@ -115,7 +115,9 @@ class CrossEncoderEngine:
             log.warning("CUDA provider asked for but not available; falling back to %s", CPU)
             if cfg.provider == "cuda":
                 log.warning("provider 'cuda' requested; running on %s instead", session.get_providers())
-        cpu_order = ["int8", "fp32"] if cfg.precision in ("auto", "fp16") else [cfg.precision]
+        if cfg.precision == "fp16":
+            log.warning("fp16 needs the CUDA provider, which is not available; running fp32 on CPU")
+        cpu_order = {"auto": ["int8", "fp32"], "fp16": ["fp32"]}.get(cfg.precision, [cfg.precision])
         precision = self._pick(cpu_order)
         return self._session(ort, variants[precision].file, [CPU]), precision
 
@@ -212,7 +214,7 @@ class CrossEncoderEngine:
             raise ValueError(f"top_k must be ≥ 1, got {top_k}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
-        if not passages:
+        if len(passages) == 0:
             return []
         result = self.score([query] * len(passages), passages)
         order = np.lexsort((np.arange(len(passages)), -result.scores))[:top_k]

@@ -20,28 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.probe_pairs import probe_groups
-from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
+from rerank_engine.errors import ConfigError, ExportValidationError, ModelFormatError, ModelNotFoundError
+from rerank_engine.hashing import content_hash
 from rerank_engine.manifest import MANIFEST_NAME, Manifest, Variant, read_manifest, write_manifest
 from rerank_engine.metrics import ranking_agreement
+from rerank_engine.probe_pairs import probe_groups
 
 log = logging.getLogger(__name__)
 
 EXPORT_CODE_VERSION = "1"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
-WEIGHT_FILES = (
-    "config.json",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "sentencepiece.bpe.model",
-    "spm.model",
-    "merges.txt",
-    "vocab.json",
-)
 
 
 @dataclass(frozen=True)
@@ -84,19 +72,6 @@ def resolve_source(model: str | Path, revision: str | None = None) -> tuple[Path
             f"{model!r} is neither a local folder nor a reachable Hugging Face hub id: {exc}"
         ) from None
     return local, {"model": str(model), "revision": local.name}
-
-
-def content_hash(model_dir: Path) -> str:
-    """sha256 over the weight, config and tokenizer files (names and bytes), in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(WEIGHT_FILES):
-        file = model_dir / name
-        if file.is_file():
-            digest.update(name.encode())
-            with file.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:
@@ -211,7 +186,7 @@ def export_model(
                         f"(Spearman {agreement['spearman_mean']:.3f}, max |Δscore| "
                         f"{agreement['max_abs_diff_score']:.4f})",
                         max_abs_diff=agreement["max_abs_diff_score"],
-                        shape=(len(ref), 24),
+                        shape=(len(ref), len(probe.groups[0][1])),
                         tolerance=min_top5_overlap,
                     )
         tokenizer.save_pretrained(work)
@@ -282,7 +257,7 @@ def _max_length(config, tokenizer, requested: int | None) -> int:
         limit = min(limit, int(tokenizer.model_max_length))
     if requested is not None:
         if requested > limit:
-            raise ValueError(f"max_length {requested} exceeds what the model supports ({limit})")
+            raise ConfigError(f"max_length {requested} exceeds what the model supports ({limit})")
         return requested
     return limit
 

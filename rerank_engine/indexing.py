@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 
 from rerank_engine import schema
 from rerank_engine.config import ColumnsConfig
+from rerank_engine.hashing import file_hash
 
 
 class EmbedStage:
@@ -29,20 +29,23 @@ class EmbedStage:
             titles = batch.column(self.title_col).to_pylist()
             texts = [f"{t}. {x}" if t and x else x for t, x in zip(titles, texts, strict=True)]
         emb = self.encoder.encode([t if isinstance(t, str) else "" for t in texts])
-        return pa.table({"doc_id": batch.column("doc_id").cast(pa.string()),
-                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])})
+        return pa.table(
+            {
+                "doc_id": batch.column("doc_id").cast(pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+            }
+        )
 
 
-def file_hash(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def build_index(corpus: str, out: str, *, bi_encoder: str | None = None, max_length: int = 256,
-                actors: int = 1, columns: ColumnsConfig | None = None) -> dict:
+def build_index(
+    corpus: str,
+    out: str,
+    *,
+    bi_encoder: str | None = None,
+    max_length: int = 256,
+    actors: int = 1,
+    columns: ColumnsConfig | None = None,
+) -> dict:
     from rerank_engine.job import ensure_ray
     from rerank_engine.recall import BiEncoder, RecallIndex
 
@@ -63,16 +66,25 @@ def build_index(corpus: str, out: str, *, bi_encoder: str | None = None, max_len
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     read_cols = [c for c in (cols.doc_id, cols.text, cols.title) if c in table_schema.names]
     n_rows = pq.ParquetFile(corpus).metadata.num_rows
-    ds = ray.data.read_parquet(corpus, columns=read_cols, num_cpus=0.1,
-                               override_num_blocks=max(1, n_rows // 512))
+    ds = ray.data.read_parquet(
+        corpus, columns=read_cols, num_cpus=0.1, override_num_blocks=max(1, n_rows // 512)
+    )
     if cols.doc_id != "doc_id":
         ds = ds.rename_columns({cols.doc_id: "doc_id"})
     ds = ds.map_batches(
-        EmbedStage, fn_constructor_kwargs={"bi_encoder": bi_encoder, "max_length": max_length,
-                                           "text_col": cols.text, "title_col": cols.title,
-                                           "threads": 2},
-        batch_format="pyarrow", batch_size=256, compute=ActorPoolStrategy(size=actors),
-        num_cpus=1, num_gpus=gpus,
+        EmbedStage,
+        fn_constructor_kwargs={
+            "bi_encoder": bi_encoder,
+            "max_length": max_length,
+            "text_col": cols.text,
+            "title_col": cols.title,
+            "threads": 2,
+        },
+        batch_format="pyarrow",
+        batch_size=256,
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=1,
+        num_gpus=gpus,
     )
     ids, chunks = [], []
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -83,7 +95,8 @@ def build_index(corpus: str, out: str, *, bi_encoder: str | None = None, max_len
     if len(set(ids)) != len(ids):
         dup = next(d for d in ids if ids.count(d) > 1)
         raise schema.InputError(f"{corpus}: doc_id {dup!r} appears more than once; doc ids must be unique")
-    index = RecallIndex.build(emb, ids, model=model_id, max_length=max_length, corpus=str(corpus),
-                              corpus_hash=corpus_hash)
+    index = RecallIndex.build(
+        emb, ids, model=model_id, max_length=max_length, corpus=str(corpus), corpus_hash=corpus_hash
+    )
     index.save(out)
     return index.manifest

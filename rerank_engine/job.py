@@ -71,13 +71,16 @@ def inspect_query_log(path: str, config: JobConfig):
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{f} is not a readable Parquet file: {exc}") from None
         file_schema = meta.schema_arrow
-        logged = schema.check_query_schema(file_schema, schema.QueryColumns(cols.query_id, cols.query,
-                                                                            cols.candidates), f)
+        logged = schema.check_query_schema(
+            file_schema, schema.QueryColumns(cols.query_id, cols.query, cols.candidates), f
+        )
         if first_schema is None:
             first_schema = file_schema
         elif not file_schema.equals(first_schema):
-            raise InputError(f"{f} has schema {file_schema} but {files[0]} has {first_schema}; "
-                             "all files of one input must share a schema")
+            raise InputError(
+                f"{f} has schema {file_schema} but {files[0]} has {first_schema}; "
+                "all files of one input must share a schema"
+            )
         n_rows += meta.metadata.num_rows
     return files, filesystem, first_schema, n_rows, logged
 
@@ -101,11 +104,14 @@ def resolve_threshold(config: JobConfig, model: str, model_id: str) -> tuple[flo
         return DEFAULT_THRESHOLD, "default"
     data = json.loads(path.read_text())
     if data.get("scale") != "probability":
-        raise ScaleMismatchError(f"{path} holds a threshold on scale {data.get('scale')!r}; "
-                                 "the job thresholds probabilities")
+        raise ScaleMismatchError(
+            f"{path} holds a threshold on scale {data.get('scale')!r}; the job thresholds probabilities"
+        )
     if data.get("model_id") != model_id:
-        raise ScaleMismatchError(f"{path} was calibrated for model {data.get('model_id')!r}, "
-                                 f"not for {model_id!r}; recalibrate with jobs.calibrate")
+        raise ScaleMismatchError(
+            f"{path} was calibrated for model {data.get('model_id')!r}, "
+            f"not for {model_id!r}; recalibrate with jobs.calibrate"
+        )
     return float(data["value"]), str(path)
 
 
@@ -115,6 +121,7 @@ def resolve_threshold(config: JobConfig, model: str, model_id: str) -> tuple[flo
 @contextmanager
 def deadline(seconds: float):
     """Fail instead of hanging (a stalled Ray pipeline shows no error of its own)."""
+
     def _raise(signum, frame):
         raise TimeoutError(f"the job ran past its timeout of {seconds:.0f} s (config key timeout_s)")
 
@@ -143,18 +150,27 @@ def ensure_ray():
     return ray
 
 
-def run_job(config: JobConfig, *, input: str, corpus: str, output: str, index: str | None = None,
-            run_id: str | None = None, overwrite: bool = False) -> dict:
+def run_job(
+    config: JobConfig,
+    *,
+    input: str,
+    corpus: str,
+    output: str,
+    index: str | None = None,
+    run_id: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     started = time.perf_counter()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     cols = config.columns
 
     # Whole-file and config problems, before any model is loaded.
-    files, filesystem, in_schema, n_rows, logged = inspect_query_log(input, config)
+    files, filesystem, _, n_rows, logged = inspect_query_log(input, config)
     if not Path(corpus).is_file():
         raise InputError(f"corpus {corpus} does not exist (expected a Parquet file with doc_id, text)")
-    schema.check_corpus_schema(pq.read_schema(corpus), schema.CorpusColumns(cols.doc_id, cols.text,
-                                                                            cols.title), corpus)
+    schema.check_corpus_schema(
+        pq.read_schema(corpus), schema.CorpusColumns(cols.doc_id, cols.text, cols.title), corpus
+    )
     if not logged and index is None:
         raise ConfigError(f"--index is required: {files[0]} has no {cols.candidates!r} column")
     out = Path(output)
@@ -179,18 +195,32 @@ def run_job(config: JobConfig, *, input: str, corpus: str, output: str, index: s
         recall_model = str(RecallIndex.load(index).manifest.get("model", "unknown"))
 
     staging = out / f"_staging-{run_id}"
-    inp = PipelineInputs(files=files, n_rows=n_rows, logged=logged, corpus=str(corpus), index_dir=index,
-                         model_source=config.model, export_dir=str(export_dir),
-                         reranker_model=manifest.model_id, recall_model=recall_model,
-                         threshold=threshold, run_id=run_id, filesystem=filesystem)
+    inp = PipelineInputs(
+        files=files,
+        n_rows=n_rows,
+        logged=logged,
+        corpus=str(corpus),
+        index_dir=index,
+        model_source=config.model,
+        export_dir=str(export_dir),
+        reranker_model=manifest.model_id,
+        recall_model=recall_model,
+        threshold=threshold,
+        run_id=run_id,
+        filesystem=filesystem,
+    )
     pipeline_started = time.perf_counter()
     with deadline(config.timeout_s):
         ds = build_pipeline(config, inp)
         if config.exploded:
             from rerank_engine.stages import explode
 
-            ds = ds.map_batches(explode, fn_kwargs={"query_id": cols.query_id, "query": cols.query},
-                                batch_format="pyarrow", num_cpus=config.resources.io_cpus)
+            ds = ds.map_batches(
+                explode,
+                fn_kwargs={"query_id": cols.query_id, "query": cols.query},
+                batch_format="pyarrow",
+                num_cpus=config.resources.io_cpus,
+            )
         ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
     pipeline_s = time.perf_counter() - pipeline_started
 
@@ -202,10 +232,18 @@ def run_job(config: JobConfig, *, input: str, corpus: str, output: str, index: s
     shutil.rmtree(staging)
 
     summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
-    summary.update(run_id=run_id, input=input, output=str(out), threshold=threshold,
-                   threshold_source=threshold_source, reranker_model=manifest.model_id,
-                   recall_model=recall_model, mode="logged_candidates" if logged else "recall",
-                   ray_gpus_for_rerank=gpus, ray_version=ray.__version__)
+    summary.update(
+        run_id=run_id,
+        input=input,
+        output=str(out),
+        threshold=threshold,
+        threshold_source=threshold_source,
+        reranker_model=manifest.model_id,
+        recall_model=recall_model,
+        mode="logged_candidates" if logged else "recall",
+        ray_gpus_for_rerank=gpus,
+        ray_version=ray.__version__,
+    )
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     return summary
@@ -222,16 +260,27 @@ def verify_exactly_once(expected: Counter, table: pa.Table | None, id_col: str, 
     if got != expected:
         missing = list((expected - got).elements())[:5]
         extra = list((got - expected).elements())[:5]
-        raise RerankEngineError(f"output check failed: {sum((expected - got).values())} query rows missing "
-                                f"(e.g. {missing}), {sum((got - expected).values())} extra (e.g. {extra})")
+        raise RerankEngineError(
+            f"output check failed: {sum((expected - got).values())} query rows missing "
+            f"(e.g. {missing}), {sum((got - expected).values())} extra (e.g. {extra})"
+        )
 
 
 def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, wall_s: float) -> dict:
     if table is None or table.num_rows == 0:
         return {"queries": 0, "pairs": 0, "wall_s": round(wall_s, 2)}
     if config.exploded:  # one row per kept pair: count queries once
-        table = table.group_by([config.columns.query_id, "status", "n_candidates", "n_kept", "n_tokens",
-                                "n_padded_tokens", "provider"]).aggregate([])
+        table = table.group_by(
+            [
+                config.columns.query_id,
+                "status",
+                "n_candidates",
+                "n_kept",
+                "n_tokens",
+                "n_padded_tokens",
+                "provider",
+            ]
+        ).aggregate([])
     statuses = Counter(table.column("status").to_pylist())
     pairs = int(pa.compute.sum(table.column("n_candidates")).as_py() or 0)
     tokens = int(pa.compute.sum(table.column("n_tokens")).as_py() or 0)

@@ -12,15 +12,21 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 import numpy as np
 
 
+def _distinct(ranked: Sequence[Hashable]) -> list:
+    """A ranking lists each document once: later repeats are dropped."""
+    return list(dict.fromkeys(ranked))
+
+
 def precision_at_k(ranked: Sequence[Hashable], relevant: set, k: int) -> float:
     """Relevant documents among the first k positions, divided by k (missing positions count as misses)."""
+    ranked = _distinct(ranked)
     return sum(1 for d in ranked[:k] if d in relevant) / k
 
 
 def recall_at_k(ranked: Sequence[Hashable], relevant: set, k: int) -> float:
     if not relevant:
         return 0.0
-    return sum(1 for d in ranked[:k] if d in relevant) / len(relevant)
+    return sum(1 for d in _distinct(ranked)[:k] if d in relevant) / len(relevant)
 
 
 def dcg_at_k(gains: Sequence[float], k: int) -> float:
@@ -32,7 +38,7 @@ def ndcg_at_k(ranked: Sequence[Hashable], relevant: set, k: int) -> float:
     if not relevant:
         return 0.0
     ideal = dcg_at_k([1.0] * min(k, len(relevant)), k)
-    return dcg_at_k([1.0 if d in relevant else 0.0 for d in ranked[:k]], k) / ideal
+    return dcg_at_k([1.0 if d in relevant else 0.0 for d in _distinct(ranked)[:k]], k) / ideal
 
 
 def mrr_at_k(ranked: Sequence[Hashable], relevant: set, k: int) -> float:

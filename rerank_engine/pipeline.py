@@ -45,33 +45,61 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
     r = config.resources
     gpus = rerank_gpus(config)
     blocks = max(1, math.ceil(inp.n_rows / r.block_rows))
-    ds = ray.data.read_parquet(inp.files, filesystem=inp.filesystem, num_cpus=r.io_cpus,
-                               override_num_blocks=blocks)
+    ds = ray.data.read_parquet(
+        inp.files, filesystem=inp.filesystem, num_cpus=r.io_cpus, override_num_blocks=blocks
+    )
     if inp.logged:
-        ds = ds.map_batches(logged_candidates, fn_kwargs={"config": config}, batch_format="pyarrow",
-                            batch_size=r.recall_batch_rows, num_cpus=r.io_cpus)
+        ds = ds.map_batches(
+            logged_candidates,
+            fn_kwargs={"config": config},
+            batch_format="pyarrow",
+            batch_size=r.recall_batch_rows,
+            num_cpus=r.io_cpus,
+        )
     else:
         ds = ds.map_batches(
-            RecallStage, fn_constructor_kwargs={"config": config, "index_dir": inp.index_dir,
-                                                "threads": max(1, round(r.recall_cpus))},
-            batch_format="pyarrow", batch_size=r.recall_batch_rows,
-            compute=ActorPoolStrategy(size=r.recall_actors), num_cpus=r.recall_cpus,
+            RecallStage,
+            fn_constructor_kwargs={
+                "config": config,
+                "index_dir": inp.index_dir,
+                "threads": max(1, round(r.recall_cpus)),
+            },
+            batch_format="pyarrow",
+            batch_size=r.recall_batch_rows,
+            compute=ActorPoolStrategy(size=r.recall_actors),
+            num_cpus=r.recall_cpus,
         )
     ds = ds.map_batches(
-        TokenizeStage, fn_constructor_kwargs={"config": config, "corpus_path": inp.corpus,
-                                              "tokenizer_dir": inp.export_dir},
-        batch_format="pyarrow", batch_size=r.rerank_batch_rows,
-        compute=ActorPoolStrategy(size=r.tokenize_actors), num_cpus=r.tokenize_cpus,
+        TokenizeStage,
+        fn_constructor_kwargs={"config": config, "corpus_path": inp.corpus, "tokenizer_dir": inp.export_dir},
+        batch_format="pyarrow",
+        batch_size=r.rerank_batch_rows,
+        compute=ActorPoolStrategy(size=r.tokenize_actors),
+        num_cpus=r.tokenize_cpus,
     )
     ds = ds.map_batches(
-        RerankStage, fn_constructor_kwargs={"config": config, "model_source": inp.model_source,
-                                            "threads": r.rerank_threads, "want_fp16": bool(gpus)},
-        batch_format="pyarrow", batch_size=r.rerank_batch_rows,
-        compute=ActorPoolStrategy(size=r.rerank_actors), num_cpus=r.rerank_cpus, num_gpus=gpus,
+        RerankStage,
+        fn_constructor_kwargs={
+            "config": config,
+            "model_source": inp.model_source,
+            "threads": r.rerank_threads,
+            "want_fp16": bool(gpus),
+        },
+        batch_format="pyarrow",
+        batch_size=r.rerank_batch_rows,
+        compute=ActorPoolStrategy(size=r.rerank_actors),
+        num_cpus=r.rerank_cpus,
+        num_gpus=gpus,
     )
     return ds.map_batches(
-        finalize, fn_kwargs={"k_rerank": config.k_rerank, "threshold": inp.threshold,
-                             "reranker_model": inp.reranker_model, "recall_model": inp.recall_model,
-                             "run_id": inp.run_id},
-        batch_format="pyarrow", num_cpus=r.io_cpus,
+        finalize,
+        fn_kwargs={
+            "k_rerank": config.k_rerank,
+            "threshold": inp.threshold,
+            "reranker_model": inp.reranker_model,
+            "recall_model": inp.recall_model,
+            "run_id": inp.run_id,
+        },
+        batch_format="pyarrow",
+        num_cpus=r.io_cpus,
     )

@@ -18,6 +18,7 @@ import numpy as np
 
 from rerank_engine.batching import pad_rows, plan_batches
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
+from rerank_engine.hashing import content_hash
 
 
 def bundled_minilm_dir() -> Path:
@@ -66,13 +67,9 @@ class BiEncoder:
 
     @staticmethod
     def describe(model_dir: str | Path | None) -> str:
-        """"<folder name>@<hash of config and weights size>", without loading the model."""
+        """ "<folder name>@<content hash>", without loading the model."""
         model_dir = Path(model_dir) if model_dir else bundled_minilm_dir()
-        digest = hashlib.sha256((model_dir / "config.json").read_bytes())
-        weights = model_dir / "model.safetensors"
-        if weights.is_file():
-            digest.update(str(weights.stat().st_size).encode())
-        return f"{model_dir.name}@{digest.hexdigest()[:12]}"
+        return f"{model_dir.name}@{content_hash(model_dir)[:12]}"
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """float32 [n, dim], unit length, in input order."""

@@ -222,15 +222,21 @@ class TokenizeStage:
 class RerankStage:
     """Score every pair of the batch with the engine (bucketed across the whole batch): `_logits`."""
 
-    def __init__(self, config: JobConfig, model_source: str | Path, threads: int = 0, want_fp16: bool = False):
+    def __init__(self, config: JobConfig, model_source: str | Path, threads: int = 0, want_fp16=False):
         from rerank_engine.engine import CrossEncoderEngine
         from rerank_engine.exporting import needed_precisions, resolve_export
 
         export_dir = resolve_export(model_source, needed_precisions(config.precision, gpu=want_fp16))
-        self.engine = CrossEncoderEngine(EngineConfig.build(
-            model_dir=export_dir, precision=config.precision, provider=config.provider,
-            intra_op_threads=threads, tokenizer=config.tokenizer, batching=config.batching,
-        ))
+        self.engine = CrossEncoderEngine(
+            EngineConfig.build(
+                model_dir=export_dir,
+                precision=config.precision,
+                provider=config.provider,
+                intra_op_threads=threads,
+                tokenizer=config.tokenizer,
+                batching=config.batching,
+            )
+        )
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)

@@ -8,6 +8,7 @@ light tests stays light.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import pytest
 from rerank_engine.batching import pad_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Ray 2.60 clusters started by `ray start` require a token; clients read this mode when ray is imported.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 # A little real text for the tests that need (query, passage) pairs.
 WORDS = [

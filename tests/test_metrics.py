@@ -139,3 +139,20 @@ def test_ranking_agreement():
     assert got["top1_overlap_mean"] == pytest.approx(0.5)  # q1 agrees, q2 does not
     assert got["top1_overlap_min"] == 0.0
     assert got["max_abs_diff_score"] == pytest.approx(0.4)  # q2: |0.2 - 0.6|
+
+
+def test_bm25_hand_computed():
+    import math
+
+    from rerank_engine.bm25 import BM25
+
+    docs = ["flood flood cover", "fire cover", "car"]
+    bm = BM25(docs, k1=1.2, b=0.75)
+    # "flood": df=1 of n=3 → idf = ln(1 + (3 - 1 + 0.5) / 1.5) = ln(8/3); avg length = 2
+    idf = math.log(1 + 2.5 / 1.5)
+    norm0 = 1.2 * (1 - 0.75 + 0.75 * 3 / 2)  # doc 0 has 3 tokens, tf = 2
+    expected = idf * 2 * 2.2 / (2 + norm0)
+    scores = bm.scores("Flood?")
+    assert scores[0] == pytest.approx(expected)
+    assert scores[1] == 0 and scores[2] == 0
+    assert bm.top_k("fire cover", 2) == [1, 0]

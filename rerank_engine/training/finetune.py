@@ -33,7 +33,10 @@ from rerank_engine.tokenization import PairTokenizer
 
 class FinetuneConfig(_Frozen):
     loss: Literal["bce", "listwise"] = "listwise"
-    n_negatives: int = Field(7, ge=1, description="negatives per group (1 positive + n)")
+    n_negatives: int = Field(7, ge=1, description="mined (hard) negatives per group")
+    n_random_negatives: int = Field(
+        0, ge=0, description="extra negatives per group drawn from other queries' positives (easy)"
+    )
     groups_per_step: int = Field(4, ge=1)
     steps: int = Field(2000, ge=1, description="length of the LR schedule")
     lr: float = Field(3e-5, gt=0)
@@ -120,8 +123,8 @@ def evaluate(model, tokenizer: PairTokenizer, evalset: EvalSet, k_rerank: int = 
 class GroupSampler:
     """Deterministic, resumable: epoch permutations from (seed, epoch); a cursor into the current one."""
 
-    def __init__(self, records: list[dict], n_negatives: int, seed: int):
-        self.records, self.n_negatives, self.seed = records, n_negatives, seed
+    def __init__(self, records: list[dict], n_negatives: int, seed: int, n_random: int = 0):
+        self.records, self.n_negatives, self.seed, self.n_random = records, n_negatives, seed, n_random
         self.epoch, self.cursor = 0, 0
 
     def state(self) -> dict:
@@ -144,7 +147,12 @@ class GroupSampler:
             pos = rec["pos"][int(rng.integers(len(rec["pos"])))]
             negs = list(rec["neg"])
             pick = rng.choice(len(negs), size=self.n_negatives, replace=len(negs) < self.n_negatives)
-            groups.append((rec["query"], pos, [negs[i] for i in pick]))
+            chosen = [negs[i] for i in pick]
+            while len(chosen) < self.n_negatives + self.n_random:  # easy: another query's positive
+                other = self.records[int(rng.integers(len(self.records)))]
+                if other is not rec and other["pos"][0] not in rec["pos"]:
+                    chosen.append(other["pos"][0])
+            groups.append((rec["query"], pos, chosen))
         return groups
 
 
@@ -218,7 +226,7 @@ def train(
         return max(0.0, (config.steps - step) / max(1, config.steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    sampler = GroupSampler(records, config.n_negatives, config.seed)
+    sampler = GroupSampler(records, config.n_negatives, config.seed, config.n_random_negatives)
     state = {"step": 0, "best_ndcg5": -1.0, "best_step": None, "config_key": config.key(), "history": []}
 
     ckpt = run_dir / "checkpoint.pt"
@@ -271,7 +279,7 @@ def train(
         queries = [q for q, _, negs in groups for _ in range(1 + len(negs))]
         passages = [p for _, pos, negs in groups for p in (pos, *negs)]
         logits = _bucketed_logits(model, tokenizer, queries, passages, device)
-        grouped = logits.view(len(groups), 1 + config.n_negatives)
+        grouped = logits.view(len(groups), 1 + config.n_negatives + config.n_random_negatives)
         if config.loss == "listwise":
             target = torch.zeros(len(groups), dtype=torch.long, device=device)
             loss = torch.nn.functional.cross_entropy(grouped, target)

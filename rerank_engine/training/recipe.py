@@ -40,7 +40,7 @@ def run(cfg: dict, log=print) -> dict:
     run_dir = Path(cfg["run_dir"])
     base_model = cfg.get("base_model") or bundled_minilm_dir()
     recall = answer_recall(cfg["cache_dir"])
-    mined_path = run_dir / "mined_train.jsonl"
+    mined_path = Path(cfg.get("mined_from") or run_dir / "mined_train.jsonl")
     if not mined_path.is_file():
         _, stats = mine_insuranceqa(
             "train", MiningConfig.build(**cfg["mining"]), cfg["cache_dir"], mined_path, recall=recall

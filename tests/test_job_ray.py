@@ -1,0 +1,210 @@
+"""The batch job on a real local Ray cluster, with the output Parquet read back row by row.
+
+One head is started per module with `ray start --head --num-gpus=1` on loopback (no real GPU here), so
+every run below places its rerank actors by GPU resource and must fall back to the CPU provider; one
+run asks for CPU actors instead. The last test submits the job with `ray job submit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rerank_engine.probe_pairs import PASSAGES, QUERIES
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    import ray
+
+    port, dash = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    ray.init(address=f"127.0.0.1:{port}")
+    try:
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ray_head):
+    from rerank_engine.indexing import build_index
+
+    root = tmp_path_factory.mktemp("job")
+    doc_ids = [f"doc-{i:02d}" for i in range(len(PASSAGES))]
+    pq.write_table(pa.table({"doc_id": doc_ids, "text": PASSAGES}), root / "corpus.parquet")
+    queries = [*QUERIES, "", "   ", "Is hail damage to my car covered?"]
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": [f"q{i}" for i in range(len(queries))],
+                "query": queries,
+                "tenant": [f"t{i % 3}" for i in range(len(queries))],
+                "weight": [float(i) if i != 2 else float("nan") for i in range(len(queries))],
+            }
+        ),
+        root / "queries.parquet",
+    )
+    build_index(str(root / "corpus.parquet"), str(root / "index"))
+    return root, dict(zip(doc_ids, PASSAGES, strict=True))
+
+
+def _run(config_overrides, root, output, **kw):
+    from rerank_engine.config import load_job_config
+    from rerank_engine.job import run_job
+
+    config = load_job_config(REPO / "jobs/configs/local.yaml", {"timeout_s": 600, **config_overrides})
+    return run_job(config, corpus=str(root / "corpus.parquet"), output=str(output), **kw)
+
+
+def test_recall_mode_row_by_row(data, tiny_export):
+    from rerank_engine.config import EngineConfig
+    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.recall import BiEncoder, RecallIndex
+
+    root, docs = data
+    summary = _run(
+        {"model": str(tiny_export), "precision": "fp32", "k_recall": 8, "k_rerank": 3, "threshold": 0.0},
+        root,
+        root / "out",
+        input=str(root / "queries.parquet"),
+        index=str(root / "index"),
+    )
+    out = pq.read_table(root / "out").to_pylist()
+    inp = pq.read_table(root / "queries.parquet").to_pylist()
+    assert sorted(r["query_id"] for r in out) == sorted(r["query_id"] for r in inp)  # each exactly once
+    assert summary["queries"] == len(inp) and summary["errors"] == {"empty_query": 2}
+    assert summary["ray_gpus_for_rerank"] == 1  # placed by the declared GPU ...
+    assert summary["providers"] == ["CPUExecutionProvider"]  # ... and fell back to CPU: no CUDA here
+    assert json.loads((root / "out" / "_run_summary.json").read_text())["run_id"] == summary["run_id"]
+
+    index, encoder = RecallIndex.load(root / "index"), BiEncoder()
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=tiny_export, precision="fp32"))
+    by_id = {r["query_id"]: r for r in inp}
+    for row in out:
+        src = by_id[row["query_id"]]
+        assert row["tenant"] == src["tenant"]  # pass-through survives
+        assert row["weight"] == src["weight"] or (np.isnan(row["weight"]) and np.isnan(src["weight"]))
+        if not src["query"].strip():
+            assert row["status"] == "empty_query" and row["results"] == []
+            continue
+        _, cands = index.search(encoder.encode([src["query"]]), 8)
+        cands = list(cands[0])
+        scores = engine.score([src["query"]] * len(cands), [docs[d] for d in cands]).scores
+        expected = sorted(range(len(cands)), key=lambda j: (-scores[j], cands[j]))[:3]
+        assert [r["doc_id"] for r in row["results"]] == [cands[j] for j in expected]
+        np.testing.assert_allclose([r["score"] for r in row["results"]], scores[expected], atol=1e-5)
+        assert [r["recall_rank"] for r in row["results"]] == [j + 1 for j in expected]
+        assert row["status"] == "ok" and row["n_candidates"] == 8 and row["n_kept"] == 3
+
+
+def test_logged_candidates_cpu_actors_and_no_relevant(data, tiny_export):
+    root, docs = data
+    ids = list(docs)
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": ["a", "b", "c"],
+                "query": [QUERIES[0], QUERIES[1], QUERIES[2]],
+                "candidates": pa.array([ids[:5], ["unknown-doc"], []], pa.list_(pa.string())),
+            }
+        ),
+        root / "logged.parquet",
+    )
+    summary = _run(
+        {"model": str(tiny_export), "precision": "fp32", "threshold": 0.99, "resources.rerank_gpus": 0},
+        root,
+        root / "out-logged",
+        input=str(root / "logged.parquet"),
+    )
+    rows = {r["query_id"]: r for r in pq.read_table(root / "out-logged").to_pylist()}
+    assert summary["mode"] == "logged_candidates" and summary["ray_gpus_for_rerank"] == 0
+    assert (
+        rows["a"]["status"] == "no_relevant" and rows["a"]["results"] == [] and rows["a"]["n_candidates"] == 5
+    )
+    assert rows["b"]["status"] == "unknown_candidates"
+    assert rows["c"]["status"] == "no_candidates"
+
+
+def test_ray_job_submit_round_trip(data, tiny_export, ray_head):
+    root, _ = data
+    out = root / "out-submitted"
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--working-dir",
+        str(REPO),
+        "--",
+        sys.executable,
+        "-m",
+        "jobs.rerank",
+        "--config",
+        "jobs/configs/local.yaml",
+        "--input",
+        str(root / "queries.parquet"),
+        "--corpus",
+        str(root / "corpus.parquet"),
+        "--index",
+        str(root / "index"),
+        "--output",
+        str(out),
+        "--set",
+        f"model={tiny_export}",
+        "--set",
+        "precision=fp32",
+        "--set",
+        "timeout_s=600",
+    ]
+    done = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = pq.read_table(out)
+    assert sorted(table.column("query_id").to_pylist()) == sorted(
+        pq.read_table(root / "queries.parquet").column("query_id").to_pylist()
+    )
+    assert '"queries": 11' in done.stdout

@@ -1,0 +1,136 @@
+"""The batch job's stages called directly on hand-made tables: no Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rerank_engine import schema
+from rerank_engine.config import JobConfig
+from rerank_engine.engine import CrossEncoderEngine
+from rerank_engine.errors import InputError
+from rerank_engine.stages import RerankStage, TokenizeStage, explode, finalize, logged_candidates
+
+DOCS = {
+    "d1": "A standard homeowners policy excludes flood damage.",
+    "d2": "Critical illness cover usually has a 90 day waiting period.",
+    "d3": "Term life insurance pays nothing if you outlive the term.",
+    "d4": "COBRA keeps your employer health plan for 18 months.",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": list(DOCS), "text": list(DOCS.values())}), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def config(tiny_export):
+    return JobConfig.build(model=str(tiny_export), precision="fp32", k_recall=4, k_rerank=3, threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def scored(config, corpus, tiny_export):
+    batch = {
+        "query_id": ["q1", "q2", "q3", "q4", "q5"],
+        "query": ["does home insurance cover floods", "  ", "waiting period", "term life", "cobra"],
+        "candidates": [["d1", "d2", "d1", "d3"], ["d1"], [], ["nope", "zzz"], ["d4", "missing"]],
+        "team": ["a", "b", "c", "d", "e"],  # pass-through
+    }
+    stage_in = logged_candidates(batch, config=config)
+    tokenized = TokenizeStage(config, corpus, tiny_export)(stage_in)
+    return stage_in, tokenized, RerankStage(config, tiny_export, threads=1)(tokenized)
+
+
+def test_logged_candidates_statuses_and_dedupe(scored):
+    stage_in, _, _ = scored
+    assert stage_in.column("_status").to_pylist() == [
+        None,
+        schema.EMPTY_QUERY,
+        schema.NO_CANDIDATES,
+        None,
+        None,
+    ]
+    assert stage_in.column("_cand_ids").to_pylist()[0] == ["d1", "d2", "d3"]  # repeat of d1 dropped
+    assert stage_in.column("_recall_ranks").to_pylist()[0] == [1, 2, 4]  # logged positions kept
+
+
+def test_tokenize_drops_unknown_docs_and_flags_rows(scored):
+    _, tokenized, _ = scored
+    assert tokenized.column("_status").to_pylist()[3] == schema.UNKNOWN_CANDIDATES
+    assert tokenized.column("_cand_ids").to_pylist()[4] == ["d4"]
+    assert tokenized.column("_n_unknown").to_pylist() == [0, 0, 0, 2, 1]
+    lengths = tokenized.column("_lengths").to_pylist()
+    ids = tokenized.column("_ids_flat").to_pylist()
+    assert [len(x) for x in lengths] == [3, 0, 0, 0, 1]
+    assert [sum(x) for x in lengths] == [len(x) for x in ids]
+
+
+def test_rerank_scores_equal_the_engine(scored, config, tiny_export):
+    _, tokenized, reranked = scored
+    from rerank_engine.config import EngineConfig
+
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=tiny_export, precision="fp32"))
+    query = tokenized.column("query").to_pylist()[0]
+    docs = tokenized.column("_cand_ids").to_pylist()[0]
+    want = engine.score([query] * len(docs), [DOCS[d] for d in docs]).logits
+    got = np.asarray(reranked.column("_logits").to_pylist()[0], dtype=np.float32)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert reranked.column("provider").to_pylist()[0] == "CPUExecutionProvider"
+    assert reranked.column("n_tokens").to_pylist()[1] == 0
+
+
+def test_finalize_sorts_thresholds_and_sets_status(scored):
+    _, _, reranked = scored
+    out = finalize(reranked, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    assert out.schema.names[:4] == ["query_id", "query", "candidates", "team"]
+    assert out.schema.names[4:] == [f.name for f in schema.OUTPUT_FIELDS]
+    rows = out.to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "empty_query", "no_candidates", "unknown_candidates", "ok"]
+    first = rows[0]["results"]
+    assert [r["rank"] for r in first] == [1, 2]
+    assert first[0]["score"] >= first[1]["score"]
+    assert first[0]["recall_score"] is None  # logged mode has no recall score
+    assert rows[0]["n_candidates"] == 3 and rows[0]["n_kept"] == 2
+    assert all(r["results"] == [] and r["n_kept"] == 0 for r in rows[1:4])
+
+    none = finalize(
+        reranked, k_rerank=2, threshold=1.0, reranker_model="m", recall_model="logged", run_id="r"
+    )
+    assert none.column("status").to_pylist()[0] == schema.NO_RELEVANT
+    assert none.column("results").to_pylist()[0] == []
+
+
+def test_finalize_breaks_ties_by_doc_id_and_flags_nan():
+    batch = {
+        "query_id": ["a", "b"],
+        "query": ["x", "y"],
+        "_status": pa.array([None, None], pa.string()),
+        "_cand_ids": [["z", "b", "a"], ["p", "q"]],
+        "_recall_scores": pa.array([None, None], pa.list_(pa.float32())),
+        "_recall_ranks": [[1, 2, 3], [1, 2]],
+        "_logits": pa.array([[0.5, 0.5, 0.5], [float("nan"), 1.0]], pa.list_(pa.float32())),
+    }
+    out = finalize(batch, k_rerank=3, threshold=0.1, reranker_model="m", recall_model="r", run_id="x")
+    rows = out.to_pylist()
+    assert [r["doc_id"] for r in rows[0]["results"]] == ["a", "b", "z"]
+    assert rows[1]["status"] == schema.NONFINITE_SCORE and rows[1]["results"] == []
+
+
+def test_explode_one_row_per_kept_pair_and_one_for_empty(scored):
+    _, _, reranked = scored
+    out = finalize(reranked, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    flat = explode(out, query_id="query_id", query="query")
+    ids = flat.column("query_id").to_pylist()
+    assert ids.count("q1") == 2 and ids.count("q2") == 1 and ids.count("q5") == 1
+    assert set(ids) == {"q1", "q2", "q3", "q4", "q5"}
+    assert flat.column("doc_id").to_pylist()[ids.index("q2")] is None
+
+
+def test_stage_names_missing_columns(config, corpus, tiny_export):
+    with pytest.raises(InputError, match=r"stage tokenize: missing columns \['_status'"):
+        TokenizeStage(config, corpus, tiny_export)({"query": ["x"]})
