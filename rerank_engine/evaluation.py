@@ -36,6 +36,22 @@ def engine_scorer(model: str | Path, threads: int = 2) -> tuple[str, Callable]:
     return engine.model_id, lambda q, p: engine.score(q, p).scores
 
 
+def rerank_groups(
+    score: Callable, questions, groups: list[list[str]], relevant: list[set], answers, log=print
+) -> list[tuple[list[str], set]]:
+    """Score every (question, candidate) pair in one call, then order each question's candidates."""
+    flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
+    flat_p = [answers[d] for g in groups for d in g]
+    t = time.perf_counter()
+    s = score(flat_q, flat_p)
+    log(f"{len(flat_p)} pairs in {time.perf_counter() - t:.0f}s")
+    runs, start = [], 0
+    for g, rel in zip(groups, relevant, strict=True):
+        runs.append((_order(s[start : start + len(g)], g), rel))
+        start += len(g)
+    return runs
+
+
 def summarise(runs: list[tuple[list[str], set]], handed_on: int = 5) -> dict[str, float]:
     out = mean_metrics(runs, KS)
     out[f"noise@{handed_on}"] = noise_ratio((r[:handed_on], rel) for r, rel in runs)
@@ -63,17 +79,10 @@ def cascade(
         ],
         "bi-encoder (recall top-20)": [(c, rel) for c, rel in zip(cands, relevant, strict=True)],
     }
-    flat_q = [q.text for q, c in zip(questions, cands, strict=True) for _ in c]
-    flat_p = [answers[d] for c in cands for d in c]
     for name, score in scorers.items():
-        t = time.perf_counter()
-        s = score(flat_q, flat_p)
-        log(f"cascade {name}: {len(flat_p)} pairs in {time.perf_counter() - t:.0f}s")
-        runs, start = [], 0
-        for c, rel in zip(cands, relevant, strict=True):
-            runs.append((_order(s[start : start + len(c)], c), rel))
-            start += len(c)
-        rows[f"{name} (rerank recall top-20)"] = runs
+        rows[f"{name} (rerank recall top-20)"] = rerank_groups(
+            score, questions, cands, relevant, answers, log=lambda m, n=name: log(f"cascade {n}: {m}")
+        )
     out = {name: summarise(runs) for name, runs in rows.items()}
     missed = [i for i, rel in enumerate(relevant) if not rel & set(cands[i])]
     out["_info"] = {
@@ -102,17 +111,10 @@ def pool(
         bm = BM25([answers[d] for d in p])
         rows["BM25 (pool)"].append((_order(bm.scores(q.text), p), rel))
         rows["bi-encoder (pool)"].append((_order(np.stack([emb_by_id[d] for d in p]) @ qe, p), rel))
-    flat_q = [q.text for q, p in zip(questions, pools, strict=True) for _ in p]
-    flat_p = [answers[d] for p in pools for d in p]
     for name, score in scorers.items():
-        t = time.perf_counter()
-        s = score(flat_q, flat_p)
-        log(f"pool {name}: {len(flat_p)} pairs in {time.perf_counter() - t:.0f}s")
-        runs, start = [], 0
-        for p, rel in zip(pools, relevant, strict=True):
-            runs.append((_order(s[start : start + len(p)], p), rel))
-            start += len(p)
-        rows[f"{name} (pool)"] = runs
+        rows[f"{name} (pool)"] = rerank_groups(
+            score, questions, pools, relevant, answers, log=lambda m, n=name: log(f"pool {n}: {m}")
+        )
     out = {name: summarise(runs) for name, runs in rows.items()}
     out["_info"] = {"questions": len(questions), "mean_pool_size": float(np.mean([len(p) for p in pools]))}
     return out

@@ -14,6 +14,10 @@ LIGHT = [
     "rerank_engine.validation",
     "rerank_engine.manifest",
     "rerank_engine.metrics",
+    "rerank_engine.schema",
+    "rerank_engine.hashing",
+    "rerank_engine.bm25",
+    "rerank_engine.evaluation",
 ]
 HEAVY = ["ray", "torch", "onnxruntime", "faiss", "transformers"]
 

@@ -1,0 +1,86 @@
+"""Side-by-side engine variants on the same real pairs: ONNX fp32 / int8, with and without the ORT
+transformer optimizer, with and without length bucketing. Prints pairs/s (median of reps, variants
+interleaved so machine noise hits all alike), ratios to fp32 unbucketed, and padding efficiency.
+
+    python -m benchmarks.engine_variants [--model models/insurance-minilm-l6-ce] [--queries 40] [--reps 3]
+
+Pairs: recall top-20 of the first N InsuranceQA test questions over the sample corpus (needs the data
+extra and `make demo`'s sample/index), else the probe pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.config import EngineConfig
+from rerank_engine.engine import CrossEncoderEngine
+from rerank_engine.exporting import export_model
+
+
+def real_pairs(n_queries: int) -> tuple[list[str], list[str]]:
+    from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
+
+    encoder, index, _ = answer_recall(".cache/embeddings")
+    questions = load_split("test")[:n_queries]
+    answers = load_answers()
+    _, ids = index.search(encoder.encode([q.text for q in questions]), 20)
+    queries = [q.text for q, row in zip(questions, ids, strict=True) for _ in row]
+    return queries, [answers[d] for row in ids for d in row]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.engine_variants")
+    p.add_argument("--model", default="models/insurance-minilm-l6-ce")
+    p.add_argument("--queries", type=int, default=40)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="artifacts/bench")
+    args = p.parse_args(argv)
+    queries, passages = real_pairs(args.queries)
+    plain = export_model(args.model, Path(args.out) / "plain", precisions=["fp32", "int8"])
+    opt = export_model(args.model, Path(args.out) / "optimized", precisions=["fp32", "int8"], optimize=True)
+    variants = {}
+    for name, folder in (("plain", plain), ("optimized", opt)):
+        for precision in ("fp32", "int8"):
+            for bucketing in (False, True):
+                variants[f"{precision}/{name}/{'bucketed' if bucketing else 'unbucketed'}"] = (
+                    CrossEncoderEngine(
+                        EngineConfig.build(
+                            model_dir=folder,
+                            precision=precision,
+                            intra_op_threads=args.threads,
+                            batching={"bucketing": bucketing},
+                        )
+                    )
+                )
+    pairs = {name: e.tokenize(queries, passages) for name, e in variants.items()}
+    times = {name: [] for name in variants}
+    results = {}
+    for _ in range(args.reps):
+        for name, engine in variants.items():
+            t = time.perf_counter()
+            results[name] = engine.score_tokenized(pairs[name])
+            times[name].append(time.perf_counter() - t)
+    base = "fp32/plain/unbucketed"
+    ref = results[base].scores
+    table = {}
+    for name in variants:
+        pps = len(passages) / statistics.median(times[name])
+        table[name] = {
+            "pairs_per_s": round(pps, 1),
+            "ratio_vs_fp32_unbucketed": round(pps * statistics.median(times[base]) / len(passages), 2),
+            "padding_efficiency": round(results[name].padding_efficiency, 3),
+            "max_abs_dscore_vs_fp32": float(np.max(np.abs(results[name].scores - ref))),
+        }
+    print(json.dumps({"pairs": len(passages), "threads": args.threads, "variants": table}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
