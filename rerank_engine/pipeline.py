@@ -45,8 +45,12 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
     r = config.resources
     gpus = rerank_gpus(config)
     blocks = max(1, math.ceil(inp.n_rows / r.block_rows))
-    ds = ray.data.read_parquet(
-        inp.files, filesystem=inp.filesystem, num_cpus=r.io_cpus, override_num_blocks=blocks
+    ds = ray.data.read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
+        inp.files,
+        filesystem=inp.filesystem,
+        num_cpus=r.io_cpus,
+        override_num_blocks=blocks,
+        partitioning=None,
     )
     if inp.logged:
         ds = ds.map_batches(

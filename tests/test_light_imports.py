@@ -18,6 +18,7 @@ LIGHT = [
     "rerank_engine.hashing",
     "rerank_engine.bm25",
     "rerank_engine.evaluation",
+    "rerank_engine.nightly",
 ]
 HEAVY = ["ray", "torch", "onnxruntime", "faiss", "transformers"]
 

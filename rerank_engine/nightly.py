@@ -1,0 +1,413 @@
+"""Nightly operation: one date partition of the query log in, one committed output folder out.
+
+    config = load_nightly_config("jobs/configs/nightly_local.yaml")
+    summary = run_nightly(config, "2026-11-26")          # date=None: yesterday (UTC)
+
+The date's rows are cut into chunks of `chunk_rows`; each chunk runs through `run_job` (which checks
+its own chunk exactly once) and is committed by an atomic rename. When every chunk is committed, the
+output folder is assembled beside it with `_manifest.json` and `_SUCCESS`, checked again against every
+input query id, and renamed into place in one step. For an output `<root>/dt=D`:
+
+    <root>/_nightly/dt=D.lock          one run per date at a time (flock, released when the process dies)
+    <root>/_nightly/dt=D/plan/         plan.json (resume key, chunk list) + the chunk inputs
+    <root>/_nightly/dt=D/staging/<c>/  run_job writes chunk <c> here; a killed run leaves it half written
+    <root>/_nightly/dt=D/chunks/<c>/   chunk <c> committed: its staging folder renamed
+    <root>/_nightly/dt=D/final-<run>/  part files (hard links to the chunks), manifest, _SUCCESS last
+    <root>/dt=D/                       that folder renamed into place: readers see all of it or nothing
+
+The work folder starts with "_", so readers that skip such paths (pyarrow datasets, Spark, Hive) never
+list it. A rerun resumes: committed chunks are kept when the config, the model and the input files are
+the ones they were made with, anything else in the work folder is redone; a committed date is a no-op
+unless `overwrite`, which recomputes the date from scratch and swaps the folder (two renames).
+
+Output must be a path every node can write (local disk for one machine, a shared mount on a cluster):
+`run_job` writes with local file APIs and the commit relies on rename. Input may be a pyarrow URI.
+Light module: imports no ray (run_job does, when a chunk runs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+
+from rerank_engine.config import JobConfig, _Frozen
+from rerank_engine.errors import ConfigError, InputError, RerankEngineError
+from rerank_engine.job import inspect_query_log, read_ids, run_job, verify_exactly_once
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.json"
+WORK_DIR = "_nightly"
+DATE_FIELD = "{date}"
+
+
+class InjectedFailure(RerankEngineError):
+    """Raised on purpose by `fail_after_chunks` to test that a crashed run is completed by its rerun."""
+
+
+class NightlyConfig(_Frozen):
+    """Where a date's query log is and where its output goes; `job` is a normal JobConfig."""
+
+    input_template: str = Field(description="query log of one date, e.g. s3://bucket/logs/dt={date}/")
+    output_template: str = Field(description="output folder of one date, e.g. /shared/out/dt={date}")
+    corpus: str
+    index: str | None = None  # None: logged-candidates mode (the input has a candidates column)
+    chunk_rows: int = Field(100_000, ge=1, description="rows per chunk: the unit of commit and resume")
+    job: JobConfig = JobConfig()
+
+    @field_validator("input_template", "output_template")
+    @classmethod
+    def _has_date(cls, value: str) -> str:
+        if DATE_FIELD not in value:
+            raise ValueError(f"must contain {DATE_FIELD}")
+        return value
+
+    @field_validator("output_template")
+    @classmethod
+    def _local(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError(
+                "must be a path every node can write (local disk or a shared mount such as /shared): "
+                "the commit renames folders, which object stores cannot do atomically"
+            )
+        return value
+
+
+def load_nightly_config(path: str | Path, overrides: dict | None = None) -> NightlyConfig:
+    """YAML file + dotted overrides like {"job.k_rerank": 3}. `job:` may be a mapping or the path of a
+    job YAML (jobs/configs/cluster.yaml), read relative to the working directory."""
+    path = Path(path)
+    values = _read_yaml(path)
+    if isinstance(values.get("job"), str):
+        values["job"] = _read_yaml(Path(values["job"]))
+    for dotted, value in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return NightlyConfig.build(**values)
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, found {type(values).__name__}")
+    return values
+
+
+# -- dates, paths, identities ---------------------------------------------------------------------------
+
+
+def yesterday_utc() -> str:
+    return (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+
+
+def parse_date(value: str) -> str:
+    try:
+        parsed = dt.date.fromisoformat(value) if len(value) == 10 else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ConfigError(f"date {value!r} is not a calendar date in the form YYYY-MM-DD")
+    return parsed.isoformat()
+
+
+@dataclass(frozen=True)
+class NightlyPaths:
+    output: Path
+    work: Path
+    lock: Path
+
+    @classmethod
+    def for_output(cls, output: str) -> NightlyPaths:
+        out = Path(output.rstrip("/"))
+        work_root = out.parent / WORK_DIR
+        return cls(output=out, work=work_root / out.name, lock=work_root / f"{out.name}.lock")
+
+    @property
+    def plan(self) -> Path:
+        return self.work / "plan"
+
+    def staging(self, chunk: str) -> Path:
+        return self.work / "staging" / chunk
+
+    def committed(self, chunk: str) -> Path:
+        return self.work / "chunks" / chunk
+
+
+def config_hash(config: NightlyConfig) -> str:
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def model_hash(model: str) -> str:
+    """Content hash of the reranker's weights: from an export's manifest, else from the model folder."""
+    from rerank_engine.manifest import MANIFEST_NAME, read_manifest
+
+    if (Path(model) / MANIFEST_NAME).is_file():
+        return str(read_manifest(model).source["content_hash"])
+    from rerank_engine.exporting import resolve_source
+    from rerank_engine.hashing import content_hash
+
+    return content_hash(resolve_source(model)[0])
+
+
+def code_version() -> dict:
+    """The package version, and the git commit where the code runs from a checkout (absent under
+    `ray job submit`, whose working-dir upload has no .git)."""
+    from rerank_engine import __version__
+
+    commit = None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            commit = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package": __version__, "git_commit": commit}
+
+
+def input_fingerprint(files: list[str], filesystem) -> list[list]:
+    """[path, size, mtime_ns] of every input file: a rerun resumes only on the same input."""
+    if filesystem is None:
+        return [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+    return [[i.path, i.size, i.mtime_ns] for i in filesystem.get_file_info(files)]
+
+
+@contextmanager
+def exclusive(lock: Path):
+    """One run per date: a second one fails at once instead of interleaving commits."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RerankEngineError(f"another nightly run of this date holds {lock}") from None
+        yield
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def run_nightly(
+    config: NightlyConfig,
+    date: str | None = None,
+    *,
+    overwrite: bool = False,
+    fail_after_chunks: int | None = None,
+    runner: Callable[..., dict] = run_job,
+) -> dict:
+    """Rerank one date and commit it exactly once. Returns the committed summary (`_SUCCESS`) with
+    `skipped` = whether the date was already committed. `runner` is `run_job`; tests of the commit
+    protocol pass a plain-Python runner with the same signature."""
+    started = time.perf_counter()
+    date = parse_date(date) if date else yesterday_utc()
+    source = config.input_template.replace(DATE_FIELD, date)
+    paths = NightlyPaths.for_output(config.output_template.replace(DATE_FIELD, date))
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+    with exclusive(paths.lock):
+        if (paths.output / SUCCESS).is_file() and not overwrite:
+            shutil.rmtree(paths.work, ignore_errors=True)  # left by a run killed right after its commit
+            return {**json.loads((paths.output / SUCCESS).read_text()), "skipped": True}
+        if paths.output.exists() and not overwrite:
+            raise InputError(
+                f"output {paths.output} exists but has no {SUCCESS}: no nightly run committed it; "
+                "pass --overwrite to replace it"
+            )
+        if overwrite:
+            shutil.rmtree(paths.work, ignore_errors=True)
+
+        files, filesystem, file_schema, _, _ = inspect_query_log(source, config.job)
+        key = {
+            "config_hash": config_hash(config),
+            "model_hash": model_hash(config.job.model),
+            "input": input_fingerprint(files, filesystem),
+        }
+        plan = load_or_make_plan(paths, key, files, filesystem, file_schema, config.chunk_rows)
+
+        summaries, ran = [], 0
+        for chunk in plan["chunks"]:
+            cid = chunk["id"]
+            if not paths.committed(cid).is_dir():
+                staging = paths.staging(cid)
+                shutil.rmtree(staging, ignore_errors=True)  # a killed attempt's partial output
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                runner(
+                    config.job,
+                    input=str(paths.plan / chunk["file"]),
+                    corpus=config.corpus,
+                    index=config.index,
+                    output=str(staging),
+                    run_id=f"{run_id}-{cid}",
+                )
+                paths.committed(cid).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, paths.committed(cid))  # the chunk's commit
+                ran += 1
+                log.info("%s: committed %s (%d rows)", date, cid, chunk["rows"])
+                if fail_after_chunks is not None and ran >= fail_after_chunks:
+                    raise InjectedFailure(f"fault injection: stopped after {ran} committed chunk(s)")
+            summaries.append(json.loads((paths.committed(cid) / "_run_summary.json").read_text()))
+
+        success = {
+            "date": date,
+            "input": source,
+            "output": str(paths.output),
+            **aggregate(summaries),
+            "chunks": len(plan["chunks"]),
+            "chunks_run": ran,
+            "chunks_resumed": len(plan["chunks"]) - ran,
+            "chunk_run_ids": [s.get("run_id") for s in summaries],
+            "config_hash": key["config_hash"],
+            "model_hash": key["model_hash"],
+            "code_version": code_version(),
+            "run_id": run_id,
+        }
+        success = commit(config, paths, plan, success, files, filesystem, started)
+    return {**success, "skipped": False}
+
+
+def load_or_make_plan(paths: NightlyPaths, key: dict, files, filesystem, file_schema, chunk_rows: int):
+    """The plan of an earlier run with the same key, or a new one (discarding that run's work)."""
+    plan_file = paths.plan / "plan.json"
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+        if plan["key"] == key:
+            return plan
+        changed = [k for k in key if plan["key"].get(k) != key[k]]
+        log.warning("discarding the unfinished work in %s: %s changed since", paths.work, changed)
+    shutil.rmtree(paths.work, ignore_errors=True)
+    tmp = paths.work / f"plan-tmp-{uuid.uuid4().hex[:8]}"
+    (tmp / "inputs").mkdir(parents=True)
+    plan = {
+        "key": key,
+        "chunk_rows": chunk_rows,
+        "chunks": split_input(files, filesystem, file_schema, chunk_rows, tmp),
+    }
+    (tmp / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    os.rename(tmp, paths.plan)
+    return plan
+
+
+def split_input(files, filesystem, file_schema, chunk_rows: int, out: Path) -> list[dict]:
+    """Cut the files, in order, into Parquet chunks of `chunk_rows` rows (the last may be shorter)."""
+    chunks: list[dict] = []
+    writer = None
+    for f in files:
+        with pq.ParquetFile(filesystem.open_input_file(f) if filesystem else f) as reader:
+            for batch in reader.iter_batches(batch_size=min(chunk_rows, 65_536)):
+                while batch.num_rows:
+                    if writer is None:
+                        cid = f"chunk-{len(chunks):05d}"
+                        chunks.append({"id": cid, "file": f"inputs/{cid}.parquet", "rows": 0})
+                        writer = pq.ParquetWriter(out / chunks[-1]["file"], file_schema)
+                    take = min(batch.num_rows, chunk_rows - chunks[-1]["rows"])
+                    writer.write_batch(batch.slice(0, take))
+                    chunks[-1]["rows"] += take
+                    batch = batch.slice(take)
+                    if chunks[-1]["rows"] == chunk_rows:
+                        writer.close()
+                        writer = None
+    if writer is not None:
+        writer.close()
+    return chunks
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Chunk run summaries → one: counts summed; model, threshold and mode must agree."""
+    totals: Counter = Counter()
+    errors: Counter = Counter()
+    providers: set[str] = set()
+    same: dict[str, set] = {k: set() for k in ("reranker_model", "recall_model", "threshold", "mode")}
+    for s in summaries:
+        for k in ("queries", "pairs", "kept", "ok", "no_relevant"):
+            totals[k] += s.get(k, 0)
+        totals["pipeline_s"] += s.get("pipeline_s", 0.0)
+        errors.update(s.get("errors", {}))
+        providers.update(s.get("providers", []))
+        for k, values in same.items():
+            values.add(s.get(k))
+    for k, values in same.items():
+        if len(values) > 1:
+            raise RerankEngineError(f"the committed chunks disagree on {k}: {sorted(map(str, values))}")
+    return {
+        **{k: totals[k] for k in ("queries", "pairs", "kept", "ok", "no_relevant")},
+        "errors": dict(errors),
+        "providers": sorted(providers),
+        **{k: next(iter(v)) if v else None for k, v in same.items()},
+        "pipeline_s": round(totals["pipeline_s"], 2),
+    }
+
+
+def commit(
+    config: NightlyConfig, paths: NightlyPaths, plan, summary: dict, files, filesystem, started
+) -> dict:
+    """Check every input query once across all chunks, assemble the output beside it, rename it in.
+    Returns what `_SUCCESS` holds."""
+    id_col = config.job.columns.query_id
+    parts = [
+        (chunk["id"], p)
+        for chunk in plan["chunks"]
+        for p in sorted(paths.committed(chunk["id"]).glob("*.parquet"))
+    ]
+    ids = pq.read_table([str(p) for _, p in parts], columns=[id_col], partitioning=None) if parts else None
+    verify_exactly_once(read_ids(files, filesystem, id_col), ids, id_col, config.job.exploded)
+
+    for stale in paths.work.glob("final-*"):  # assembled by a run killed before its rename
+        shutil.rmtree(stale)
+    final = paths.work / f"final-{summary['run_id']}"
+    final.mkdir()
+    entries = []
+    for i, (cid, src) in enumerate(parts):
+        name = f"part-{i:05d}.parquet"
+        try:
+            os.link(src, final / name)  # the chunk stays intact should this run die here
+        except OSError:
+            shutil.copy2(src, final / name)
+        entries.append({"file": name, "chunk": cid, "rows": pq.ParquetFile(src).metadata.num_rows})
+    success = {
+        **summary,
+        "rows": sum(e["rows"] for e in entries),
+        "committed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    (final / MANIFEST).write_text(json.dumps({"files": entries, "rows": success["rows"]}, indent=2) + "\n")
+    (final / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    (final / SUCCESS).write_text(json.dumps(success, indent=2, sort_keys=True) + "\n")
+
+    if paths.output.exists():  # --overwrite: swap (readers see the old folder, none, then the new one)
+        os.rename(paths.output, paths.work / f"replaced-{summary['run_id']}")
+    os.rename(final, paths.output)  # the date's commit
+    shutil.rmtree(paths.work)
+    return success
