@@ -60,6 +60,14 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+_OOM_MARKERS = ("out of memory", "failed to allocate", "bad_alloc", "bad allocation")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure (onnxruntime raises its own exception types, told apart by message)."""
+    return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
 def cuda_driver_present() -> bool:
     """True where an NVIDIA driver is loadable (cheap probe before asking onnxruntime for CUDA)."""
     try:
@@ -132,6 +140,10 @@ class CrossEncoderEngine:
 
     def _session(self, ort, file: str, providers: list[str]):
         path = Path(self.config.model_dir) / file
+        if not path.resolve().is_relative_to(Path(self.config.model_dir).resolve()):
+            raise ModelFormatError(
+                f"manifest file {file!r} points outside the model folder {self.config.model_dir}"
+            )
         if not path.is_file():
             raise ModelNotFoundError(f"{path} is listed in the manifest but missing")
         options = ort.SessionOptions()
@@ -184,12 +196,7 @@ class CrossEncoderEngine:
         logits = np.full(len(pairs), np.nan, dtype=np.float32)
         filled = np.zeros(len(pairs), dtype=np.int64)
         for batch in plan:
-            rows = [pairs.input_ids[i] for i in batch.indices]
-            ids, mask = pad_rows(rows, batch.padded_length, self.tokenizer.pad_id)
-            types = None
-            if pairs.token_type_ids is not None and "token_type_ids" in self.input_names:
-                types, _ = pad_rows([pairs.token_type_ids[i] for i in batch.indices], batch.padded_length, 0)
-            logits[batch.indices] = self.forward(ids, mask, types)
+            logits[batch.indices] = self._forward_rows(pairs, batch.indices, batch.padded_length)
             filled[batch.indices] += 1
         if not np.all(filled == 1):
             raise RuntimeError(f"scoring lost or repeated pairs: {np.flatnonzero(filled != 1)[:5].tolist()}")
@@ -199,6 +206,28 @@ class CrossEncoderEngine:
             n_batches=len(plan),
             padding_efficiency=padding_efficiency(pairs.lengths, plan),
             real_tokens=int(pairs.lengths.sum()),
+        )
+
+    def _forward_rows(self, pairs: TokenizedPairs, indices: np.ndarray, padded_length: int) -> np.ndarray:
+        """Forward the rows `indices`; a batch the device cannot allocate is split in halves and retried."""
+        ids, mask = pad_rows([pairs.input_ids[i] for i in indices], padded_length, self.tokenizer.pad_id)
+        types = None
+        if pairs.token_type_ids is not None and "token_type_ids" in self.input_names:
+            types, _ = pad_rows([pairs.token_type_ids[i] for i in indices], padded_length, 0)
+        try:
+            return self.forward(ids, mask, types)
+        except Exception as exc:
+            if len(indices) < 2 or not is_out_of_memory(exc):
+                raise
+        half = len(indices) // 2
+        log.warning(
+            "a batch of %d × %d tokens ran out of memory; retrying in halves", len(indices), padded_length
+        )
+        return np.concatenate(
+            [
+                self._forward_rows(pairs, indices[:half], padded_length),
+                self._forward_rows(pairs, indices[half:], padded_length),
+            ]
         )
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> ScoreResult:

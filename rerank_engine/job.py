@@ -78,11 +78,26 @@ def inspect_query_log(path: str, config: JobConfig):
             first_schema = file_schema
         elif not file_schema.equals(first_schema):
             raise InputError(
-                f"{f} has schema {file_schema} but {files[0]} has {first_schema}; "
+                f"{f} has columns {_columns(file_schema)} but {files[0]} has {_columns(first_schema)}; "
                 "all files of one input must share a schema"
             )
         n_rows += meta.metadata.num_rows
     return files, filesystem, first_schema, n_rows, logged
+
+
+def check_model_source(model: str) -> None:
+    """A model given as a local path must exist (a hub id such as `org/name` is resolved later)."""
+    if Path(model).exists():
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ConfigError(
+            f"model: folder {model} does not exist (expected an export folder, a Hugging Face model "
+            "folder or a hub id)"
+        )
+
+
+def _columns(s: pa.Schema) -> str:
+    return "[" + ", ".join(f"{f.name}: {f.type}" for f in s) + "]"
 
 
 def read_ids(files: list[str], filesystem, column: str) -> Counter:
@@ -165,7 +180,8 @@ def run_job(
     cols = config.columns
 
     # Whole-file and config problems, before any model is loaded.
-    files, filesystem, _, n_rows, logged = inspect_query_log(input, config)
+    files, filesystem, input_schema, n_rows, logged = inspect_query_log(input, config)
+    check_model_source(config.model)
     if not Path(corpus).is_file():
         raise InputError(f"corpus {corpus} does not exist (expected a Parquet file with doc_id, text)")
     schema.check_corpus_schema(
@@ -178,6 +194,25 @@ def run_job(
         if not overwrite:
             raise InputError(f"output {out} is not empty; choose another folder or pass --overwrite")
         shutil.rmtree(out)
+    expected = read_ids(files, filesystem, cols.query_id)
+    duplicated = {k: v for k, v in expected.items() if v > 1}
+    if duplicated:  # kept: each row is reranked and written, and counted as often as it occurs
+        log.warning(
+            "%d query ids occur more than once in %s (e.g. %s); every row is kept",
+            len(duplicated),
+            input,
+            list(duplicated)[:5],
+        )
+    if n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
+        out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.output_schema(input_schema).empty_table(), out / "part-00000.parquet")
+        summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
+        summary.update(
+            run_id=run_id, input=input, output=str(out), mode="logged_candidates" if logged else "recall"
+        )
+        (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+        return summary
 
     from rerank_engine.exporting import needed_precisions, resolve_export
     from rerank_engine.manifest import read_manifest
@@ -226,7 +261,7 @@ def run_job(
 
     written = sorted(str(p) for p in staging.glob("*.parquet"))
     table = pq.read_table(written, partitioning=None) if written else None  # no columns from `k=v` paths
-    verify_exactly_once(read_ids(files, filesystem, cols.query_id), table, cols.query_id, config.exploded)
+    verify_exactly_once(expected, table, cols.query_id, config.exploded)
     for f in written:  # commit: the verified files move out of staging
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)
@@ -240,6 +275,7 @@ def run_job(
         threshold_source=threshold_source,
         reranker_model=manifest.model_id,
         recall_model=recall_model,
+        duplicate_query_ids=len(duplicated),
         mode="logged_candidates" if logged else "recall",
         ray_gpus_for_rerank=gpus,
         ray_version=ray.__version__,

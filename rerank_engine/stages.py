@@ -43,10 +43,18 @@ def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
+def column_texts(col: pa.ChunkedArray) -> list[str | None]:
+    """A string column as Python strings. Invalid UTF-8 (which Parquet readers do not check) decodes with
+    lone surrogates in place of the bad bytes, so `text_problem` flags the row instead of the batch
+    crashing on `to_pylist`."""
+    raw = col.cast(pa.large_binary()).to_pylist()
+    return [None if b is None else b.decode("utf-8", errors="surrogateescape") for b in raw]
+
+
 def query_statuses(batch: pa.Table, query_col: str) -> list[str | None]:
     """None for a query that can be scored, else its row status."""
     out = []
-    for q in batch.column(query_col).to_pylist():
+    for q in column_texts(batch.column(query_col)):
         problem = text_problem(q if q is not None else "")
         out.append(None if problem is None else _STATUS_OF_PROBLEM.get(problem, schema.INVALID_QUERY))
     return out
@@ -95,7 +103,7 @@ class RecallStage:
         ids: list[list[str]] = [[] for _ in status]
         scores: list[list[float]] = [[] for _ in status]
         if ok:
-            queries = batch.column(qcol).to_pylist()
+            queries = column_texts(batch.column(qcol))
             s, d = self.index.search(self.encoder.encode([queries[i] for i in ok]), self.config.k_recall)
             for row, i in enumerate(ok):
                 ids[i], scores[i] = [str(x) for x in d[row]], s[row].tolist()
@@ -170,7 +178,7 @@ class TokenizeStage:
         qcol = self.config.columns.query
         require_columns(batch, [qcol, "_status", "_cand_ids", "_recall_scores", "_recall_ranks"], "tokenize")
         status = batch.column("_status").to_pylist()
-        queries = batch.column(qcol).to_pylist()
+        queries = column_texts(batch.column(qcol))
         cand_ids = batch.column("_cand_ids").to_pylist()
         rscores = batch.column("_recall_scores").to_pylist()
         rranks = batch.column("_recall_ranks").to_pylist()

@@ -26,6 +26,8 @@ def text_problem(text: object) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates cannot reach the tokenizer
         return INVALID_UNICODE
+    if not any(c.isprintable() and not c.isspace() for c in text):  # only control characters
+        return EMPTY_TEXT
     return None
 
 

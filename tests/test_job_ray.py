@@ -208,3 +208,69 @@ def test_ray_job_submit_round_trip(data, tiny_export, ray_head):
         pq.read_table(root / "queries.parquet").column("query_id").to_pylist()
     )
     assert '"queries": 11' in done.stdout
+
+
+def test_rerank_actor_killed_mid_run_every_query_once(data, tiny_export, tmp_path):
+    """SIGKILL the rerank actor's process while the job runs: Ray Data brings the actor back (its actors
+    have max_restarts=-1, max_task_retries=-1), and every query is in the output exactly once."""
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    root, docs = data
+    ids = list(docs)
+    n = 400
+    rng = np.random.default_rng(0)
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": [f"k{i}" for i in range(n)],
+                "query": [QUERIES[i % len(QUERIES)] for i in range(n)],
+                "candidates": [rng.choice(ids, size=8, replace=False).tolist() for _ in range(n)],
+            }
+        ),
+        tmp_path / "many.parquet",
+    )
+    out, done, killed = tmp_path / "out", threading.Event(), []
+
+    def rerank_actors():
+        return [a for a in list_actors(detail=True, limit=1000) if "RerankStage" in (a.repr_name or "")]
+
+    def killer():
+        alive_since = None
+        while not done.is_set():
+            alive = [a for a in rerank_actors() if a.state == "ALIVE" and a.pid]
+            if alive and alive_since is None:
+                alive_since = time.monotonic()
+            staged = list(out.glob("_staging-*/*.parquet")) if out.exists() else []
+            if alive and (staged or time.monotonic() - alive_since > 2.0):
+                os.kill(alive[0].pid, signal.SIGKILL)
+                killed.append((alive[0].pid, len(staged), not done.is_set()))
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        summary = _run(
+            {
+                "model": str(tiny_export),
+                "precision": "fp32",
+                "threshold": 0.0,
+                "resources.rerank_gpus": 0,
+                "resources.rerank_batch_rows": 8,
+            },
+            root,
+            out,
+            input=str(tmp_path / "many.parquet"),
+        )
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert killed and killed[0][2], f"the actor was not killed while the job ran: {killed}"
+    got = pq.read_table(out, columns=["query_id", "status"])
+    assert got.num_rows == n and len(set(got.column("query_id").to_pylist())) == n  # lost 0, duplicated 0
+    assert summary["queries"] == n and summary["ok"] == n
+    print(f"killed rerank actor pid {killed[0][0]} after {killed[0][1]} staged files; {n} rows, 0 lost")

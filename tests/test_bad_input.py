@@ -1,0 +1,452 @@
+"""Bad input and faults (issue 7): whole-file and config problems fail fast naming the file or key; row
+problems become a per-row status; no row is lost or repeated. No Ray here: the checks run before Ray
+starts, and the stages are called directly on hand-made tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from rerank_engine import schema
+from rerank_engine.config import EngineConfig, JobConfig, load_job_config
+from rerank_engine.engine import CrossEncoderEngine
+from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError
+from rerank_engine.job import inspect_query_log, run_job
+from rerank_engine.stages import RerankStage, TokenizeStage, finalize, logged_candidates
+
+DOCS = {
+    "d1": "A standard homeowners policy excludes flood damage.",
+    "d2": "Critical illness cover usually has a 90 day waiting period.",
+    "d3": "Term life insurance pays nothing if you outlive the term.",
+}
+CONFIG = JobConfig.build(model="unused", threshold=0.0)
+
+
+def _queries(**columns) -> pa.Table:
+    return pa.table({"query_id": ["q1", "q2"], "query": ["flood", "waiting period"], **columns})
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": list(DOCS), "text": list(DOCS.values())}), path)
+    return str(path)
+
+
+def _invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string array holding bytes that are not UTF-8 (Parquet readers do not validate them)."""
+    offsets = np.cumsum([0, *map(len, values)]).astype(np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), len(values), [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))]
+    )
+
+
+# -- whole files: fail fast, naming the file and what was expected -----------------------------------------
+
+
+def _write_bad(tmp_path, case: str):
+    path = tmp_path / "queries.parquet"
+    if case == "empty file":
+        path.write_bytes(b"")
+    elif case == "csv named .parquet":
+        path.write_text("query_id,query\n1,flood\n")
+    elif case == "truncated":
+        pq.write_table(_queries(), path)
+        path.write_bytes(path.read_bytes()[:-20])
+    elif case == "missing query":
+        pq.write_table(_queries().drop_columns(["query"]), path)
+    elif case == "renamed query":
+        pq.write_table(_queries().rename_columns(["query_id", "text"]), path)
+    elif case == "missing query_id":
+        pq.write_table(_queries().drop_columns(["query_id"]), path)
+    elif case == "int query":
+        pq.write_table(pa.table({"query_id": ["a"], "query": [7]}), path)
+    elif case == "list query":
+        pq.write_table(pa.table({"query_id": ["a"], "query": [["flood", "fire"]]}), path)
+    elif case == "float query_id":
+        pq.write_table(pa.table({"query_id": [1.5], "query": ["flood"]}), path)
+    elif case == "string candidates":
+        pq.write_table(_queries(candidates=["d1", "d2"]), path)
+    elif case == "reserved column":
+        pq.write_table(_queries(status=["x", "y"]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty file", r"queries\.parquet is not a readable Parquet file: .*0 bytes"),
+        ("csv named .parquet", r"queries\.parquet is not a readable Parquet file: .*magic bytes"),
+        ("truncated", r"queries\.parquet is not a readable Parquet file"),
+        ("missing query", r"queries\.parquet: missing query column 'query'; columns present: \['query_id'\]"),
+        ("renamed query", r"queries\.parquet: missing query column 'query'; columns present: .*'text'"),
+        ("missing query_id", r"queries\.parquet: missing query id column 'query_id'"),
+        ("int query", r"queries\.parquet: column 'query' must hold strings, found int64"),
+        ("list query", r"queries\.parquet: column 'query' must hold strings, found list<"),
+        ("float query_id", r"column 'query_id' must hold strings or integers, found double"),
+        ("string candidates", r"column 'candidates' must be a list of doc ids \(strings\), found string"),
+        ("reserved column", r"column 'status' is written by the job"),
+    ],
+)
+def test_bad_file_fails_naming_file_and_expectation(tmp_path, case, message):
+    path = _write_bad(tmp_path, case)
+    with pytest.raises(InputError, match=message):
+        inspect_query_log(str(path), CONFIG)
+
+
+def test_schemas_differing_across_files(tmp_path):
+    pq.write_table(_queries(), tmp_path / "a.parquet")
+    pq.write_table(_queries(tenant=["x", "y"]), tmp_path / "b.parquet")
+    with pytest.raises(
+        InputError,
+        match=r"b\.parquet has columns \[query_id: string, query: string, tenant: string\] but "
+        r".*a\.parquet has \[query_id: string, query: string\]; all files of one input must share a schema",
+    ):
+        inspect_query_log(str(tmp_path), CONFIG)
+
+
+def test_path_matching_nothing(tmp_path):
+    for path in (tmp_path / "nothing-*.parquet", tmp_path / "missing.parquet", tmp_path):
+        with pytest.raises(InputError, match=r"matches no Parquet file"):
+            inspect_query_log(str(path), CONFIG)
+
+
+def test_thousands_of_tiny_files(tmp_path):
+    for i in range(2000):
+        pq.write_table(pa.table({"query_id": [f"q{i}"], "query": ["flood"]}), tmp_path / f"p{i:05d}.parquet")
+    files, _, _, n_rows, logged = inspect_query_log(str(tmp_path), CONFIG)
+    assert len(files) == 2000 and n_rows == 2000 and not logged
+    (tmp_path / "p01234.parquet").write_bytes(b"PAR1 not really")  # one bad file among many is named
+    with pytest.raises(InputError, match=r"p01234\.parquet is not a readable Parquet file"):
+        inspect_query_log(str(tmp_path), CONFIG)
+
+
+def _ray_started() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def test_run_job_checks_input_before_model_and_ray(tmp_path, corpus):
+    bad = _write_bad(tmp_path, "list query")
+    with pytest.raises(InputError, match=r"column 'query' must hold strings"):
+        run_job(
+            JobConfig.build(model=str(tmp_path / "no-such-model")), input=str(bad), corpus=corpus, output="x"
+        )
+    good = tmp_path / "good.parquet"
+    pq.write_table(_queries(candidates=[["d1"], ["d2"]]), good)
+    with pytest.raises(ConfigError, match=r"model: folder .*no-such-model does not exist"):
+        run_job(
+            JobConfig.build(model=str(tmp_path / "no-such-model")),
+            input=str(good),
+            corpus=corpus,
+            output=str(tmp_path / "out"),
+        )
+    with pytest.raises(InputError, match=r"corpus .*nope\.parquet does not exist"):
+        run_job(CONFIG, input=str(good), corpus=str(tmp_path / "nope.parquet"), output="x")
+    assert not _ray_started()
+
+
+def test_zero_rows_write_an_empty_output_without_models(tmp_path, corpus):
+    inp = tmp_path / "zero.parquet"
+    pq.write_table(_queries(tenant=["a", "b"], candidates=[["d1"], ["d2"]]).slice(0, 0), inp)
+    out = tmp_path / "out"
+    # The model folder exists but holds no model: loading one would fail.
+    summary = run_job(JobConfig.build(model=str(tmp_path)), input=str(inp), corpus=corpus, output=str(out))
+    assert summary["queries"] == 0 and summary["pairs"] == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 0
+    assert table.schema.names == [
+        "query_id",
+        "query",
+        "tenant",
+        "candidates",
+        *(f.name for f in schema.OUTPUT_FIELDS),
+    ]
+    assert json.loads((out / "_run_summary.json").read_text())["queries"] == 0
+    assert not _ray_started()
+
+
+# -- config: ConfigError naming the key ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"threshold": 1.5}, r"threshold: .*less than or equal to 1"),
+        ({"threshold": -0.1}, r"threshold: .*greater than or equal to 0"),
+        ({"k_recall": 5, "k_rerank": 10}, r"k_rerank \(10\) cannot exceed k_recall \(5\)"),
+        ({"provider": "tensorrt"}, r"provider: .*'auto', 'cpu' or 'cuda'.*\(got 'tensorrt'\)"),
+        ({"precision": "fp64"}, r"precision: "),
+        ({"resources.rerank_actors": 0}, r"resources\.rerank_actors: "),
+        ({"no_such_key": 1}, r"no_such_key: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_job_config(None, overrides)
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .*nope\.yaml does not exist"):
+        load_job_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml must hold a mapping of config keys, found list"):
+        load_job_config(tmp_path / "list.yaml")
+
+
+# -- rows: every row comes out once, with a status ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def row_config(tiny_export):
+    return JobConfig.build(model=str(tiny_export), precision="fp32", k_recall=4, k_rerank=3, threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def module_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bad-corpus") / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": list(DOCS), "text": list(DOCS.values())}), path)
+    return str(path)
+
+
+ROWS = [  # (query_id, query, candidates, expected status)
+    ("null", None, ["d1"], schema.EMPTY_QUERY),
+    ("empty", "", ["d1"], schema.EMPTY_QUERY),
+    ("blank", " \t\n ", ["d1"], schema.EMPTY_QUERY),
+    ("control-only", "\x00\x01\x1b\x7f", ["d1"], schema.EMPTY_QUERY),
+    ("control-mixed", "flood\x00 \x1b[31mdamage\x07", ["d1", "d2"], schema.OK),
+    ("invalid-utf8", b"flood \xff\xfe damage", ["d1"], schema.INVALID_QUERY),
+    ("emoji", "🌊 flood 🔥 fire 🚗 covered?", ["d1", "d2"], schema.OK),
+    ("cjk", "洪水保险包括什么？ 等待期多长", ["d1", "d2"], schema.OK),
+    ("one-mb", "flood insurance " * 65536, ["d1", "d2", "d3"], schema.OK),
+    ("dup", "flood", ["d1"], schema.OK),
+    ("dup", "waiting period", ["d2"], schema.OK),
+    ("unknown", "flood", ["nope", "zzz"], schema.UNKNOWN_CANDIDATES),
+    ("some-unknown", "flood", ["nope", "d3"], schema.OK),
+    ("no-cands", "flood", [], schema.NO_CANDIDATES),
+    ("null-cands", "flood", None, schema.NO_CANDIDATES),
+    ("null-cand-ids", "flood", [None, "d1", None], schema.OK),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_rows_output(tmp_path_factory, row_config, module_corpus, tiny_export):
+    queries = [q.encode() if isinstance(q, str) else q for _, q, _, _ in ROWS]
+    table = pa.table(
+        {
+            "query_id": [r[0] for r in ROWS],
+            "query": _invalid_utf8([q or b"" for q in queries]),
+            "candidates": pa.array([r[2] for r in ROWS], pa.list_(pa.string())),
+            "weight": [float("nan"), float("inf"), *map(float, range(len(ROWS) - 2))],
+        }
+    )
+    mask = pa.array([q is None for q in queries])
+    table = table.set_column(1, "query", pc.if_else(mask, pa.scalar(None, pa.string()), table["query"]))
+    path = tmp_path_factory.mktemp("bad-rows") / "rows.parquet"
+    pq.write_table(table, path)  # through Parquet: invalid UTF-8 survives the round trip unchecked
+    table = pq.read_table(path)
+    staged = logged_candidates(table, config=row_config)
+    tokenized = TokenizeStage(row_config, module_corpus, tiny_export)(staged)
+    reranked = RerankStage(row_config, tiny_export, threads=1)(tokenized)
+    out = finalize(reranked, k_rerank=3, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    return table, tokenized, out
+
+
+def test_every_bad_row_gets_a_status_and_none_is_lost(bad_rows_output):
+    table, _, out = bad_rows_output
+    assert out.num_rows == table.num_rows  # rows lost: 0
+    ids = out.column("query_id").to_pylist()
+    assert Counter(ids) == Counter(table.column("query_id").to_pylist())  # rows duplicated: 0
+    assert ids == [r[0] for r in ROWS]  # order kept
+    assert out.column("status").to_pylist() == [r[3] for r in ROWS]
+    for row in out.select(["status", "results", "n_kept"]).to_pylist():
+        if row["status"] in (schema.OK, schema.NO_RELEVANT):
+            assert all(np.isfinite(r["score"]) for r in row["results"])
+        else:
+            assert row["results"] == [] and row["n_kept"] == 0
+
+
+def test_pass_through_survives_bad_rows(bad_rows_output):
+    table, _, out = bad_rows_output
+    weights = out.column("weight").to_pylist()
+    assert np.isnan(weights[0]) and weights[1] == float("inf")
+    assert out.column("query").equals(table.column("query"))  # even the invalid UTF-8 bytes, unchanged
+
+
+def test_one_mb_query_is_capped_by_the_tokenizer(bad_rows_output, row_config):
+    _, tokenized, out = bad_rows_output
+    i = [r[0] for r in ROWS].index("one-mb")
+    lengths = tokenized.column("_lengths").to_pylist()[i]
+    assert len(lengths) == 3 and max(lengths) <= row_config.tokenizer.max_length
+    assert out.column("n_kept").to_pylist()[i] == 3
+
+
+def test_duplicate_query_ids_are_each_kept(bad_rows_output):
+    _, _, out = bad_rows_output
+    dups = [r for r in out.select(["query_id", "results"]).to_pylist() if r["query_id"] == "dup"]
+    assert [r["results"][0]["doc_id"] for r in dups] == ["d1", "d2"]
+
+
+def test_duplicate_query_ids_are_warned_about(tmp_path, corpus, caplog, monkeypatch):
+    from rerank_engine import job
+
+    def no_ray():
+        raise RuntimeError("stop before Ray")
+
+    monkeypatch.setattr(job, "ensure_ray", no_ray)  # the warning comes before Ray starts
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(
+        pa.table({"query_id": ["a", "a", "b"], "query": ["x", "y", "z"], "candidates": [["d1"]] * 3}), dup
+    )
+    with pytest.raises(RuntimeError, match="stop before Ray"), caplog.at_level("WARNING"):
+        run_job(CONFIG, input=str(dup), corpus=corpus, output=str(tmp_path / "out"))
+    assert (
+        "1 query ids occur more than once" in caplog.text and "(e.g. ['a']); every row is kept" in caplog.text
+    )
+
+
+# -- models -------------------------------------------------------------------------------------------------
+
+
+def test_model_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"model folder .*nothing-here does not exist"):
+        CrossEncoderEngine(EngineConfig.build(model_dir=tmp_path / "nothing-here"))
+
+
+def test_corrupted_onnx_file_is_named(tiny_export, copy_export, row_config):
+    broken = copy_export(tiny_export, "broken")
+    for f in broken.glob("*.onnx"):
+        f.write_bytes(b"\x08\x07 not a graph " * 50)
+    with pytest.raises(ModelFormatError, match=r"broken/model\.onnx cannot be loaded by onnxruntime"):
+        RerankStage(row_config, broken, threads=1)
+
+
+def test_two_logit_model_runs_through_the_stage(two_logit_export, module_corpus):
+    config = JobConfig.build(
+        model=str(two_logit_export), precision="fp32", k_recall=3, k_rerank=3, threshold=0
+    )
+    batch = {"query_id": ["a"], "query": ["flood"], "candidates": [["d1", "d2"]]}
+    staged = TokenizeStage(config, module_corpus, two_logit_export)(logged_candidates(batch, config=config))
+    out = finalize(
+        RerankStage(config, two_logit_export, threads=1)(staged),
+        k_rerank=3,
+        threshold=0.0,
+        reranker_model="m",
+        recall_model="logged",
+        run_id="r",
+    )
+    assert out.column("status").to_pylist() == [schema.OK]
+    assert out.column("n_kept").to_pylist() == [2]
+
+
+def test_manifest_cannot_point_outside_the_model_folder(tiny_export, copy_export, tmp_path):
+    moved = copy_export(tiny_export, "moved")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    (tmp_path / "outside.onnx").write_bytes((moved / manifest["variants"]["fp32"]["file"]).read_bytes())
+    manifest["variants"]["fp32"]["file"] = "../outside.onnx"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError, match=r"'\.\./outside\.onnx' points outside the model folder"):
+        CrossEncoderEngine(EngineConfig.build(model_dir=moved, precision="fp32"))
+
+
+# -- faults -----------------------------------------------------------------------------------------
+
+
+def test_nonfinite_logits_are_flagged_never_written():
+    batch = {
+        "query_id": ["nan", "inf", "-inf", "fine"],
+        "query": ["x"] * 4,
+        "_status": pa.array([None] * 4, pa.string()),
+        "_cand_ids": [["a", "b"]] * 4,
+        "_recall_scores": pa.array([None] * 4, pa.list_(pa.float32())),
+        "_recall_ranks": [[1, 2]] * 4,
+        "_logits": pa.array(
+            [[float("nan"), 1.0], [2.0, float("inf")], [float("-inf"), 0.0], [1.0, 0.0]],
+            pa.list_(pa.float32()),
+        ),
+    }
+    rows = finalize(
+        batch, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="r", run_id="x"
+    ).to_pylist()
+    assert [r["status"] for r in rows] == [schema.NONFINITE_SCORE] * 3 + [schema.OK]
+    assert all(r["results"] == [] and r["n_kept"] == 0 for r in rows[:3])
+    assert rows[0]["n_candidates"] == 2
+
+
+class _SmallDeviceEngine(CrossEncoderEngine):
+    """The real engine on a device that cannot allocate a batch of more than `max_rows` rows."""
+
+    max_rows = 3
+    batch_sizes: list[int]
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+        self.batch_sizes.append(len(input_ids))
+        if len(input_ids) > self.max_rows:
+            raise RuntimeException(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"
+            )
+        return super().forward(input_ids, attention_mask, token_type_ids)
+
+
+def test_engine_splits_a_batch_too_large_for_memory(tiny_export, random_pairs):
+    queries, passages = random_pairs(23, seed=3, max_words=20)
+    config = EngineConfig.build(model_dir=tiny_export, precision="fp32", batching={"max_batch_rows": 16})
+    want = CrossEncoderEngine(config).score(queries, passages).logits
+    engine = _SmallDeviceEngine(config)
+    engine.batch_sizes = []
+    got = engine.score(queries, passages).logits
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert max(engine.batch_sizes) == 16  # the planned batch was tried first ...
+    assert sum(b for b in engine.batch_sizes if b <= engine.max_rows) == len(queries)  # ... then halves
+
+    engine.max_rows = 0  # a single row that does not fit is an error, not an endless split
+    with pytest.raises(Exception, match="Failed to allocate memory"):
+        engine.score(queries[:1], passages[:1])
+
+
+def test_other_forward_errors_are_not_retried(tiny_export):
+    class Broken(CrossEncoderEngine):
+        calls = 0
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            Broken.calls += 1
+            raise RuntimeError("shape mismatch")
+
+    engine = Broken(EngineConfig.build(model_dir=tiny_export, precision="fp32"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        engine.score(["a", "b", "c"], ["x", "y", "z"])
+    assert Broken.calls == 1
+
+
+# -- security ---------------------------------------------------------------------------------------
+
+
+def test_remote_code_is_not_run_unless_asked(tmp_path):
+    from rerank_engine.exporting import export_model
+
+    model = tmp_path / "remote"
+    model.mkdir()
+    marker = tmp_path / "code-ran"
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil-custom",
+                "auto_map": {
+                    "AutoConfig": "evil.EvilConfig",
+                    "AutoModelForSequenceClassification": "evil.EvilModel",
+                },
+            }
+        )
+    )
+    (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        export_model(model, tmp_path / "out")
+    assert not marker.exists()
