@@ -450,3 +450,28 @@ def test_remote_code_is_not_run_unless_asked(tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):
         export_model(model, tmp_path / "out")
     assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it must never happen when a checkpoint is loaded."""
+
+    def __reduce__(self):
+        return (open, (str(_Payload.marker), "w"))
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path, tiny_model_dir):
+    import pickle
+
+    import torch
+
+    from rerank_engine.training.finetune import FinetuneConfig, train
+
+    _Payload.marker = tmp_path / "code-ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"state": _Payload()}, run / "checkpoint.pt")
+    config = FinetuneConfig.build(steps=2, max_length=32, groups_per_step=1, n_negatives=1)
+    records = [{"query": "q", "pos": ["p"], "neg": ["n"]}]
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train(config, records, run, base_model=tiny_model_dir, progress=False)
+    assert not _Payload.marker.exists()

@@ -231,7 +231,7 @@ def train(
 
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
-        saved = torch.load(ckpt, map_location=device, weights_only=False)  # our own file, never user input
+        saved = torch.load(ckpt, map_location=device, weights_only=True)  # tensors and plain values only
         if saved["state"]["config_key"] != config.key():
             raise ValueError(f"{ckpt} was written with another config; use a new run_dir")
         model.load_state_dict(saved["model"])
