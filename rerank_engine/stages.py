@@ -345,16 +345,23 @@ def finalize(
 
 
 def explode(batch, *, query_id: str, query: str) -> pa.Table:
-    """One row per kept (query, doc) pair; a query with none kept gets one row with a null doc_id."""
+    """One row per kept (query, doc) pair; a query with none kept gets one row with a null doc_id.
+
+    Columns are gathered with Arrow `take`, never through Python objects, so any value that came in
+    (invalid UTF-8 included) goes out unchanged."""
     batch = _table(batch)
-    rows = {name: [] for name in batch.column_names if name != "results"}
-    fields = {f.name: [] for f in schema.EXPLODED_FIELDS}
-    for row in batch.to_pylist():
-        for res in row.pop("results") or [None]:
-            for k, v in row.items():
-                rows[k].append(v)
-            for k in fields:
-                fields[k].append(None if res is None else res[k])
-    cols = {k: pa.array(v, batch.schema.field(k).type) for k, v in rows.items()}
-    cols.update({f.name: pa.array(fields[f.name], f.type) for f in schema.EXPLODED_FIELDS})
-    return pa.table(cols)
+    results = batch.column("results").combine_chunks()
+    n_kept = results.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(batch.num_rows), np.maximum(n_kept, 1))
+    starts = results.offsets.to_numpy()[:-1]
+    # index into the flattened results; null where a query kept nothing
+    flat_index = [
+        int(starts[r]) + k if n_kept[r] else None
+        for r in range(batch.num_rows)
+        for k in range(max(int(n_kept[r]), 1))
+    ]
+    kept = results.flatten().take(pa.array(flat_index, pa.int64()))
+    out = batch.drop_columns(["results"]).take(pa.array(rows, pa.int64()))
+    for f in schema.EXPLODED_FIELDS:
+        out = out.append_column(f, kept.field(f.name))
+    return out

@@ -475,3 +475,21 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path, tiny_model_dir):
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train(config, records, run, base_model=tiny_model_dir, progress=False)
     assert not _Payload.marker.exists()
+
+
+def test_exploded_form_keeps_every_bad_row(bad_rows_output):
+    from rerank_engine.stages import explode
+
+    _, _, out = bad_rows_output
+    flat = explode(out, query_id="query_id", query="query")
+    per_query = Counter(flat.column("query_id").to_pylist())
+    assert set(per_query) == set(out.column("query_id").to_pylist())  # no query lost
+    expected = Counter()  # duplicate query ids are kept: their rows add up
+    for qid, n_kept in zip(out.column("query_id").to_pylist(), out.column("n_kept").to_pylist(), strict=True):
+        expected[qid] += max(n_kept, 1)
+    assert per_query == expected
+
+    def raw(col):
+        return set(col.combine_chunks().cast(pa.binary()).to_pylist())
+
+    assert raw(flat.column("query")) == raw(out.column("query"))  # invalid UTF-8 bytes pass through unchanged
