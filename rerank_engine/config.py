@@ -125,25 +125,34 @@ class JobConfig(_Frozen):
         return self
 
 
-def load_job_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
-    """YAML file (may be None) + dotted overrides like {"resources.rerank_actors": 2}."""
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file holding a mapping of config keys; ConfigError naming the file otherwise."""
     import yaml
 
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, found {type(values).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, found {type(values).__name__}")
+    return values
+
+
+def apply_overrides(values: dict, overrides: dict | None) -> dict:
+    """Set dotted keys ({"resources.rerank_actors": 2}) in a nested mapping, in place; returns it."""
     for dotted, value in (overrides or {}).items():
         node = values
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return JobConfig.build(**values)
+    return values
+
+
+def load_job_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
+    """YAML file (may be None) + dotted overrides like {"resources.rerank_actors": 2}."""
+    values = read_yaml_mapping(path) if path is not None else {}
+    return JobConfig.build(**apply_overrides(values, overrides))

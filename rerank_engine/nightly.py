@@ -46,7 +46,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from rerank_engine.config import JobConfig, _Frozen
+from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
 from rerank_engine.job import inspect_query_log, read_ids, run_job, verify_exactly_once
 
@@ -93,31 +93,10 @@ class NightlyConfig(_Frozen):
 def load_nightly_config(path: str | Path, overrides: dict | None = None) -> NightlyConfig:
     """YAML file + dotted overrides like {"job.k_rerank": 3}. `job:` may be a mapping or the path of a
     job YAML (jobs/configs/cluster.yaml), read relative to the working directory."""
-    path = Path(path)
-    values = _read_yaml(path)
+    values = read_yaml_mapping(path)
     if isinstance(values.get("job"), str):
-        values["job"] = _read_yaml(Path(values["job"]))
-    for dotted, value in (overrides or {}).items():
-        node = values
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return NightlyConfig.build(**values)
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys, found {type(values).__name__}")
-    return values
+        values["job"] = read_yaml_mapping(values["job"])
+    return NightlyConfig.build(**apply_overrides(values, overrides))
 
 
 # -- dates, paths, identities ---------------------------------------------------------------------------
