@@ -164,14 +164,12 @@ def export_model(
             )
         }
         if "fp16" in wanted:
-            _to_fp16(fp32_path, work / VARIANT_FILES["fp16"], torch_model.config, optimize)
+            _to_fp16(fp32_path, work / VARIANT_FILES["fp16"])
         if "int8" in wanted:
             _to_int8(fp32_path, work / VARIANT_FILES["int8"], optimized=optimize)
         for precision in ("fp16", "int8"):
             if precision in wanted:
-                agreement = ranking_agreement(
-                    ref, probe.onnx_logits(work / VARIANT_FILES[precision], num_labels)
-                )
+                agreement = ranking_agreement(ref, probe.onnx_logits(work / VARIANT_FILES[precision]))
                 variants[precision] = Variant(
                     file=VARIANT_FILES[precision],
                     precision=precision,
@@ -302,7 +300,7 @@ def _optimize(path: Path, config) -> None:
     opt.save_model_to_file(str(path))
 
 
-def _to_fp16(fp32_path: Path, out: Path, config, optimized: bool) -> None:
+def _to_fp16(fp32_path: Path, out: Path) -> None:
     """fp16 weights and activations with fp32 inputs/outputs (the sigmoid stays fp32 in the engine)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -409,7 +407,7 @@ class ProbeSet:
                 out[i] = _relevance(logits)
         return out
 
-    def onnx_logits(self, path: Path, num_labels: int) -> dict[int, np.ndarray]:
+    def onnx_logits(self, path: Path) -> dict[int, np.ndarray]:
         session = _session(path)
         return {
             i: _relevance(np.asarray(_run(session, self.inputs, feed), dtype=np.float32))
