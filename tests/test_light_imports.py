@@ -19,8 +19,11 @@ LIGHT = [
     "rerank_engine.bm25",
     "rerank_engine.evaluation",
     "rerank_engine.nightly",
+    "rerank_engine.thresholds",
+    "rerank_engine.plots",
+    "rerank_engine.data.classic_ir",
 ]
-HEAVY = ["ray", "torch", "onnxruntime", "faiss", "transformers"]
+HEAVY = ["ray", "torch", "onnxruntime", "faiss", "transformers", "matplotlib"]
 
 
 def test_light_modules_import_nothing_heavy():

@@ -1,0 +1,230 @@
+"""Absolute score thresholds ("better none than bad"): sweep, choose, and bind them to a model and scale.
+
+Light module: numpy only.
+
+The input is a scored, labelled set: for each query, the scores of the candidates the reranker hands on
+(its top-k, best first) and which of them are relevant (`ScoredQuery`). A threshold `t` keeps the
+candidates with `score >= t` (as the batch job's `finalize` does). Over the whole set, pooled over
+queries (micro-averaged, so that 1 − precision is the noise ratio the evaluation reports):
+
+    precision(t) = relevant passages kept / passages kept              (1.0 when nothing is kept)
+    recall(t)    = relevant passages kept / relevant passages in the rerank top-k
+    F1(t)        = 2 · precision · recall / (precision + recall)
+
+Recall counts only the relevant passages **in the rerank top-k**, not every relevant passage of the query:
+positives that recall or the rerank cut-off already lost cannot be brought back by a threshold, and
+counting them would only scale recall down and push the best-F1 threshold lower. End-to-end recall
+(against every positive) is reported by the evaluation, beside this.
+
+Thresholds are swept over a grid and over the exact cut points (every distinct score: between two
+neighbouring scores nothing changes). `best_f1` and `for_precision` choose among the exact cut points, so
+the chosen value is a score that occurs in the set and `score >= value` reproduces the measured figures
+exactly; the grid is for plots and tables.
+
+    curve = sweep(queries, cut_points(queries))
+    t = best_f1(queries, model_id="insurance-minilm-l6-ce@260128f32f77")
+    t.save("models/insurance-minilm-l6-ce/threshold.json", calibration={...})
+    keep = Threshold.load(path).apply(scores, model_id=engine.model_id)   # ScaleMismatchError if not ours
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.errors import ScaleMismatchError
+
+PROBABILITY = "probability"
+LOGIT = "logit"
+SCALES = (PROBABILITY, LOGIT)
+GRID = tuple(np.round(np.linspace(0.0, 1.0, 101), 2).tolist())  # probability grid, step 0.01
+
+
+@dataclass(frozen=True)
+class ScoredQuery:
+    """One query's handed-on candidates: `scores` best first and `relevant` (bool) beside them."""
+
+    scores: np.ndarray
+    relevant: np.ndarray
+
+    @classmethod
+    def of(cls, scores: Sequence[float], relevant: Sequence[bool]) -> ScoredQuery:
+        s = np.asarray(scores, dtype=np.float64)
+        r = np.asarray(relevant, dtype=bool)
+        if s.shape != r.shape or s.ndim != 1:
+            raise ValueError(f"scores {s.shape} and relevant {r.shape} must be 1-d and of one length")
+        if not np.all(np.isfinite(s)):
+            raise ValueError("scores must be finite")
+        return cls(s, r)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Precision, recall, F1 and counts at each threshold (arrays aligned with `thresholds`)."""
+
+    thresholds: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    kept: np.ndarray  # passages kept
+    kept_relevant: np.ndarray
+    empty_queries: np.ndarray  # queries left with nothing (the job's `no_relevant`)
+    relevant_total: int  # relevant passages in the top-k (the recall denominator)
+    queries: int
+
+    def at(self, i: int) -> dict[str, float]:
+        return {
+            "threshold": float(self.thresholds[i]),
+            "precision": float(self.precision[i]),
+            "recall": float(self.recall[i]),
+            "f1": float(self.f1[i]),
+            "kept": int(self.kept[i]),
+            "kept_relevant": int(self.kept_relevant[i]),
+            "no_relevant_share": float(self.empty_queries[i] / self.queries) if self.queries else 0.0,
+        }
+
+
+def _pooled(queries: Sequence[ScoredQuery]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not queries:
+        return np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    scores = np.concatenate([q.scores for q in queries])
+    relevant = np.concatenate([q.relevant for q in queries])
+    owner = np.repeat(np.arange(len(queries)), [len(q.scores) for q in queries])
+    return scores, relevant, owner
+
+
+def cut_points(queries: Sequence[ScoredQuery]) -> np.ndarray:
+    """Every distinct score, ascending, and one value above the highest (which keeps nothing)."""
+    scores, _, _ = _pooled(queries)
+    distinct = np.unique(scores)
+    above = np.nextafter(distinct[-1], np.inf) if len(distinct) else 0.0
+    return np.append(distinct, above)
+
+
+def sweep(queries: Sequence[ScoredQuery], thresholds: Iterable[float] = GRID) -> Sweep:
+    """Pooled precision / recall / F1 of keeping `score >= t`, for each t (sorted ascending)."""
+    t = np.sort(np.asarray(list(thresholds), dtype=np.float64))
+    scores, relevant, _ = _pooled(queries)
+
+    def at_or_above(values: np.ndarray) -> np.ndarray:  # how many of `values` are >= each t
+        return len(values) - np.searchsorted(np.sort(values), t, side="left")
+
+    kept = at_or_above(scores)
+    kept_rel = at_or_above(scores[relevant])
+    total_rel = int(relevant.sum())
+    best = np.array([q.scores.max() if len(q.scores) else -np.inf for q in queries])
+    precision = np.where(kept > 0, kept_rel / np.maximum(kept, 1), 1.0)
+    recall = kept_rel / total_rel if total_rel else np.zeros(len(t))
+    denom = precision + recall
+    f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
+    return Sweep(
+        thresholds=t,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        kept=kept,
+        kept_relevant=kept_rel,
+        empty_queries=len(queries) - at_or_above(best),
+        relevant_total=total_rel,
+        queries=len(queries),
+    )
+
+
+# -- a threshold bound to its model and scale ---------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Threshold:
+    """An absolute threshold on one model's scores on one scale. Using it elsewhere is an error."""
+
+    value: float
+    model_id: str
+    scale: str = PROBABILITY
+    calibration: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.scale not in SCALES:
+            raise ValueError(f"unknown score scale {self.scale!r}; expected one of {SCALES}")
+        if not np.isfinite(self.value):
+            raise ValueError(f"threshold value must be finite, got {self.value!r}")
+        if self.scale == PROBABILITY and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"a probability threshold must lie in [0, 1], got {self.value}")
+        if not self.model_id:
+            raise ValueError("a threshold must name the model it was calibrated for")
+
+    def check(self, *, model_id: str, scale: str = PROBABILITY) -> None:
+        """Raise ScaleMismatchError unless this threshold was calibrated for `model_id` on `scale`."""
+        if scale != self.scale:
+            raise ScaleMismatchError(
+                f"threshold {self.value} is on the {self.scale!r} scale; the scores are {scale!r}"
+            )
+        if model_id != self.model_id:
+            raise ScaleMismatchError(
+                f"threshold {self.value} was calibrated for model {self.model_id!r}, not for {model_id!r}; "
+                "recalibrate with `python -m jobs.calibrate`"
+            )
+
+    def apply(self, scores: Sequence[float], *, model_id: str, scale: str = PROBABILITY) -> np.ndarray:
+        """Boolean mask of the scores kept (`score >= value`), after checking model and scale."""
+        self.check(model_id=model_id, scale=scale)
+        return np.asarray(scores, dtype=np.float64) >= self.value
+
+    def to_dict(self) -> dict:
+        return {
+            "value": self.value,
+            "scale": self.scale,
+            "model_id": self.model_id,
+            "calibration": self.calibration,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON file the batch job reads (`threshold.json` in the model folder)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Threshold:
+        data = json.loads(Path(path).read_text())
+        missing = [k for k in ("value", "scale", "model_id") if k not in data]
+        if missing:
+            raise ValueError(f"{path} is not a threshold file: missing {missing}")
+        return cls(
+            value=float(data["value"]),
+            scale=data["scale"],
+            model_id=data["model_id"],
+            calibration=data.get("calibration", {}),
+        )
+
+
+# -- choosing -------------------------------------------------------------------------------------------
+
+
+def best_f1(queries: Sequence[ScoredQuery], *, model_id: str, scale: str = PROBABILITY) -> Threshold:
+    """The exact cut point with the highest pooled F1 (ties: the lowest such threshold, keeping more)."""
+    s = sweep(queries, cut_points(queries))
+    if not s.relevant_total:
+        raise ValueError("no relevant passage in the scored set: F1 is 0 at every threshold")
+    i = int(np.flatnonzero(s.f1 >= s.f1.max() - 1e-12)[0])  # ties (to rounding): the lowest threshold
+    return Threshold(value=float(s.thresholds[i]), scale=scale, model_id=model_id, calibration=s.at(i))
+
+
+def for_precision(
+    queries: Sequence[ScoredQuery], target: float, *, model_id: str, scale: str = PROBABILITY
+) -> Threshold | None:
+    """The lowest cut point whose pooled precision reaches `target` while keeping something (so the one
+    with the highest recall among them), or None where no threshold reaches it."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target precision must lie in (0, 1], got {target}")
+    s = sweep(queries, cut_points(queries))
+    ok = np.flatnonzero((s.precision >= target) & (s.kept > 0))
+    if not len(ok):
+        return None
+    i = int(ok[0])
+    return Threshold(value=float(s.thresholds[i]), scale=scale, model_id=model_id, calibration=s.at(i))
