@@ -3,17 +3,26 @@
 Setting (a) "cascade": recall top-20 over all 27,413 answers → rerank → top-5 handed on (realistic:
 positives that recall missed are not added back). Setting (b) "pool": rerank each question's own pool of
 positives + 200 InsuranceQA negatives (the usual InsuranceQA protocol).
+
+The threshold report (`ScoredCascade`, `threshold_comparison`) sets recall top-5, rerank top-5 and rerank
+top-5 above a calibrated threshold side by side; `out_of_domain` compares recall with rerank on the
+classic IR collections (`rerank_engine.data.classic_ir`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from rerank_engine.metrics import mean_metrics, noise_ratio
+from rerank_engine.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
+from rerank_engine.thresholds import ScoredQuery
 
 KS = (1, 5, 10)
 
@@ -22,7 +31,7 @@ def _order(scores: np.ndarray, ids: Sequence[str]) -> list[str]:
     return [ids[i] for i in np.lexsort((np.asarray(ids), -np.asarray(scores)))]
 
 
-def engine_scorer(model: str | Path, threads: int = 2) -> tuple[str, Callable]:
+def engine_scorer(model: str | Path, threads: int = 2, precision: str = "int8") -> tuple[str, Callable]:
     """(model id, score(queries, passages) -> probabilities) on the CPU default (int8 ONNX)."""
     from rerank_engine.config import EngineConfig
     from rerank_engine.engine import CrossEncoderEngine
@@ -30,26 +39,29 @@ def engine_scorer(model: str | Path, threads: int = 2) -> tuple[str, Callable]:
 
     engine = CrossEncoderEngine(
         EngineConfig.build(
-            model_dir=resolve_export(model, ["int8"]), precision="int8", intra_op_threads=threads
+            model_dir=resolve_export(model, [precision]), precision=precision, intra_op_threads=threads
         )
     )
     return engine.model_id, lambda q, p: engine.score(q, p).scores
+
+
+def score_groups(score: Callable, questions, groups: list[list[str]], answers, log=print) -> list[np.ndarray]:
+    """Score every (question, candidate) pair in one call; one score array per question, in `groups` order."""
+    flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
+    flat_p = [answers[d] for g in groups for d in g]
+    t = time.perf_counter()
+    s = np.asarray(score(flat_q, flat_p))
+    log(f"{len(flat_p)} pairs in {time.perf_counter() - t:.0f}s")
+    bounds = np.cumsum([0, *(len(g) for g in groups)])
+    return [s[a:b] for a, b in pairwise(bounds)]
 
 
 def rerank_groups(
     score: Callable, questions, groups: list[list[str]], relevant: list[set], answers, log=print
 ) -> list[tuple[list[str], set]]:
     """Score every (question, candidate) pair in one call, then order each question's candidates."""
-    flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
-    flat_p = [answers[d] for g in groups for d in g]
-    t = time.perf_counter()
-    s = score(flat_q, flat_p)
-    log(f"{len(flat_p)} pairs in {time.perf_counter() - t:.0f}s")
-    runs, start = [], 0
-    for g, rel in zip(groups, relevant, strict=True):
-        runs.append((_order(s[start : start + len(g)], g), rel))
-        start += len(g)
-    return runs
+    scores = score_groups(score, questions, groups, answers, log=log)
+    return [(_order(s, g), rel) for s, g, rel in zip(scores, groups, relevant, strict=True)]
 
 
 def summarise(runs: list[tuple[list[str], set]], handed_on: int = 5) -> dict[str, float]:
@@ -58,20 +70,26 @@ def summarise(runs: list[tuple[list[str], set]], handed_on: int = 5) -> dict[str
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def recall_candidates(questions, recall, k_recall: int = 20) -> list[list[str]]:
+    """Each question's bi-encoder top-`k_recall` answer ids, best first (`recall` = answer_recall(...))."""
+    encoder, index, _ = recall
+    _, cands = index.search(encoder.encode([q.text for q in questions]), k_recall)
+    return [list(map(str, row)) for row in cands]
+
+
 def cascade(
     questions,
     recall,
     answers: dict[str, str],
     bm25,
-    scorers: dict[str, Callable],
+    scorers: dict[str, Callable | ScoredCascade],
     k_recall: int = 20,
     log=print,
 ) -> dict[str, dict]:
-    encoder, index, _ = recall
-    ids_all = list(index.doc_ids)
+    """Setting (a). A scorer may be given already scored (a `ScoredCascade` over the same candidates)."""
+    ids_all = list(recall[1].doc_ids)
     relevant = [set(q.answers) for q in questions]
-    _, cands = index.search(encoder.encode([q.text for q in questions]), k_recall)
-    cands = [list(map(str, row)) for row in cands]
+    cands = recall_candidates(questions, recall, k_recall)
     rows = {
         "BM25 (full corpus)": [
             ([ids_all[i] for i in bm25.top_k(q.text, 10)], rel)
@@ -80,6 +98,13 @@ def cascade(
         "bi-encoder (recall top-20)": [(c, rel) for c, rel in zip(cands, relevant, strict=True)],
     }
     for name, score in scorers.items():
+        if isinstance(score, ScoredCascade):
+            if score.candidates != cands:
+                raise ValueError(f"the scores given for {name} are not over this cascade's candidates")
+            rows[f"{name} (rerank recall top-20)"] = [
+                (_order(s, c), rel) for s, c, rel in zip(score.scores, cands, relevant, strict=True)
+            ]
+            continue
         rows[f"{name} (rerank recall top-20)"] = rerank_groups(
             score, questions, cands, relevant, answers, log=lambda m, n=name: log(f"cascade {n}: {m}")
         )
@@ -129,3 +154,224 @@ def markdown_table(
             continue
         lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
     return "\n".join(lines)
+
+
+# -- the scored cascade: what calibration and the threshold report work on ------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredCascade:
+    """Each question's recall top-`k_recall` (recall order) with the reranker's probabilities beside it."""
+
+    model_id: str
+    qids: list[str]
+    candidates: list[list[str]]
+    scores: list[np.ndarray]
+    relevant: list[set[str]]
+
+    @classmethod
+    def build(
+        cls, score: Callable, model_id: str, questions, candidates, answers, log=print
+    ) -> ScoredCascade:
+        return cls(
+            model_id=model_id,
+            qids=[q.qid for q in questions],
+            candidates=[list(c) for c in candidates],
+            scores=score_groups(score, questions, candidates, answers, log=log),
+            relevant=[set(q.answers) for q in questions],
+        )
+
+    def reranked(self, k: int = 5) -> list[tuple[list[str], np.ndarray]]:
+        """(ids, scores) of each question's rerank top-k, best first (ties by id, as the job breaks them)."""
+        out = []
+        for ids, s in zip(self.candidates, self.scores, strict=True):
+            order = np.lexsort((np.asarray(ids), -s))[:k]
+            out.append(([ids[i] for i in order], s[order]))
+        return out
+
+    def scored_queries(self, k: int = 5) -> list[ScoredQuery]:
+        """The labelled set a threshold is calibrated on: the rerank top-k of each question."""
+        return [
+            ScoredQuery.of(s, [d in rel for d in ids])
+            for (ids, s), rel in zip(self.reranked(k), self.relevant, strict=True)
+        ]
+
+    def missed(self) -> list[bool]:
+        """Questions none of whose positives is among the recall candidates."""
+        return [not (rel & set(c)) for c, rel in zip(self.candidates, self.relevant, strict=True)]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "model_id": self.model_id,
+            "qids": self.qids,
+            "candidates": self.candidates,
+            "scores": [s.astype(float).tolist() for s in self.scores],
+            "relevant": [sorted(r) for r in self.relevant],
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ScoredCascade:
+        data = json.loads(Path(path).read_text())
+        return cls(
+            model_id=data["model_id"],
+            qids=data["qids"],
+            candidates=data["candidates"],
+            scores=[np.asarray(s, dtype=np.float32) for s in data["scores"]],
+            relevant=[set(r) for r in data["relevant"]],
+        )
+
+
+def scored_cascade_cached(
+    model_id: str, score: Callable, questions, candidates, answers, cache_dir: str | Path, log=print
+) -> ScoredCascade:
+    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the question ids and the candidates
+    (a new model, other questions or another recall all miss the cache)."""
+    import hashlib
+
+    key = json.dumps([model_id, [q.qid for q in questions], [list(c) for c in candidates]])
+    path = Path(cache_dir) / f"scores-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        log(f"scores of {model_id} from {path}")
+        return ScoredCascade.load(path)
+    sc = ScoredCascade.build(score, model_id, questions, candidates, answers, log=log)
+    sc.save(path)
+    return sc
+
+
+def handed_on_figures(
+    lists: list[list[str]], before: list[list[str]], relevant: list[set], missed: list[bool], k: int = 5
+) -> dict[str, float]:
+    """Figures of what one system hands on (`lists`), given the top-k it chose from (`before`).
+
+    precision = relevant passages handed on / passages handed on (pooled; 1 − noise);
+    F1 = with recall against the relevant passages in `before` (the calibration objective);
+    F1_all = with recall against every positive of the question (recall misses included);
+    no_relevant = share of questions handed nothing; nothing_when_missed = that share among the questions
+    whose positives recall missed (the right answer there is nothing); empty_when_hit = share of the
+    questions with a positive in `before` that were handed nothing (lost answers).
+    """
+    n = len(lists)
+    kept = sum(len(x) for x in lists)
+    kept_rel = sum(len(set(x) & rel) for x, rel in zip(lists, relevant, strict=True))
+    top_rel = sum(len(set(b) & rel) for b, rel in zip(before, relevant, strict=True))
+    all_rel = sum(len(rel) for rel in relevant)
+    precision = kept_rel / kept if kept else 1.0
+
+    def f1(recall: float) -> float:
+        return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+    empty = [not x for x in lists]
+    hit = [bool(set(b) & rel) for b, rel in zip(before, relevant, strict=True)]
+    n_missed, n_hit = sum(missed), sum(hit)
+    return {
+        f"P@{k}": float(np.mean([precision_at_k(x, r, k) for x, r in zip(lists, relevant, strict=True)])),
+        f"R@{k}": float(np.mean([recall_at_k(x, r, k) for x, r in zip(lists, relevant, strict=True)])),
+        f"NDCG@{k}": float(np.mean([ndcg_at_k(x, r, k) for x, r in zip(lists, relevant, strict=True)])),
+        "precision": precision,
+        "F1": f1(kept_rel / top_rel if top_rel else 0.0),
+        "F1_all": f1(kept_rel / all_rel if all_rel else 0.0),
+        "noise": noise_ratio(zip(lists, relevant, strict=True)),
+        "handed_on": kept,
+        "no_relevant": sum(empty) / n if n else 0.0,
+        "nothing_when_missed": (
+            sum(e for e, m in zip(empty, missed, strict=True) if m) / n_missed if n_missed else float("nan")
+        ),
+        "empty_when_hit": sum(e for e, h in zip(empty, hit, strict=True) if h) / n_hit if n_hit else 0.0,
+    }
+
+
+def threshold_comparison(sc: ScoredCascade, threshold: float, k: int = 5) -> dict[str, dict]:
+    """Recall top-k, rerank top-k and rerank top-k ≥ threshold, side by side (`handed_on_figures`)."""
+    missed = sc.missed()
+    recall_top = [c[:k] for c in sc.candidates]
+    reranked = sc.reranked(k)
+    rerank_top = [ids for ids, _ in reranked]
+    kept = [[d for d, s in zip(ids, scores, strict=True) if s >= threshold] for ids, scores in reranked]
+    out = {
+        f"bi-encoder top-{k}": handed_on_figures(recall_top, recall_top, sc.relevant, missed, k),
+        f"rerank top-{k}": handed_on_figures(rerank_top, rerank_top, sc.relevant, missed, k),
+        f"rerank top-{k} ≥ {threshold:.3f}": handed_on_figures(kept, rerank_top, sc.relevant, missed, k),
+    }
+    out["_info"] = {
+        "questions": len(sc.qids),
+        "k_recall": max((len(c) for c in sc.candidates), default=0),
+        "positive_not_in_recall": int(sum(missed)),
+        "threshold": threshold,
+        "model": sc.model_id,
+    }
+    return out
+
+
+# -- out of domain: classic IR collections ---------------------------------------------------------------
+
+
+def out_of_domain(
+    collection,
+    encoder,
+    scorers: dict[str, Callable],
+    cache_dir: str | Path,
+    k_recall: int = 20,
+    k: int = 10,
+    queries: int | None = None,
+    log=print,
+) -> dict[str, dict]:
+    """Bi-encoder recall top-`k_recall` over the collection vs each cross-encoder reranking it: NDCG@k,
+    P@k, and per-query wins and losses of the rerank against recall on NDCG@k."""
+    from rerank_engine.recall import RecallIndex, embed_cached
+
+    doc_ids = list(collection.docs)
+    emb = embed_cached(encoder, [collection.docs[d] for d in doc_ids], cache_dir)
+    index = RecallIndex.build(emb, doc_ids, model=encoder.model_id, corpus=collection.name)
+    qids = list(collection.queries)[:queries]
+    questions = [SimpleNamespace(qid=q, text=collection.queries[q]) for q in qids]
+    relevant = [collection.relevant(q) for q in qids]
+    cands = recall_candidates(questions, (encoder, index, None), k_recall)
+
+    def figures(runs: list[list[str]]) -> dict[str, float]:
+        per_query = [ndcg_at_k(r, rel, k) for r, rel in zip(runs, relevant, strict=True)]
+        return {
+            f"NDCG@{k}": float(np.mean(per_query)),
+            f"P@{k}": float(
+                np.mean([precision_at_k(r, rel, k) for r, rel in zip(runs, relevant, strict=True)])
+            ),
+            "_per_query": per_query,
+        }
+
+    rows = {f"bi-encoder (recall top-{k_recall})": figures(cands)}
+    base = rows[f"bi-encoder (recall top-{k_recall})"]["_per_query"]
+    for name, score in scorers.items():
+        runs = rerank_groups(
+            score,
+            questions,
+            cands,
+            relevant,
+            collection.docs,
+            log=lambda m, n=name: log(f"{collection.name} {n}: {m}"),
+        )
+        row = figures([r for r, _ in runs])
+        diff = np.asarray(row["_per_query"]) - np.asarray(base)
+        row.update(
+            {
+                f"ΔNDCG@{k}": row[f"NDCG@{k}"] - rows[f"bi-encoder (recall top-{k_recall})"][f"NDCG@{k}"],
+                "wins": int((diff > 1e-9).sum()),
+                "losses": int((diff < -1e-9).sum()),
+            }
+        )
+        rows[f"{name} (rerank recall top-{k_recall})"] = row
+    for row in rows.values():
+        row.pop("_per_query")
+    rows["_info"] = {
+        "collection": collection.name,
+        "docs": len(doc_ids),
+        "queries": len(qids),
+        f"relevant_in_recall_top{k_recall}": float(
+            np.mean([len(set(c) & rel) / len(rel) for c, rel in zip(cands, relevant, strict=True)])
+        ),
+    }
+    return rows

@@ -1,0 +1,95 @@
+"""PNG plots for calibration and the evaluation report (matplotlib, imported only when a plot is drawn).
+
+Each function draws one figure with the headless Agg backend, writes it to `path` and returns the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.errors import require
+from rerank_engine.thresholds import ScoredQuery, Sweep
+
+SIZE, DPI = (6.4, 4.0), 100
+
+
+def _pyplot():
+    matplotlib = require("matplotlib", "report")
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})  # no version stamp: reruns give equal files
+    fig.clf()
+    return path
+
+
+def threshold_curves(
+    sweep: Sweep, path: str | Path, *, marks: Mapping[str, float] | None = None, title: str = ""
+) -> Path:
+    """Precision, recall and F1 against the threshold, with vertical lines at the `marks`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.plot(sweep.thresholds, sweep.precision, label="precision (kept relevant / kept)")
+    ax.plot(sweep.thresholds, sweep.recall, label="recall (of relevant in top-k)")
+    ax.plot(sweep.thresholds, sweep.f1, label="F1", linewidth=2)
+    ax.plot(sweep.thresholds, sweep.empty_queries / max(sweep.queries, 1), ":", label="share no_relevant")
+    for (name, value), style in zip((marks or {}).items(), ("--", "-.", ":"), strict=False):
+        ax.axvline(value, color="grey", linestyle=style, label=f"{name} = {value:.3f}")
+    ax.set(xlabel="threshold (probability)", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def score_histograms(
+    queries: Sequence[ScoredQuery], path: str | Path, *, threshold: float | None = None, title: str = ""
+) -> Path:
+    """Histograms (densities) of the scores of relevant and irrelevant pairs."""
+    plt = _pyplot()
+    scores = np.concatenate([q.scores for q in queries]) if queries else np.zeros(0)
+    relevant = np.concatenate([q.relevant for q in queries]) if queries else np.zeros(0, dtype=bool)
+    bins = np.linspace(0, 1, 41)
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.hist(
+        scores[~relevant], bins=bins, density=True, alpha=0.55, label=f"irrelevant (n={(~relevant).sum()})"
+    )
+    ax.hist(scores[relevant], bins=bins, density=True, alpha=0.55, label=f"relevant (n={relevant.sum()})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="score (probability)", ylabel="density", xlim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def grouped_bars(
+    table: Mapping[str, Mapping[str, float]], columns: Sequence[str], path: str | Path, *, title: str = ""
+) -> Path:
+    """One group of bars per column, one bar per system (row); rows whose name starts with _ are skipped."""
+    plt = _pyplot()
+    rows = {name: row for name, row in table.items() if not name.startswith("_")}
+    x = np.arange(len(columns))
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=SIZE)
+    for i, (name, row) in enumerate(rows.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, [row[c] for c in columns], width, label=name)
+    ax.set_xticks(x, list(columns))
+    ax.set(ylim=(0, 1), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
