@@ -1,22 +1,31 @@
 """Evaluate BM25, the bi-encoder and cross-encoders on InsuranceQA (report on test; choose on valid).
 
-    python -m jobs.evaluate --split test --models models/insurance-minilm-l6-ce \
-        artifacts/models/minilm-ce-500-triples --pool-queries 200 --out reports/insuranceqa_test
+    python -m jobs.evaluate --split test --models models/insurance-minilm-l6-ce --queries 1000 \
+        --pool-queries 0 --out reports/insuranceqa_test
 
-Writes <out>/results.json and <out>/table.md and prints the table. Cross-encoders run as the job runs
-them on CPU (int8 ONNX, exported and cached on first use).
+Writes <out>/results.json, <out>/table.md and <out>/report.md with its PNG plots, and prints the table.
+Cross-encoders run as the job runs them on CPU (int8 ONNX, exported and cached on first use); the pairs'
+scores are cached under --cache-dir, so a rerun scores nothing new.
+
+report.md sets side by side, for the first model: recall top-5, rerank top-5, and rerank top-5 with the
+threshold calibrated on valid (`<model>/threshold.json`, written by `python -m jobs.calibrate`; it must
+name this model). Out of domain, on the classic IR collections found under --classic-ir (Cranfield, CISI,
+MED; skipped where absent): bi-encoder recall vs rerank, NDCG@10.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 from rerank_engine import evaluation
-from rerank_engine.bm25 import BM25
-from rerank_engine.data.insuranceqa import DATA_VERSION, answer_ids, answer_recall, load_answers, load_split
+from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
+
+SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
+K = 5
 
 
 def main(argv=None) -> int:
@@ -26,38 +35,273 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=None, help="first N questions for the cascade (all)")
     p.add_argument("--pool-queries", type=int, default=200, help="first N questions for the pool setting")
     p.add_argument("--cache-dir", default=".cache/embeddings")
+    p.add_argument("--scores-cache", default=".cache/scores")
+    p.add_argument(
+        "--classic-ir", default=None, help="classic IR folder (default: ../shared/data/classic_ir)"
+    )
+    p.add_argument("--classic-queries", type=int, default=None, help="first N judged queries per collection")
+    p.add_argument("--no-classic-ir", action="store_true")
     p.add_argument("--out", default="reports/insuranceqa")
     args = p.parse_args(argv)
     started = time.perf_counter()
 
-    questions = load_split(args.split)
+    from rerank_engine.bm25 import BM25
+    from rerank_engine.data import classic_ir
+    from rerank_engine.data.insuranceqa import (
+        DATA_VERSION,
+        answer_ids,
+        answer_recall,
+        load_answers,
+        load_split,
+    )
+
+    questions = load_split(args.split)[: args.queries]
     answers = load_answers()
     recall = answer_recall(args.cache_dir)
-    scorers = {}
+    candidates = evaluation.recall_candidates(questions, recall)
+    scorers, scored = {}, {}
     for model in args.models:
         model_id, score = evaluation.engine_scorer(model)
         scorers[model_id] = score
+        scored[model_id] = evaluation.scored_cascade_cached(
+            model_id, score, questions, candidates, answers, args.scores_cache
+        )
     bm25 = BM25([answers[d] for d in answer_ids()])
-    results = {
-        "cascade": evaluation.cascade(questions[: args.queries], recall, answers, bm25, scorers),
-        "pool": evaluation.pool(questions[: args.pool_queries], recall[2], recall[0], answers, scorers),
-        "_meta": {
-            "split": args.split,
-            "data": DATA_VERSION,
-            "models": args.models,
-            "seconds": round(time.perf_counter() - started, 1),
-        },
+    results = {"cascade": evaluation.cascade(questions, recall, answers, bm25, scored)}
+    if args.pool_queries:
+        results["pool"] = evaluation.pool(
+            load_split(args.split)[: args.pool_queries], recall[2], recall[0], answers, scorers
+        )
+
+    first_model, first_id = args.models[0], next(iter(scored))
+    threshold = _calibrated(Path(first_model), first_id)
+    if threshold is not None:
+        results["threshold"] = evaluation.threshold_comparison(scored[first_id], threshold.value, K)
+        results["threshold"]["_info"]["calibration"] = threshold.calibration.get("settings", {})
+    if not args.no_classic_ir:
+        root = classic_ir.classic_ir_dir(args.classic_ir)
+        results["out_of_domain"] = {
+            name: evaluation.out_of_domain(
+                classic_ir.load_collection(name, root),
+                recall[0],
+                {first_id: scorers[first_id]},
+                args.cache_dir,
+                queries=args.classic_queries,
+            )
+            for name in classic_ir.available(root)
+        }
+    results["_meta"] = {
+        "split": args.split,
+        "data": DATA_VERSION,
+        "models": args.models,
+        "seconds": round(time.perf_counter() - started, 1),
     }
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     table = "\n\n".join(
         f"**{setting}** ({results[setting]['_info']})\n\n" + evaluation.markdown_table(results[setting])
         for setting in ("cascade", "pool")
+        if setting in results
     )
     (out / "table.md").write_text(table + "\n")
+    write_report(out, results, scored[first_id], threshold, args)
     print(table)
+    print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _calibrated(model_dir: Path, model_id: str) -> Threshold | None:
+    """The model's calibrated threshold, checked against the model; None where it has none."""
+    path = model_dir / "threshold.json"
+    if not path.is_file():
+        print(f"{path} not found: the report has no thresholded row (run python -m jobs.calibrate)")
+        return None
+    threshold = Threshold.load(path)
+    threshold.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
+    return threshold
+
+
+# -- report.md ------------------------------------------------------------------------------------------
+
+HANDED_ON_COLUMNS = (
+    f"P@{K}",
+    f"R@{K}",
+    f"NDCG@{K}",
+    "precision",
+    "F1",
+    "F1_all",
+    "noise",
+    "no_relevant",
+    "nothing_when_missed",
+    "empty_when_hit",
+)
+
+
+NOTES = [
+    f"- P@{K}, R@{K}, NDCG@{K}: per question, averaged; R@{K} against every positive (recall misses",
+    f"  included); a thresholded list shorter than {K} counts its empty places as misses in P@{K}.",
+    "- precision = relevant passages handed on / passages handed on, pooled over questions;",
+    "  noise = 1 − precision.",
+    f"- F1: recall = relevant handed on / relevant in the system's top-{K} before any threshold (the",
+    "  calibration objective, so 1.0 without a threshold). F1_all: recall against every positive.",
+    "- no_relevant: share of questions handed nothing. nothing_when_missed: among the questions whose",
+    "  positives recall missed, the share handed nothing (the right answer). empty_when_hit: among the",
+    f"  questions with a positive in the rerank top-{K}, the share handed nothing (a lost answer).",
+]
+
+
+def _fmt(x) -> str:
+    return "–" if isinstance(x, float) and math.isnan(x) else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+def _table(rows: dict[str, dict], columns) -> str:
+    lines = ["| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        if not name.startswith("_"):
+            lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, sc, threshold: Threshold | None, args) -> Path:
+    """report.md and its plots in `out`."""
+    from rerank_engine import plots
+
+    scored = sc.scored_queries(K)
+    meta = results["_meta"]
+    lines = [
+        f"# Evaluation report: {sc.model_id} on InsuranceQA {meta['split']}",
+        "",
+        f"`python -m jobs.evaluate {' '.join(_argv(args))}` ({meta['seconds']:.0f} s; {meta['data']}).",
+        "",
+        "## Cascade",
+        "",
+        f"{results['cascade']['_info']}",
+        "",
+        evaluation.markdown_table(results["cascade"]),
+    ]
+    if "pool" in results:
+        lines += [
+            "",
+            f"Pool setting: {results['pool']['_info']}",
+            "",
+            evaluation.markdown_table(results["pool"]),
+        ]
+
+    lines += ["", f"## Better none than bad: the calibrated threshold (top-{K} handed on)", ""]
+    grid = sweep(scored, GRID)
+    marks = {}
+    if threshold is None:
+        lines += ["No `threshold.json` beside the model: run `python -m jobs.calibrate` first.", ""]
+    else:
+        cmp = results["threshold"]
+        info, settings = cmp["_info"], threshold.calibration.get("settings", {})
+        lines += [
+            f"Threshold **{threshold.value:.4f}** (probability, `{threshold.model_id}`), chosen on "
+            f"**{settings.get('split', '?')}** ({settings.get('questions', '?')} questions, best pooled F1 "
+            f"{threshold.calibration.get('at_threshold', {}).get('f1', float('nan')):.3f} there), never on "
+            f"test. {info['questions']} {meta['split']} questions, recall top-{info['k_recall']}; "
+            f"{info['positive_not_in_recall']} have no positive among the recall candidates.",
+            "",
+            _table(cmp, HANDED_ON_COLUMNS),
+            "",
+            *NOTES,
+            "",
+        ]
+        marks["calibrated (valid)"] = threshold.value
+        rows = list(cmp)
+        before, after = cmp[rows[1]], cmp[rows[2]]
+        lines += [
+            "| | seed | ours |",
+            "|---|---|---|",
+            f"| threshold | {SEED['threshold']:.2f} | {threshold.value:.3f} |",
+            f"| F1, rerank top-5 → with threshold | {SEED['F1'][0]:.2f} → {SEED['F1'][1]:.2f} | "
+            f"{before['F1']:.3f} → {after['F1']:.3f} |",
+            f"| noise, rerank top-5 → with threshold | {SEED['noise'][0]:.0%} → {SEED['noise'][1]:.0%} | "
+            f"{before['noise']:.0%} → {after['noise']:.0%} |",
+            "",
+        ]
+    oracle = best_f1(scored, model_id=sc.model_id) if any(q.relevant.any() for q in scored) else None
+    if oracle is not None:
+        lines += [
+            f"For reference only (chosen on {meta['split']}, so not used): the best-F1 threshold on these "
+            f"questions would be {oracle.value:.4f} (F1 {oracle.calibration['f1']:.3f}).",
+            "",
+        ]
+        marks[f"best on {meta['split']} (reference)"] = oracle.value
+    title = f"{sc.model_id}, {meta['split']} ({len(scored)} q), rerank top-{K}"
+    plots.threshold_curves(grid, out / "threshold_curves.png", marks=marks, title=title)
+    plots.score_histograms(
+        scored, out / "score_histograms.png", threshold=threshold.value if threshold else None, title=title
+    )
+    lines += ["![P/R/F1 against the threshold](threshold_curves.png)", ""]
+    lines += ["![scores of relevant and irrelevant pairs](score_histograms.png)", ""]
+    if threshold is not None:
+        plots.grouped_bars(
+            results["threshold"],
+            (f"P@{K}", f"NDCG@{K}", "precision", "F1", "noise", "no_relevant"),
+            out / "handed_on.png",
+            title=f"what is handed on ({meta['split']})",
+        )
+        lines += ["![recall vs rerank vs thresholded](handed_on.png)", ""]
+
+    lines += _out_of_domain_section(out, results.get("out_of_domain"), plots)
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _out_of_domain_section(out: Path, ood: dict | None, plots) -> list[str]:
+    lines = ["## Out of domain: classic IR collections (NDCG@10)", ""]
+    if not ood:
+        lines += [
+            "Not run: no classic IR collection found (they are read from ../shared/data/classic_ir).",
+            "",
+        ]
+        return lines
+    summary, verdicts = {}, []
+    for name, rows in ood.items():
+        info = rows["_info"]
+        base_name = next(k for k in rows if k.startswith("bi-encoder"))
+        lines += [
+            f"**{name}**: {info['docs']} documents, {info['queries']} judged queries, "
+            f"{info['relevant_in_recall']:.0%} of relevant documents in the recall top-{info['k_recall']}.",
+            "",
+            _table(rows, ("NDCG@10", "P@10", "ΔNDCG@10", "wins", "losses")),
+            "",
+        ]
+        for row_name, row in rows.items():
+            if row_name.startswith("_") or row_name == base_name:
+                continue
+            d = row["ΔNDCG@10"]
+            summary[name] = {"recall": rows[base_name]["NDCG@10"], "rerank": row["NDCG@10"]}
+            verdict = "helps" if d > 0.01 else ("does not help (about even)" if d > -0.01 else "hurts")
+            verdicts.append(
+                f"- {name}: reranking **{verdict}**: NDCG@10 {rows[base_name]['NDCG@10']:.3f} → "
+                f"{row['NDCG@10']:.3f} ({d:+.3f}; better on {row['wins']} queries, worse on {row['losses']})."
+            )
+    plots.grouped_bars(
+        {"bi-encoder recall": {k: v["recall"] for k, v in summary.items()}}
+        | {"rerank": {k: v["rerank"] for k, v in summary.items()}},
+        list(summary),
+        out / "out_of_domain.png",
+        title="NDCG@10 out of domain",
+    )
+    lines += ["In plain words:", "", *verdicts, "", "![NDCG@10 out of domain](out_of_domain.png)", ""]
+    return lines
+
+
+def _argv(args) -> list[str]:
+    parts = ["--split", args.split, "--models", *args.models]
+    if args.queries is not None:
+        parts += ["--queries", str(args.queries)]
+    parts += ["--pool-queries", str(args.pool_queries)]
+    if args.classic_queries is not None:
+        parts += ["--classic-queries", str(args.classic_queries)]
+    if args.no_classic_ir:
+        parts.append("--no-classic-ir")
+    return [*parts, "--out", args.out]
 
 
 if __name__ == "__main__":

@@ -370,7 +370,8 @@ def out_of_domain(
         "collection": collection.name,
         "docs": len(doc_ids),
         "queries": len(qids),
-        f"relevant_in_recall_top{k_recall}": float(
+        "k_recall": k_recall,
+        "relevant_in_recall": float(
             np.mean([len(set(c) & rel) / len(rel) for c, rel in zip(cands, relevant, strict=True)])
         ),
     }

@@ -1,0 +1,168 @@
+"""Calibrate the reranker's absolute threshold on InsuranceQA valid and write it beside the model.
+
+    python -m jobs.calibrate --model models/insurance-minilm-l6-ce --split valid --queries 500 \
+        [--target-precision 0.5] [--plots reports/calibration/insurance-minilm-l6-ce] [--force]
+
+Runs the cascade as the job does (bi-encoder recall top-20 over all 27,413 answers → cross-encoder,
+int8 ONNX on CPU → top-5), sweeps thresholds over the scored top-5 (`rerank_engine.thresholds`), and writes
+`<model>/threshold.json`: the best-F1 threshold on the probability scale, bound to the model id, with the
+settings and figures it was chosen by. The batch job then uses it by default. Plots:
+`threshold_curves.png` (precision / recall / F1 / share no_relevant against the threshold) and
+`score_histograms.png` (scores of relevant vs irrelevant pairs).
+
+The test split is never used here (report on it with `python -m jobs.evaluate --split test`). A rerun
+with the same model and settings finds `threshold.json` up to date and returns at once; the pairs' scores
+are cached under `--cache-dir`, so a rerun with other settings (`--target-precision`) scores nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rerank_engine import evaluation, plots
+from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+
+THRESHOLD_FILE = "threshold.json"  # the name rerank_engine.job reads
+CRITERION = "best F1 pooled over the rerank top-k (recall = relevant kept / relevant in the top-k)"
+
+
+def calibrate(
+    model: str | Path,
+    questions,
+    answers: dict[str, str],
+    recall,
+    *,
+    split: str,
+    data: str,
+    k_recall: int = 20,
+    k_rerank: int = 5,
+    target_precision: float | None = None,
+    precision: str = "int8",
+    plots_dir: str | Path | None = None,
+    cache_dir: str | Path = ".cache/scores",
+    force: bool = False,
+    log=print,
+) -> dict:
+    """Choose and write the threshold for `model` (a local model folder) on the given questions.
+
+    `recall` is (BiEncoder, RecallIndex, _) as `answer_recall` returns it; `data` names the data set (kept
+    in the record). Returns the record written to `<model>/threshold.json` (with `"skipped": True` when
+    the file was already up to date)."""
+    if split == "test":
+        raise ValueError("thresholds are chosen on valid, never on test (report on test with jobs.evaluate)")
+    model = Path(model)
+    if not model.is_dir():
+        raise FileNotFoundError(
+            f"--model must be a local model folder (threshold.json goes into it): {model}"
+        )
+    started = time.perf_counter()
+    model_id, score = evaluation.engine_scorer(model, precision=precision)
+    settings = {
+        "split": split,
+        "data": data,
+        "questions": len(questions),
+        "first_qid": questions[0].qid if questions else None,
+        "k_recall": k_recall,
+        "k_rerank": k_rerank,
+        "recall_model": recall[0].model_id,
+        "precision": precision,
+        "target_precision": target_precision,
+    }
+    path = model / THRESHOLD_FILE
+    plots_dir = Path(plots_dir) if plots_dir else None
+    if path.is_file() and not force:
+        current = json.loads(path.read_text())
+        fresh = (
+            current.get("model_id") == model_id and current.get("calibration", {}).get("settings") == settings
+        )
+        have_plots = plots_dir is None or all(
+            (plots_dir / f).is_file() for f in ("threshold_curves.png", "score_histograms.png")
+        )
+        if fresh and have_plots:
+            log(f"{path} is up to date for {model_id} ({current['value']:.4f}); --force recalibrates")
+            return {**current, "skipped": True}
+
+    candidates = evaluation.recall_candidates(questions, recall, k_recall)
+    sc = evaluation.scored_cascade_cached(model_id, score, questions, candidates, answers, cache_dir, log=log)
+    scored = sc.scored_queries(k_rerank)
+    best = best_f1(scored, model_id=model_id)
+    grid = sweep(scored, GRID)
+    fixed = sweep(scored, [0.0, 0.5])
+    record = {
+        "criterion": CRITERION,
+        "settings": settings,
+        "at_threshold": best.calibration,
+        "no_threshold": fixed.at(0),
+        "at_0.5": fixed.at(1),
+        "positive_not_in_recall": int(sum(sc.missed())),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if target_precision is not None:
+        target = for_precision(scored, target_precision, model_id=model_id)
+        record["target_precision"] = (
+            {"target": target_precision, **target.calibration}
+            if target
+            else {"target": target_precision, "reached": False}
+        )
+    threshold = Threshold(value=best.value, model_id=model_id, calibration=record)
+    threshold.save(path)
+    log(
+        f"wrote {path}: {best.value:.4f} (F1 {best.calibration['f1']:.3f}, precision "
+        f"{best.calibration['precision']:.3f}, recall {best.calibration['recall']:.3f})"
+    )
+
+    if plots_dir is not None:
+        marks = {"best F1": best.value}
+        if record.get("target_precision", {}).get("threshold") is not None:
+            marks[f"precision ≥ {target_precision}"] = record["target_precision"]["threshold"]
+        title = f"{model_id}, {split} ({len(questions)} q), rerank top-{k_rerank}"
+        plots.threshold_curves(grid, plots_dir / "threshold_curves.png", marks=marks, title=title)
+        plots.score_histograms(scored, plots_dir / "score_histograms.png", threshold=best.value, title=title)
+        log(f"plots in {plots_dir}")
+    log(f"calibration took {time.perf_counter() - started:.0f}s")
+    return threshold.to_dict()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="models/insurance-minilm-l6-ce", help="local model folder")
+    p.add_argument("--split", default="valid", choices=["valid"], help="never test")
+    p.add_argument("--queries", type=int, default=None, help="first N questions of the split (all)")
+    p.add_argument("--k-recall", type=int, default=20)
+    p.add_argument("--k-rerank", type=int, default=5)
+    p.add_argument("--target-precision", type=float, default=None)
+    p.add_argument("--precision", default="int8", choices=["int8", "fp32"], help="engine variant scored")
+    p.add_argument("--plots", default=None, help="plot folder (reports/calibration/<model folder name>)")
+    p.add_argument("--embeddings-cache", default=".cache/embeddings")
+    p.add_argument("--cache-dir", default=".cache/scores")
+    p.add_argument("--force", action="store_true", help="recalibrate even when threshold.json is up to date")
+    args = p.parse_args(argv)
+
+    from rerank_engine.data.insuranceqa import DATA_VERSION, answer_recall, load_answers, load_split
+
+    questions = load_split(args.split)[: args.queries]
+    result = calibrate(
+        args.model,
+        questions,
+        load_answers(),
+        answer_recall(args.embeddings_cache),
+        split=args.split,
+        data=DATA_VERSION,
+        k_recall=args.k_recall,
+        k_rerank=args.k_rerank,
+        target_precision=args.target_precision,
+        precision=args.precision,
+        plots_dir=args.plots or Path("reports/calibration") / Path(args.model).name,
+        cache_dir=args.cache_dir,
+        force=args.force,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Calibration end to end on a tiny model, the report and its plots, and the classic IR loader.
+
+The tiny world: a few insurance-like questions over a 24-answer corpus, real bi-encoder recall (the bundled
+all-MiniLM-L6-v2), the tiny random cross-encoder export from conftest. Its scores mean nothing; what is
+checked is the plumbing: the file the job reads, its binding to the model, idempotent reruns, the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank_engine.data import classic_ir
+from rerank_engine.evaluation import ScoredCascade, out_of_domain, threshold_comparison
+from rerank_engine.thresholds import ScoredQuery, Threshold, sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHARED_CLASSIC_IR = Path(
+    os.environ.get(classic_ir.ENV) or Path(__file__).resolve().parents[2] / "shared" / "data" / "classic_ir"
+)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000, path
+
+
+# -- plots ------------------------------------------------------------------------------------------------
+
+
+def test_plots_are_real_png_files(tmp_path):
+    from rerank_engine import plots
+
+    rng = np.random.default_rng(0)
+    queries = [ScoredQuery.of(np.sort(rng.random(5))[::-1], rng.random(5) < 0.3) for _ in range(40)]
+    curves = plots.threshold_curves(
+        sweep(queries), tmp_path / "a" / "curves.png", marks={"best F1": 0.52, "P ≥ 0.8": 0.7}, title="t"
+    )
+    hist = plots.score_histograms(queries, tmp_path / "hist.png", threshold=0.52)
+    bars = plots.grouped_bars(
+        {"x": {"P": 0.3, "F1": 0.5}, "y": {"P": 0.6, "F1": 0.4}, "_info": {}}, ["P", "F1"], tmp_path / "b.png"
+    )
+    for path in (curves, hist, bars):
+        assert_png(path)
+
+
+# -- classic IR -------------------------------------------------------------------------------------------
+
+
+def test_smart_format_reader(tmp_path):
+    (tmp_path / "MED.ALL").write_text(
+        ".I 1\n.W\nfirst document\nabout lenses .\n.I 2\n.T\nA title\n.W\nsecond text\n.I 3\n.W\nthird\n"
+    )
+    (tmp_path / "MED.QRY").write_text(".I 1\n.W\n lens of the eye\n.I 2\n.W\nunjudged query\n")
+    (tmp_path / "MED.REL").write_text("1 1 1\n1 3 1\n1 99 1\n")  # doc 99 does not exist: dropped
+    assert classic_ir.available(tmp_path) == ["med"]
+    col = classic_ir.load_collection("med", tmp_path)
+    assert col.docs == {"1": "first document about lenses .", "2": "A title. second text", "3": "third"}
+    assert col.queries == {"1": "lens of the eye"}  # only judged queries are kept
+    assert col.relevant("1") == {"1", "3"}
+
+
+def test_cranfield_grades_and_query_order(tmp_path):
+    (tmp_path / "cran.all.1400").write_text(".I 1\n.T\nwings .\n.W\nwings . on wings\n.I 2\n.W\nflow\n")
+    (tmp_path / "cran.qry").write_text(".I 001\n.W\nwing lift\n.I 004\n.W\nflow over plates\n")
+    (tmp_path / "cranqrel").write_text("1 1 2\n1 2 -1\n2 2 4 \n")  # query ids follow file order
+    col = classic_ir.load_collection("cranfield", tmp_path)
+    assert col.docs["1"] == "wings . on wings"  # the text repeats its title: not doubled
+    assert col.queries == {"1": "wing lift", "2": "flow over plates"}
+    assert col.qrels == {"1": {"1": 2}, "2": {"2": 4}}  # code −1 is not a judgement of relevance
+
+
+@pytest.mark.skipif(not SHARED_CLASSIC_IR.is_dir(), reason="classic IR collections not present")
+def test_real_classic_ir_collections():
+    names = classic_ir.available(SHARED_CLASSIC_IR)
+    assert names, f"no collection under {SHARED_CLASSIC_IR}"
+    expected = {"cranfield": (1400, 225), "cisi": (1460, 76), "med": (1033, 30)}
+    for name in names:
+        col = classic_ir.load_collection(name, SHARED_CLASSIC_IR)
+        assert (len(col.docs), len(col.queries)) == expected[name]
+        assert all(col.queries[q].strip() and col.relevant(q) <= col.docs.keys() for q in col.queries)
+
+
+# -- calibration end to end on the tiny model -------------------------------------------------------------
+
+WORDS = [
+    "policy",
+    "flood",
+    "fire",
+    "theft",
+    "liability",
+    "claim",
+    "premium",
+    "deductible",
+    "annuity",
+    "rider",
+    "waiting",
+    "period",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    """(questions, answers, recall): 8 questions, 24 answers, real bi-encoder recall over them."""
+    from rerank_engine.data.insuranceqa import Question
+    from rerank_engine.recall import BiEncoder, RecallIndex
+
+    rng = np.random.default_rng(0)
+    answers = {str(i): " ".join(rng.choice(WORDS, size=12).tolist()) for i in range(24)}
+    questions = tuple(
+        Question(
+            qid=f"valid-{i}",
+            text=" ".join(rng.choice(WORDS, size=4).tolist()) + "?",
+            domain="home",
+            answers=(str(i), str(i + 8)),
+            negatives=(),
+        )
+        for i in range(8)
+    )
+    encoder = BiEncoder(threads=1)
+    ids = list(answers)
+    index = RecallIndex.build(encoder.encode([answers[i] for i in ids]), ids)
+    return questions, answers, (encoder, index, None)
+
+
+@pytest.mark.slow
+def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export, tmp_path):
+    from jobs.calibrate import calibrate
+    from rerank_engine.manifest import read_manifest
+
+    questions, answers, recall = tiny_world
+    model = copy_export(tiny_export, "tiny-model")  # threshold.json is written into the model's folder
+    model_id = read_manifest(model).model_id
+    logs: list[str] = []
+    kwargs = dict(
+        split="valid",
+        data="tiny",
+        k_recall=10,
+        plots_dir=tmp_path / "plots",
+        cache_dir=tmp_path / "scores",
+        log=logs.append,
+    )
+    record = calibrate(model, questions, answers, recall, **kwargs)
+
+    data = json.loads((model / "threshold.json").read_text())
+    assert data == {k: v for k, v in record.items()}
+    assert data["model_id"] == model_id and data["scale"] == "probability"
+    assert 0.0 <= data["value"] <= 1.0
+    cal = data["calibration"]
+    assert cal["settings"]["questions"] == 8 and cal["settings"]["split"] == "valid"
+    assert cal["settings"]["k_recall"] == 10 and cal["settings"]["k_rerank"] == 5
+    assert cal["at_threshold"]["f1"] >= cal["no_threshold"]["f1"]  # the best F1 is at least no threshold's
+    Threshold.load(model / "threshold.json").check(model_id=model_id)
+    assert_png(tmp_path / "plots" / "threshold_curves.png")
+    assert_png(tmp_path / "plots" / "score_histograms.png")
+
+    # same model and settings: up to date, nothing rescored or rewritten
+    before = (model / "threshold.json").read_bytes()
+    again = calibrate(model, questions, answers, recall, **kwargs)
+    assert again["skipped"] is True and (model / "threshold.json").read_bytes() == before
+
+    # other settings: recalibrated from the cached scores
+    logs.clear()
+    third = calibrate(model, questions, answers, recall, target_precision=0.3, **kwargs)
+    assert "skipped" not in third and any("scores of" in m for m in logs)
+    assert third["calibration"]["target_precision"]["target"] == 0.3
+
+    with pytest.raises(ValueError, match="never on test"):
+        calibrate(model, questions, answers, recall, **{**kwargs, "split": "test"})
+
+
+# -- the report -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_out_of_domain_and_report(tiny_world, tmp_path):
+    from jobs.evaluate import write_report
+
+    _, _, recall = tiny_world
+    encoder = recall[0]
+    col = classic_ir.Collection(
+        name="toy",
+        docs={"1": "flood damage to the house", "2": "premium of a life policy", "3": "theft of a car"},
+        queries={"1": "house flooded", "2": "car stolen"},
+        qrels={"1": {"1": 1}, "2": {"3": 1}},
+    )
+
+    # a scorer that reverses the bi-encoder's order: the rerank must come out worse, and say so
+    def reverse(queries, passages):
+        return -np.sum(encoder.encode(queries) * encoder.encode(passages), axis=1)
+
+    ood = out_of_domain(
+        col, encoder, {"reverse@0": reverse}, tmp_path / "emb", k_recall=3, log=lambda m: None
+    )
+    base, rerank = ood["bi-encoder (recall top-3)"], ood["reverse@0 (rerank recall top-3)"]
+    assert base["NDCG@10"] == pytest.approx(1.0)  # the bi-encoder gets both right at rank 1
+    assert rerank["NDCG@10"] == pytest.approx(0.5) and rerank["losses"] == 2 and rerank["wins"] == 0
+    assert ood["_info"]["queries"] == 2
+
+    sc = ScoredCascade(
+        model_id="tiny@0123456789ab",
+        qids=["q1", "q2", "q3"],
+        candidates=[["a", "b", "c"], ["d", "e", "f"], ["g", "h", "i"]],
+        scores=[np.array(s, np.float32) for s in ([0.9, 0.2, 0.4], [0.3, 0.6, 0.1], [0.8, 0.7, 0.2])],
+        relevant=[{"a"}, {"z"}, {"h", "i"}],
+    )
+    threshold = Threshold(value=0.65, model_id=sc.model_id, calibration={"settings": {"split": "valid"}})
+    results = {
+        "cascade": {
+            "sys": {c: 0.5 for c in ("P@1", "P@5", "NDCG@5", "MRR@10", "R@10", "noise@5")},
+            "_info": {},
+        },
+        "threshold": threshold_comparison(sc, threshold.value),
+        "out_of_domain": {"toy": ood},
+        "_meta": {"split": "test", "data": "tiny", "seconds": 1.0},
+    }
+    args = Namespace(
+        split="test",
+        models=["m"],
+        queries=3,
+        pool_queries=0,
+        classic_queries=None,
+        no_classic_ir=False,
+        out="o",
+    )
+    report = write_report(tmp_path, results, sc, threshold, args).read_text()
+    for png in ("threshold_curves.png", "score_histograms.png", "handed_on.png", "out_of_domain.png"):
+        assert_png(tmp_path / png)
+        assert f"({png})" in report
+    assert "rerank top-5 ≥ 0.650" in report and "0.52" in report  # our row and the seed's threshold
+    assert "toy: reranking **hurts**" in report
