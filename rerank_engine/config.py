@@ -116,6 +116,9 @@ class JobConfig(_Frozen):
     columns: ColumnsConfig = ColumnsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     exploded: bool = False
+    score_cache: str | None = Field(
+        None, description="folder of scores from earlier runs (shared by all nodes); None: no cache"
+    )
     timeout_s: float = Field(3600, gt=0, description="the job fails instead of hanging past this")
 
     @model_validator(mode="after")

@@ -229,6 +229,14 @@ def run_job(
 
         recall_model = str(RecallIndex.load(index).manifest.get("model", "unknown"))
 
+    cache = None
+    if config.score_cache:
+        from rerank_engine.score_cache import ScoreCache, namespace
+
+        precision = config.precision if config.precision != "auto" else ("fp16" if gpus else "int8")
+        cache = ScoreCache(
+            config.score_cache, namespace(manifest.model_id, precision, config.tokenizer.model_dump())
+        )
     staging = out / f"_staging-{run_id}"
     inp = PipelineInputs(
         files=files,
@@ -243,6 +251,8 @@ def run_job(
         threshold=threshold,
         run_id=run_id,
         filesystem=filesystem,
+        cache_namespace=cache.dir.name if cache is not None else None,
+        cache_precision=precision if cache is not None else None,
     )
     pipeline_started = time.perf_counter()
     with deadline(config.timeout_s):
@@ -267,6 +277,8 @@ def run_job(
     shutil.rmtree(staging)
 
     summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
+    if cache is not None:
+        summary["score_cache_pairs"] = cache.compact(run_id)
     summary.update(
         run_id=run_id,
         input=input,
@@ -315,16 +327,20 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
                 "n_tokens",
                 "n_padded_tokens",
                 "provider",
+                "n_cached",
             ]
         ).aggregate([])
     statuses = Counter(table.column("status").to_pylist())
     pairs = int(pa.compute.sum(table.column("n_candidates")).as_py() or 0)
+    cached = int(pa.compute.sum(table.column("n_cached")).as_py() or 0)
     tokens = int(pa.compute.sum(table.column("n_tokens")).as_py() or 0)
     padded = float(pa.compute.sum(table.column("n_padded_tokens")).as_py() or 0.0)
     return {
         "queries": table.num_rows,
         "pairs": pairs,
         "pairs_per_s": round(pairs / pipeline_s, 1) if pipeline_s else None,
+        "pairs_cached": cached,  # taken from the score cache instead of scored
+        "pairs_scored": pairs - cached,
         "kept": int(pa.compute.sum(table.column("n_kept")).as_py() or 0),
         "ok": statuses.get(schema.OK, 0),
         "no_relevant": statuses.get(schema.NO_RELEVANT, 0),

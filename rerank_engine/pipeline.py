@@ -28,6 +28,8 @@ class PipelineInputs:
     threshold: float
     run_id: str
     filesystem: object = None
+    cache_namespace: str | None = None  # score cache of this model, precision and tokenizer
+    cache_precision: str | None = None  # the precision the rerank actors must score in
 
 
 def rerank_gpus(config: JobConfig) -> int:
@@ -75,7 +77,12 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
         )
     ds = ds.map_batches(
         TokenizeStage,
-        fn_constructor_kwargs={"config": config, "corpus_path": inp.corpus, "tokenizer_dir": inp.export_dir},
+        fn_constructor_kwargs={
+            "config": config,
+            "corpus_path": inp.corpus,
+            "tokenizer_dir": inp.export_dir,
+            "cache_namespace": inp.cache_namespace,
+        },
         batch_format="pyarrow",
         batch_size=r.rerank_batch_rows,
         compute=ActorPoolStrategy(size=r.tokenize_actors),
@@ -88,6 +95,8 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
             "model_source": inp.model_source,
             "threads": r.rerank_threads,
             "want_fp16": bool(gpus),
+            "cache_namespace": inp.cache_namespace,
+            "cache_precision": inp.cache_precision,
         },
         batch_format="pyarrow",
         batch_size=r.rerank_batch_rows,

@@ -47,6 +47,7 @@ OUTPUT_FIELDS = [
     pa.field("n_tokens", pa.int64()),  # diagnostics: real tokens scored for this query
     pa.field("n_padded_tokens", pa.float64()),  # its share of the padded tokens of its batches
     pa.field("provider", pa.string()),  # onnxruntime provider that scored it
+    pa.field("n_cached", pa.int32()),  # candidates whose score came from the score cache
 ]
 
 EXPLODED_FIELDS = [

@@ -7,7 +7,7 @@ table. Intermediate columns start with "_" and are dropped by `finalize`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import pyarrow as pa
 from rerank_engine import schema
 from rerank_engine.config import EngineConfig, JobConfig
 from rerank_engine.errors import ConfigError, InputError
+from rerank_engine.score_cache import KEY_BYTES, ScoreCache, as_arrow_keys, as_numpy_keys, pair_keys
 from rerank_engine.tokenization import TokenizedPairs
 from rerank_engine.validation import EMPTY_TEXT, text_problem
 
@@ -41,6 +42,12 @@ def _list_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def _key_lists(keys: np.ndarray, lengths: Sequence[int]) -> pa.Array:
+    """Per-row lists of 16-byte pair keys, built from the flat keys without a trip through Python bytes."""
+    offsets = pa.array(np.cumsum([0, *lengths]), pa.int32())
+    return pa.ListArray.from_arrays(offsets, as_arrow_keys(keys))
 
 
 def column_texts(col: pa.ChunkedArray) -> list[str | None]:
@@ -163,15 +170,26 @@ class TokenizeStage:
     """Join passage text and tokenize every (query, candidate) pair: `_ids_flat`, `_types_flat`, `_lengths`.
 
     Candidates absent from the corpus are dropped (counted in `_n_unknown`); a query left with none
-    gets status `unknown_candidates`.
+    gets status `unknown_candidates`. With a score cache, pairs scored on earlier runs are not tokenized:
+    `_cached_logits` holds their logits (NaN for the pairs still to score, which alone are tokenized) and
+    `_pair_keys` the keys of those, for the rerank stage to add to the cache.
     """
 
-    def __init__(self, config: JobConfig, corpus_path: str, tokenizer_dir: str | Path):
+    def __init__(
+        self,
+        config: JobConfig,
+        corpus_path: str,
+        tokenizer_dir: str | Path,
+        cache_namespace: str | None = None,
+    ):
         from rerank_engine.tokenization import PairTokenizer
 
         self.config = config
         self.corpus = load_corpus(corpus_path, config)
         self.tokenizer = PairTokenizer(tokenizer_dir, config.tokenizer)
+        self.cache = None
+        if config.score_cache and cache_namespace:
+            self.cache = ScoreCache(config.score_cache, cache_namespace).load()
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
@@ -196,18 +214,34 @@ class TokenizeStage:
             rscores[i] = None if rscores[i] is None else [rscores[i][j] for j in keep]
             flat_q.extend([queries[i]] * len(keep))
             flat_p.extend(self.corpus[ids[j]] for j in keep)
-        pairs = self.tokenizer(flat_q, flat_p)
         counts = [len(c) for c in cand_ids]
-        starts = np.cumsum([0, *counts])
+        cached = np.full(len(flat_p), np.nan, dtype=np.float32)
+        keys = None
+        if self.cache is not None:
+            flat_d = [d for ids in cand_ids for d in ids]
+            keys = pair_keys(flat_q, flat_d, flat_p)
+            cached = self.cache.lookup(keys)
+            todo = np.isnan(cached)
+            keys = keys[todo]
+            row_starts = np.cumsum([0, *counts])
+            counts_todo = [int(todo[row_starts[i] : row_starts[i + 1]].sum()) for i in range(len(counts))]
+            flat_q = [q for q, t in zip(flat_q, todo, strict=True) if t]
+            flat_p = [p for p, t in zip(flat_p, todo, strict=True) if t]
+        else:
+            counts_todo = counts
+        pairs = self.tokenizer(flat_q, flat_p)
+        starts = np.cumsum([0, *counts_todo])
         ids_rows, types_rows, len_rows = [], [], []
-        for i in range(len(counts)):
+        for i in range(len(counts_todo)):
             sl = slice(starts[i], starts[i + 1])
             ids_rows.append(
-                np.concatenate(pairs.input_ids[sl]).astype(np.int32) if counts[i] else np.zeros(0, np.int32)
+                np.concatenate(pairs.input_ids[sl]).astype(np.int32)
+                if counts_todo[i]
+                else np.zeros(0, np.int32)
             )
             types_rows.append(
                 np.concatenate(pairs.token_type_ids[sl]).astype(np.int8)
-                if counts[i]
+                if counts_todo[i]
                 else np.zeros(0, np.int8)
             )
             len_rows.append(pairs.lengths[sl].astype(np.int32))
@@ -221,6 +255,12 @@ class TokenizeStage:
             _ids_flat=pa.array(ids_rows, pa.list_(pa.int32())),
             _types_flat=pa.array(types_rows, pa.list_(pa.int8())),
             _lengths=pa.array(len_rows, pa.list_(pa.int32())),
+            _cached_logits=pa.array(_split(cached, np.asarray(counts)), pa.list_(pa.float32())),
+            _pair_keys=(
+                _key_lists(keys, counts_todo)
+                if keys is not None
+                else pa.nulls(len(counts), pa.list_(pa.binary(KEY_BYTES)))
+            ),
         )
 
 
@@ -228,9 +268,20 @@ class TokenizeStage:
 
 
 class RerankStage:
-    """Score every pair of the batch with the engine (bucketed across the whole batch): `_logits`."""
+    """Score every pair of the batch with the engine (bucketed across the whole batch): `_logits`.
 
-    def __init__(self, config: JobConfig, model_source: str | Path, threads: int = 0, want_fp16=False):
+    Pairs the tokenize stage found in the score cache keep their cached logit (`n_cached` counts them);
+    the newly scored ones are added to the cache."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        model_source: str | Path,
+        threads: int = 0,
+        want_fp16=False,
+        cache_namespace: str | None = None,
+        cache_precision: str | None = None,
+    ):
         from rerank_engine.engine import CrossEncoderEngine
         from rerank_engine.exporting import needed_precisions, resolve_export
 
@@ -245,6 +296,14 @@ class RerankStage:
                 batching=config.batching,
             )
         )
+        self.cache = None
+        if config.score_cache and cache_namespace:
+            if self.engine.precision != cache_precision:  # the cache read so far holds another precision
+                raise ConfigError(
+                    f"score cache {config.score_cache}: this rerank actor scores in {self.engine.precision}, "
+                    f"the job expected {cache_precision}; set `precision` explicitly"
+                )
+            self.cache = ScoreCache(config.score_cache, cache_namespace)  # written to, never loaded here
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
@@ -266,10 +325,23 @@ class RerankStage:
             row_of_pair = np.repeat(np.arange(len(per_row)), per_row)
             real = np.bincount(row_of_pair, weights=lengths, minlength=len(per_row)).astype(np.int64)
             padded_share = real / result.padding_efficiency
+        n_cached = np.zeros(len(per_row), dtype=np.int32)
+        if "_cached_logits" in batch.column_names:
+            cached, per_row_all = _list_values(batch.column("_cached_logits"))
+            cached = cached.astype(np.float32)  # a writable copy
+            todo = np.isnan(cached)
+            if self.cache is not None and len(logits):
+                self.cache.add(as_numpy_keys(batch.column("_pair_keys").combine_chunks().flatten()), logits)
+            cached[todo] = logits
+            logits, per_row = cached, per_row_all
+            n_cached = np.bincount(
+                np.repeat(np.arange(len(per_row)), per_row), weights=~todo, minlength=len(per_row)
+            ).astype(np.int32)
         provider = self.engine.providers[0]
         return _with(
             batch,
             _logits=pa.array(_split(logits, per_row), pa.list_(pa.float32())),
+            n_cached=pa.array(n_cached, pa.int32()),
             n_tokens=pa.array(real, pa.int64()),
             n_padded_tokens=pa.array(padded_share, pa.float64()),
             provider=pa.array([provider] * len(per_row), pa.string()),

@@ -340,6 +340,33 @@ def test_crash_after_one_chunk_then_rerun_equals_a_clean_run(ray_data, tiny_expo
             )
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_incremental_second_date_reuses_the_first_dates_scores(ray_data, tiny_export):
+    """The same queries logged on two dates: the second scores nothing and gives the first's results."""
+    next_day = "2026-11-27"
+    write_query_log(ray_data, next_day)
+    config = nightly_config(
+        ray_data,
+        str(tiny_export),
+        out="out-incremental",
+        precision="fp32",
+        k_recall=8,
+        k_rerank=3,
+        threshold=0.0,
+        timeout_s=600,
+        score_cache=str(ray_data / "score-cache"),
+    )
+    first = run_nightly(config, DATE)
+    assert first["pairs"] == 9 * 8 and first["pairs_cached"] == 0 and first["pairs_scored"] == 72
+    second = run_nightly(config, next_day)
+    assert second["pairs_cached"] == 72 and second["pairs_scored"] == 0
+    day1 = read_output(ray_data / "out-incremental" / f"dt={DATE}")
+    day2 = read_output(ray_data / "out-incremental" / f"dt={next_day}")
+    assert [r["n_cached"] for r in day2 if r["query"].strip()] == [8] * 9
+    assert [r["results"] for r in day2] == [r["results"] for r in day1]
+
+
 # -- cluster.yaml and KubeRay manifests -----------------------------------------------------------------
 
 
