@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rerank_engine import evaluation, plots
+from rerank_engine.exporting import resolve_export
+from rerank_engine.manifest import read_manifest
 from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
 
 THRESHOLD_FILE = "threshold.json"  # the name rerank_engine.job reads
@@ -36,6 +38,7 @@ def calibrate(
     answers: dict[str, str],
     recall,
     *,
+    recall_model: str | None = None,
     split: str,
     data: str,
     k_recall: int = 20,
@@ -49,18 +52,21 @@ def calibrate(
 ) -> dict:
     """Choose and write the threshold for `model` (a local model folder) on the given questions.
 
-    `recall` is (BiEncoder, RecallIndex, _) as `answer_recall` returns it; `data` names the data set (kept
-    in the record). Returns the record written to `<model>/threshold.json` (with `"skipped": True` when
-    the file was already up to date)."""
+    `recall` is (BiEncoder, RecallIndex, _) as `answer_recall` returns it, or a function returning it
+    (called only when something has to be scored; then `recall_model` names the bi-encoder). `data` names
+    the data set (kept in the record). Returns the record written to `<model>/threshold.json` (with
+    `"skipped": True` when the file was already up to date: nothing is loaded then but the manifest)."""
     if split == "test":
         raise ValueError("thresholds are chosen on valid, never on test (report on test with jobs.evaluate)")
+    if callable(recall) and not recall_model:
+        raise ValueError("a recall given as a function needs recall_model (its bi-encoder's id)")
     model = Path(model)
     if not model.is_dir():
         raise FileNotFoundError(
             f"--model must be a local model folder (threshold.json goes into it): {model}"
         )
     started = time.perf_counter()
-    model_id, score = evaluation.engine_scorer(model, precision=precision)
+    model_id = read_manifest(resolve_export(model, [precision])).model_id
     settings = {
         "split": split,
         "data": data,
@@ -68,7 +74,7 @@ def calibrate(
         "first_qid": questions[0].qid if questions else None,
         "k_recall": k_recall,
         "k_rerank": k_rerank,
-        "recall_model": recall[0].model_id,
+        "recall_model": recall_model or recall[0].model_id,
         "precision": precision,
         "target_precision": target_precision,
     }
@@ -86,7 +92,11 @@ def calibrate(
             log(f"{path} is up to date for {model_id} ({current['value']:.4f}); --force recalibrates")
             return {**current, "skipped": True}
 
+    recall = recall() if callable(recall) else recall
+    if recall[0].model_id != settings["recall_model"]:
+        raise ValueError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
     candidates = evaluation.recall_candidates(questions, recall, k_recall)
+    _, score = evaluation.engine_scorer(model, precision=precision)
     sc = evaluation.scored_cascade_cached(model_id, score, questions, candidates, answers, cache_dir, log=log)
     scored = sc.scored_queries(k_rerank)
     best = best_f1(scored, model_id=model_id)
@@ -143,13 +153,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from rerank_engine.data.insuranceqa import DATA_VERSION, answer_recall, load_answers, load_split
+    from rerank_engine.recall import BiEncoder
 
     questions = load_split(args.split)[: args.queries]
     result = calibrate(
         args.model,
         questions,
         load_answers(),
-        answer_recall(args.embeddings_cache),
+        lambda: answer_recall(args.embeddings_cache),
+        recall_model=BiEncoder.describe(None),
         split=args.split,
         data=DATA_VERSION,
         k_recall=args.k_recall,

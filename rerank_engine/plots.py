@@ -39,7 +39,8 @@ def threshold_curves(
     """Precision, recall and F1 against the threshold, with vertical lines at the `marks`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=SIZE)
-    ax.plot(sweep.thresholds, sweep.precision, label="precision (kept relevant / kept)")
+    precision = np.where(sweep.kept > 0, sweep.precision, np.nan)  # undefined where nothing is kept
+    ax.plot(sweep.thresholds, precision, label="precision (kept relevant / kept)")
     ax.plot(sweep.thresholds, sweep.recall, label="recall (of relevant in top-k)")
     ax.plot(sweep.thresholds, sweep.f1, label="F1", linewidth=2)
     ax.plot(sweep.thresholds, sweep.empty_queries / max(sweep.queries, 1), ":", label="share no_relevant")

@@ -160,9 +160,13 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export
     assert_png(tmp_path / "plots" / "threshold_curves.png")
     assert_png(tmp_path / "plots" / "score_histograms.png")
 
-    # same model and settings: up to date, nothing rescored or rewritten
+    # same model and settings: up to date, nothing loaded, rescored or rewritten
     before = (model / "threshold.json").read_bytes()
-    again = calibrate(model, questions, answers, recall, **kwargs)
+
+    def must_not_load():
+        raise AssertionError("an up-to-date calibration loaded the recall")
+
+    again = calibrate(model, questions, answers, must_not_load, recall_model=recall[0].model_id, **kwargs)
     assert again["skipped"] is True and (model / "threshold.json").read_bytes() == before
 
     # other settings: recalibrated from the cached scores
