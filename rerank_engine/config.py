@@ -116,6 +116,9 @@ class JobConfig(_Frozen):
     columns: ColumnsConfig = ColumnsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     exploded: bool = False
+    dedupe_queries: bool = Field(
+        True, description="score each distinct normalised query once and fan out (off for cased models)"
+    )
     score_cache: str | None = Field(
         None, description="folder of scores from earlier runs (shared by all nodes); None: no cache"
     )

@@ -6,6 +6,7 @@ input query is in the output exactly once, commit, and write the run summary.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -214,9 +215,10 @@ def run_job(
         (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
         return summary
 
+    from rerank_engine.dedupe import plan_distinct
     from rerank_engine.exporting import needed_precisions, resolve_export
     from rerank_engine.manifest import read_manifest
-    from rerank_engine.pipeline import PipelineInputs, build_pipeline, rerank_gpus
+    from rerank_engine.pipeline import PipelineInputs, build_fanout, build_pipeline, rerank_gpus
 
     ray = ensure_ray()
     gpus = rerank_gpus(config)
@@ -255,8 +257,18 @@ def run_job(
         cache_precision=precision if cache is not None else None,
     )
     pipeline_started = time.perf_counter()
+    distinct = None
+    if config.dedupe_queries:
+        distinct = plan_distinct(files, filesystem, config, logged, staging / "_distinct")
     with deadline(config.timeout_s):
-        ds = build_pipeline(config, inp)
+        if distinct is not None:  # recall and rerank each distinct query once, then fan out
+            only_distinct = dataclasses.replace(
+                inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
+            )
+            results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
+            ds = build_fanout(config, inp, results, distinct.keys)
+        else:
+            ds = build_pipeline(config, inp)
         if config.exploded:
             from rerank_engine.stages import explode
 
@@ -279,6 +291,11 @@ def run_job(
     summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
     if cache is not None:
         summary["score_cache_pairs"] = cache.compact(run_id)
+    summary["distinct_queries"] = len(distinct.keys) if distinct is not None else summary["queries"]
+    if distinct is not None:  # pairs counts every row's candidates; these were scored once per query
+        summary["pairs_scored"] = int(pa.compute.sum(results.column("n_candidates")).as_py() or 0) - int(
+            pa.compute.sum(results.column("n_cached")).as_py() or 0
+        )
     summary.update(
         run_id=run_id,
         input=input,

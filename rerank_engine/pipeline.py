@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from rerank_engine.config import JobConfig
+from rerank_engine.dedupe import FanOut
 from rerank_engine.stages import RecallStage, RerankStage, TokenizeStage, finalize, logged_candidates
 
 
@@ -40,20 +41,39 @@ def rerank_gpus(config: JobConfig) -> int:
     return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
-def build_pipeline(config: JobConfig, inp: PipelineInputs):
+def _read(config: JobConfig, inp: PipelineInputs):
     import ray
+
+    r = config.resources
+    return ray.data.read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
+        inp.files,
+        filesystem=inp.filesystem,
+        num_cpus=r.io_cpus,
+        override_num_blocks=max(1, math.ceil(inp.n_rows / r.block_rows)),
+        partitioning=None,
+    )
+
+
+def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str]):
+    """The input rows again, each joined to the results of its distinct query (see `dedupe`)."""
+    from ray.data import ActorPoolStrategy
+
+    return _read(config, inp).map_batches(
+        FanOut,
+        fn_constructor_kwargs={"config": config, "results": results, "keys": keys, "logged": inp.logged},
+        batch_format="pyarrow",
+        batch_size=config.resources.recall_batch_rows,
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=config.resources.io_cpus,
+    )
+
+
+def build_pipeline(config: JobConfig, inp: PipelineInputs):
     from ray.data import ActorPoolStrategy
 
     r = config.resources
     gpus = rerank_gpus(config)
-    blocks = max(1, math.ceil(inp.n_rows / r.block_rows))
-    ds = ray.data.read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
-        inp.files,
-        filesystem=inp.filesystem,
-        num_cpus=r.io_cpus,
-        override_num_blocks=blocks,
-        partitioning=None,
-    )
+    ds = _read(config, inp)
     if inp.logged:
         ds = ds.map_batches(
             logged_candidates,

@@ -367,6 +367,42 @@ def test_incremental_second_date_reuses_the_first_dates_scores(ray_data, tiny_ex
     assert [r["results"] for r in day2] == [r["results"] for r in day1]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_repeated_queries_are_scored_once_and_every_row_gets_its_results(ray_data, tiny_export, tmp_path):
+    """The job with query de-duplication equals the job without, row for row, on a log with repeats."""
+    from rerank_engine.job import run_job
+
+    queries = [*QUERY_LOG, QUERY_LOG[-1].upper(), "  " + QUERY_LOG[0] + " ", "", QUERY_LOG[3]]  # 15 rows
+    log_file = tmp_path / "log.parquet"
+    pq.write_table(
+        pa.table({"query_id": [f"r{i:02d}" for i in range(len(queries))], "query": queries}), log_file
+    )
+    job = ray_config(ray_data, tiny_export, "unused").job
+    runs = {}
+    for dedupe in (True, False):
+        summary = run_job(
+            job.model_copy(update={"dedupe_queries": dedupe}),
+            input=str(log_file),
+            corpus=str(ray_data / "corpus.parquet"),
+            index=str(ray_data / "index"),
+            output=str(tmp_path / f"out-{dedupe}"),
+        )
+        runs[dedupe] = (summary, read_output(tmp_path / f"out-{dedupe}"))
+    (once, rows), (plain, want) = runs[True], runs[False]
+    assert once["queries"] == plain["queries"] == 15 and once["distinct_queries"] == 10
+    assert once["pairs"] == plain["pairs"] == 12 * 8 and once["pairs_scored"] == 9 * 8
+    assert [r["query"] for r in rows] == queries and once["errors"] == {"empty_query": 3}
+    for g, w in zip(rows, want, strict=True):
+        assert {k: v for k, v in g.items() if k not in NOT_COMPARED | {"results"}} == {
+            k: v for k, v in w.items() if k not in NOT_COMPARED | {"results"}
+        }
+        assert [r["doc_id"] for r in g["results"]] == [r["doc_id"] for r in w["results"]]
+        np.testing.assert_allclose(
+            [r["score"] for r in g["results"]], [r["score"] for r in w["results"]], rtol=0, atol=1e-5
+        )
+
+
 # -- cluster.yaml and KubeRay manifests -----------------------------------------------------------------
 
 
