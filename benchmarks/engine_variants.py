@@ -4,8 +4,8 @@ interleaved so machine noise hits all alike), ratios to fp32 unbucketed, and pad
 
     python -m benchmarks.engine_variants [--model models/insurance-minilm-l6-ce] [--queries 40] [--reps 3]
 
-Pairs: recall top-20 of the first N InsuranceQA test questions over the sample corpus (needs the data
-extra and `make demo`'s sample/index), else the probe pairs.
+Pairs: recall top-20 of the first N InsuranceQA test questions over all answers (needs the data extra).
+`python -m benchmarks.throughput` runs this grid next to the PyTorch and sentence-transformers baselines.
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ from rerank_engine.exporting import export_model
 
 
 def real_pairs(n_queries: int) -> tuple[list[str], list[str]]:
-    from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
+    """The `real` workload of `benchmarks.throughput` (bi-encoder top-20 over all InsuranceQA answers)."""
+    from benchmarks.throughput import insuranceqa_workloads
 
-    encoder, index, _ = answer_recall(".cache/embeddings")
-    questions = load_split("test")[:n_queries]
-    answers = load_answers()
-    _, ids = index.search(encoder.encode([q.text for q in questions]), 20)
-    queries = [q.text for q, row in zip(questions, ids, strict=True) for _ in row]
-    return queries, [answers[d] for row in ids for d in row]
+    real, _ = insuranceqa_workloads(n_queries, 0)
+    return real.queries, real.passages
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,898 @@
+"""Throughput, side by side in one process, on the same pairs and the same model (issue #9).
+
+    python -m benchmarks.throughput [--quick] [--experiments] --json reports/throughput/latest.json
+
+Variants (every one scores the same (query, passage) pairs of a workload; timings include tokenization):
+- A `A_naive_torch_fp32`: the seed's reranker — per query, the HF tokenizer with `padding=True` over its
+  pairs, one PyTorch fp32 forward, sigmoid. The baseline.
+- B `B_st_crossencoder`: sentence-transformers `CrossEncoder.predict(batch_size=32)`, sigmoid.
+- C `C_onnx_<precision>_<bucketed|inputorder>_<max_batch_tokens>`: our engine (`CrossEncoderEngine.score`).
+  With `--experiments`, extra int8 graphs quantized here from the export's fp32 graph (per-tensor weights,
+  uint8 weights, static QDQ calibrated on InsuranceQA valid) and a one-thread run.
+- D `pipeline`: the whole Ray job (`run_job`) on the sample against the bare engine on the same pairs.
+- `query_log`: the job over a Zipf-repeated query log (logged-candidates mode) against A run query by query.
+
+Workloads: `real` (bi-encoder top-20 of InsuranceQA test questions over all answers, max_length 256,
+labelled by the gold answers), `long` (the same candidates, each passage followed by the next-ranked
+answers until it is 150–450 words, max_length 512; labelled by its leading answer). `--synthetic N` replaces
+both with random word pairs and skips the job parts (what the tests run on a tiny model).
+
+Per variant: pairs/s (median of `--reps` interleaved repetitions, so machine noise hits all alike), ratios
+to A and B, padding efficiency, useful model GFLOP/s (true tokens only) against GEMMs of the model's shapes
+timed in the same run, and agreement with A: max |Δscore|, mean per-query top-5 overlap, NDCG@5 on the
+labelled pairs. Writes the JSON and a markdown table beside it (`.md`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.metrics import ndcg_at_k, top_k_overlap
+
+DEFAULT_MODEL = "models/insurance-minilm-l6-ce"
+WORDS = [
+    "policy", "covers", "flood", "fire", "theft", "liability", "claims", "after", "waiting", "period",
+    "thirty", "days", "premiums", "depend", "on", "age", "occupation", "health", "history", "deductible",
+    "beneficiary", "annuity", "surrender", "rider", "term", "whole", "life", "auto", "home", "renters",
+]  # fmt: skip
+
+# -- workloads -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Pairs grouped by query (a query's pairs are contiguous), optional 0/1 labels."""
+
+    name: str
+    queries: list[str]
+    passages: list[str]
+    starts: list[int]  # start of each query's group in the pair lists, plus the end
+    max_length: int
+    labels: np.ndarray | None = None
+    note: str = ""
+    lengths: np.ndarray = field(default=None, repr=False)  # true token lengths (engine tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def groups(self):
+        return [slice(a, b) for a, b in zip(self.starts[:-1], self.starts[1:], strict=True)]
+
+
+def _grouped(name, per_query: list[tuple[str, list[str], list[int] | None]], max_length, note) -> Workload:
+    queries, passages, labels, starts = [], [], [], [0]
+    for query, texts, labs in per_query:
+        queries += [query] * len(texts)
+        passages += texts
+        labels += labs if labs is not None else [0] * len(texts)
+        starts.append(len(passages))
+    has_labels = any(lab is not None for _, _, lab in per_query)
+    return Workload(
+        name, queries, passages, starts, max_length, np.asarray(labels) if has_labels else None, note
+    )
+
+
+def recall_candidates(questions, k: int = 20) -> list[list[str]]:
+    """Bi-encoder top-k answer ids over all InsuranceQA answers (embeddings cached in .cache/embeddings)."""
+    from rerank_engine.data.insuranceqa import answer_recall
+
+    encoder, index, _ = answer_recall(".cache/embeddings")
+    _, ids = index.search(encoder.encode([q.text for q in questions]), k)
+    return [[str(d) for d in row] for row in ids]
+
+
+def insuranceqa_workloads(n_real: int, n_long: int) -> list[Workload]:
+    """`real`: top-20 of the first `n_real` test questions; `long`: long passages for the first `n_long`."""
+    from rerank_engine.data.insuranceqa import load_answers, load_split
+
+    answers = load_answers()
+    questions = load_split("test")[: max(n_real, n_long)]
+    cands = recall_candidates(questions)
+    real = _grouped(
+        "real",
+        [
+            (q.text, [answers[d] for d in ids], [int(d in q.answers) for d in ids])
+            for q, ids in zip(questions[:n_real], cands, strict=False)
+        ],
+        256,
+        f"bi-encoder top-20 of the first {n_real} InsuranceQA test questions, max_length 256",
+    )
+    rng = np.random.default_rng(0)
+    long_groups = []
+    for q, ids in zip(questions[:n_long], cands, strict=False):
+        texts = []
+        for j in range(len(ids)):
+            target, words, step = int(rng.integers(150, 451)), [], 0
+            while len(words) < target and step < len(ids):
+                words += answers[ids[(j + step) % len(ids)]].split()
+                step += 1
+            texts.append(" ".join(words[:target]))
+        long_groups.append((q.text, texts, [int(d in q.answers) for d in ids]))
+    long = _grouped(
+        "long",
+        long_groups,
+        512,
+        f"the top-20 of the first {n_long} test questions, each passage extended with the next-ranked "
+        "answers to 150–450 words (truncated at 512 tokens); label = its leading answer's",
+    )
+    return [real, long]
+
+
+def synthetic_workloads(n_queries: int, seed: int = 0) -> list[Workload]:
+    """Random word pairs (for tests: no dataset needed); 20 passages per query, random 0/1 labels."""
+    rng = np.random.default_rng(seed)
+
+    def text(lo, hi):
+        return " ".join(rng.choice(WORDS, size=int(rng.integers(lo, hi))).tolist())
+
+    out = []
+    for name, max_length, hi in (("real", 256, 120), ("long", 512, 400)):
+        groups = [
+            (text(3, 12), [text(5, hi) for _ in range(20)], rng.integers(0, 2, size=20).tolist())
+            for _ in range(n_queries)
+        ]
+        out.append(_grouped(name, groups, max_length, f"synthetic: {n_queries} random queries × 20"))
+    return out
+
+
+def zipf_log(n_entries: int, n_questions: int, s: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Question indices of a query log: `n_entries` draws, P(rank r) ∝ 1 / r^s over a shuffled ranking."""
+    rng = np.random.default_rng(seed)
+    ranking = rng.permutation(n_questions)
+    p = 1.0 / np.arange(1, n_questions + 1) ** s
+    return ranking[rng.choice(n_questions, size=n_entries, p=p / p.sum())]
+
+
+# -- model shapes and FLOPs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shapes:
+    layers: int
+    hidden: int
+    ffn: int
+
+    @classmethod
+    def of(cls, model_dir: str | Path) -> Shapes:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        return cls(int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["intermediate_size"]))
+
+    def flops(self, lengths: np.ndarray) -> float:
+        """Encoder FLOPs (2 per multiply-add) for pairs of these true lengths: projections, FFN, attention."""
+        n = np.asarray(lengths, dtype=np.float64)
+        linear = 2.0 * n * (4 * self.hidden * self.hidden + 2 * self.hidden * self.ffn)
+        attention = 4.0 * n * n * self.hidden
+        return float(self.layers * np.sum(linear + attention))
+
+
+class Gemm:
+    """The machine's limit for this model's shapes: the FFN GEMMs ([tokens, h]×[h, ffn] then
+    [tokens, ffn]×[ffn, h]) in PyTorch fp32, onnxruntime fp32 and onnxruntime dynamic int8
+    (DynamicQuantizeLinear + MatMulInteger, what the int8 export runs). `measure` times them once in every
+    repetition, between the variants, so the GEMM rate sees the same machine load as the model does."""
+
+    KINDS = ("torch_fp32_gflops", "ort_fp32_gflops", "ort_int8_gflops")
+
+    def __init__(self, shapes: Shapes, tokens: int, threads: int):
+        import onnx
+        import onnxruntime as ort
+        import torch
+        from onnx import TensorProto, helper, numpy_helper
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        h, f = shapes.hidden, shapes.ffn
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((tokens, h), dtype=np.float32)
+        w1 = rng.standard_normal((h, f), dtype=np.float32) * 0.05
+        w2 = rng.standard_normal((f, h), dtype=np.float32) * 0.05
+        self.flops = 2.0 * tokens * h * f * 2
+        self.describe = {"tokens": tokens, "shapes": f"[{tokens},{h}]x[{h},{f}] + [{tokens},{f}]x[{f},{h}]"}
+        self.samples = {k: [] for k in self.KINDS}
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.tw = (torch.from_numpy(self.x), torch.from_numpy(w1), torch.from_numpy(w2))
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w1"], ["y"]), helper.make_node("MatMul", ["y", "w2"], ["z"])],
+            "ffn",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", h])],
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["t", h])],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9  # onnx 1.23 defaults to IR 14, which onnxruntime 1.31 rejects
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3
+        self.sessions = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32, int8 = Path(tmp) / "ffn.onnx", Path(tmp) / "ffn_int8.onnx"
+            onnx.save(model, str(fp32))
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+            for kind, path in (("ort_fp32_gflops", fp32), ("ort_int8_gflops", int8)):
+                self.sessions[kind] = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+        self.sample()  # warm-up, not kept
+        self.samples = {k: [] for k in self.KINDS}
+
+    def sample(self) -> None:
+        """One timing of each kind (best of 3 calls: the limit, not the noise)."""
+        tx, tw1, tw2 = self.tw
+        fns = {"torch_fp32_gflops": lambda: (tx @ tw1) @ tw2}
+        for kind, sess in self.sessions.items():
+            fns[kind] = lambda s=sess: s.run(None, {"x": self.x})
+        with self.torch.inference_mode():
+            for kind, fn in fns.items():
+                best = float("inf")
+                for _ in range(3):
+                    t = time.perf_counter()
+                    fn()
+                    best = min(best, time.perf_counter() - t)
+                self.samples[kind].append(self.flops / best / 1e9)
+
+    def rates(self, since: int = 0) -> dict:
+        """Median GFLOP/s of each kind over the samples from index `since` on."""
+        return {
+            **self.describe,
+            **{k: round(statistics.median(v[since:]), 1) for k, v in self.samples.items() if v[since:]},
+            "samples": len(self.samples["torch_fp32_gflops"][since:]),
+        }
+
+
+# -- the variants --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    scores: np.ndarray
+    padding_efficiency: float | None
+
+
+class NaiveTorch:
+    """A: per query, HF tokenizer padding=True over its pairs, PyTorch fp32 forward, sigmoid."""
+
+    def __init__(self, model_dir: str | Path, threads: int):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), dtype=torch.float32
+        ).eval()
+
+    def score_group(self, query: str, passages: list[str], max_length: int) -> tuple[np.ndarray, int, int]:
+        enc = self.tokenizer(
+            [query] * len(passages),
+            passages,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        with self.torch.inference_mode():
+            logits = self.model(**enc).logits.float()
+        rel = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
+        mask = enc["attention_mask"]
+        return self.torch.sigmoid(rel).numpy(), int(mask.sum()), int(mask.numel())
+
+    def __call__(self, w: Workload) -> Run:
+        scores, real, padded = [], 0, 0
+        for g in w.groups():
+            s, r, p = self.score_group(w.queries[g.start], w.passages[g], w.max_length)
+            scores.append(s)
+            real, padded = real + r, padded + p
+        return Run(np.concatenate(scores).astype(np.float32), real / padded)
+
+
+class STCrossEncoder:
+    """B: sentence-transformers CrossEncoder.predict, batch size 32, sigmoid (the local folder, no hub)."""
+
+    def __init__(self, model_dir: str | Path, threads: int):
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        torch.set_num_threads(threads)
+        self.model_dir, self.torch, self.cls = str(model_dir), torch, CrossEncoder
+        self.models = {}
+
+    def _model(self, max_length: int):
+        if max_length not in self.models:
+            self.models[max_length] = self.cls(
+                self.model_dir,
+                device="cpu",
+                max_length=max_length,
+                local_files_only=True,
+                activation_fn=self.torch.nn.Sigmoid(),
+                model_kwargs={"dtype": self.torch.float32},
+            )
+        return self.models[max_length]
+
+    def __call__(self, w: Workload) -> Run:
+        model = self._model(w.max_length)
+        scores = model.predict(
+            list(zip(w.queries, w.passages, strict=True)), batch_size=32, show_progress_bar=False
+        )
+        return Run(np.asarray(scores, dtype=np.float32).reshape(-1), None)
+
+
+class EngineVariant:
+    """C: our engine, one config; an engine per max_length (the tokenizer setting is part of the config)."""
+
+    def __init__(self, export_dir: str | Path, *, precision: str, threads: int, batching: dict):
+        self.kwargs = dict(
+            model_dir=export_dir,
+            precision=precision,
+            provider="cpu",
+            intra_op_threads=threads,
+            batching=batching,
+        )
+        self.engines = {}
+
+    def engine(self, max_length: int):
+        from rerank_engine.config import EngineConfig
+        from rerank_engine.engine import CrossEncoderEngine
+
+        if max_length not in self.engines:
+            self.engines[max_length] = CrossEncoderEngine(
+                EngineConfig.build(**self.kwargs, tokenizer={"max_length": max_length})
+            )
+        return self.engines[max_length]
+
+    def __call__(self, w: Workload) -> Run:
+        result = self.engine(w.max_length).score(w.queries, w.passages)
+        return Run(result.scores, result.padding_efficiency)
+
+
+def engine_variants(export_dir: Path, threads: int, quick: bool) -> dict[str, EngineVariant]:
+    """The C grid: fp32 / int8, bucketed / input order, a few token budgets (fewer with --quick)."""
+    grid = [
+        ("fp32", False, 8192),
+        ("fp32", True, 8192),
+        ("int8", False, 8192),
+        ("int8", True, 8192),
+        ("int8", True, 2048),
+    ]
+    if not quick:
+        grid += [("fp32", True, 2048), ("int8", True, 4096), ("int8", True, 16384), ("int8", True, 32768)]
+    return {
+        f"C_onnx_{p}_{'bucketed' if b else 'inputorder'}_{t}": EngineVariant(
+            export_dir,
+            precision=p,
+            threads=threads,
+            batching={"bucketing": b, "max_batch_tokens": t, "max_batch_rows": max(128, t // 32)},
+        )
+        for p, b, t in grid
+    }
+
+
+# -- experiments: other int8 graphs, built here from the export's fp32 graph ----------------------------
+
+
+def _derived_export(export_dir: Path, out: Path, build: Callable[[Path, Path], None]) -> Path:
+    """A copy of the export folder (tokenizer, config, manifest) whose model_int8.onnx is built by `build`."""
+    from rerank_engine.manifest import read_manifest
+
+    if (out / "model_int8.onnx").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in export_dir.iterdir():
+        if f.is_file() and not f.name.endswith(".onnx"):
+            shutil.copy2(f, tmp / f.name)
+    fp32 = export_dir / read_manifest(export_dir).variants["fp32"].file
+    build(fp32, tmp / "model_int8.onnx")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+class _CalibrationReader:
+    """Calibration batches for static quantization: tokenized InsuranceQA valid pairs, one query per batch."""
+
+    def __init__(self, export_dir: Path, n_queries: int):
+        from rerank_engine.batching import pad_rows
+        from rerank_engine.config import TokenizerConfig
+        from rerank_engine.data.insuranceqa import load_answers, load_split
+        from rerank_engine.manifest import read_manifest
+        from rerank_engine.tokenization import PairTokenizer
+
+        answers = load_answers()
+        tok = PairTokenizer(export_dir, TokenizerConfig(max_length=256))
+        inputs = read_manifest(export_dir).inputs
+        self.feeds = []
+        for q in load_split("valid")[:n_queries]:
+            docs = list(q.answers[:2]) + list(q.negatives[:14])
+            pairs = tok([q.text] * len(docs), [answers[d] for d in docs])
+            length = int(pairs.lengths.max())
+            ids, mask = pad_rows(pairs.input_ids, length, tok.pad_id)
+            types, _ = pad_rows(pairs.token_type_ids, length, 0)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            self.feeds.append({k: v for k, v in feed.items() if k in inputs})
+        self._it = iter(self.feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def experiment_variants(export_dir: Path, threads: int, out_root: Path) -> dict[str, EngineVariant]:
+    """int8 per-tensor, uint8 weights, static QDQ (MatMul only, calibrated on valid), and one thread."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    def dynamic(per_channel: bool, weight_type):
+        return lambda src, dst: quantize_dynamic(
+            str(src), str(dst), weight_type=weight_type, per_channel=per_channel
+        )
+
+    def static(src, dst):
+        quantize_static(
+            str(src),
+            str(dst),
+            _CalibrationReader(export_dir, 32),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+    builds = {
+        "pertensor": dynamic(False, QuantType.QInt8),
+        "u8weights": dynamic(True, QuantType.QUInt8),
+        "static_qdq": static,
+    }
+    out = {}
+    bucketed = {"bucketing": True, "max_batch_tokens": 8192}
+    for name, build in builds.items():
+        try:
+            folder = _derived_export(Path(export_dir), out_root / f"{Path(export_dir).name}-{name}", build)
+        except Exception as exc:  # an experiment that cannot be built is reported, not fatal
+            print(f"experiment {name}: could not build ({type(exc).__name__}: {exc})")
+            continue
+        out[f"X_onnx_int8_{name}_bucketed_8192"] = EngineVariant(
+            folder, precision="int8", threads=threads, batching=bucketed
+        )
+    out["X_onnx_int8_bucketed_8192_1thread"] = EngineVariant(
+        export_dir, precision="int8", threads=1, batching=bucketed
+    )
+    return out
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+
+
+def agreement(w: Workload, scores: np.ndarray, ref: np.ndarray) -> dict:
+    """max |Δscore|, mean per-query top-5 overlap against `ref`; NDCG@5 of `scores` on labelled groups."""
+    groups = w.groups()
+    out = {
+        "max_abs_dscore_vs_A": float(np.max(np.abs(scores - ref))) if len(ref) else 0.0,
+        "top5_overlap_vs_A": float(np.mean([top_k_overlap(ref[g], scores[g], 5) for g in groups])),
+    }
+    if w.labels is not None:
+        ndcgs = []
+        for g in groups:
+            labels = w.labels[g]
+            if labels.sum() == 0:
+                continue
+            order = np.lexsort((np.arange(len(labels)), -scores[g]))
+            ndcgs.append(ndcg_at_k(order.tolist(), set(np.flatnonzero(labels).tolist()), 5))
+        out["ndcg5"] = float(np.mean(ndcgs)) if ndcgs else None
+        out["ndcg5_queries"] = len(ndcgs)
+    return out
+
+
+def measure(
+    variants: dict[str, Callable[[Workload], Run]], w: Workload, reps: int, shapes: Shapes, gemm: Gemm
+) -> dict:
+    """Run every variant `reps` times, interleaved, with a GEMM sample in each repetition; returns
+    {"variants": the table for this workload, "gemm": the GEMM rates timed alongside}."""
+    times = {name: [] for name in variants}
+    runs: dict[str, Run] = {}
+    since = len(gemm.samples["torch_fp32_gflops"])
+    warm = Workload(w.name, w.queries[: w.starts[1]], w.passages[: w.starts[1]], w.starts[:2], w.max_length)
+    for fn in variants.values():  # load models and sessions, first-run allocations: not timed
+        fn(warm)
+    for rep in range(reps):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            runs[name] = fn(w)
+            times[name].append(time.perf_counter() - t)
+        gemm.sample()
+        print(
+            f"  [{w.name}] rep {rep + 1}/{reps}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in variants)
+        )
+    pps = {name: len(w) / statistics.median(t) for name, t in times.items()}
+    flops = shapes.flops(w.lengths)
+    limit = gemm.rates(since)
+    ref = runs["A_naive_torch_fp32"].scores
+    a_pps, b_pps = pps["A_naive_torch_fp32"], pps.get("B_st_crossencoder")
+    table = {}
+    for name in variants:
+        seconds = statistics.median(times[name])
+        gflops = flops / seconds / 1e9
+        table[name] = {
+            "pairs_per_s": round(pps[name], 2),
+            "ratio_vs_A": round(pps[name] / a_pps, 3),
+            "ratio_vs_B": round(pps[name] / b_pps, 3) if b_pps else None,
+            "padding_efficiency": (
+                None if runs[name].padding_efficiency is None else round(runs[name].padding_efficiency, 4)
+            ),
+            "useful_gflops": round(gflops, 2),
+            "share_of_int8_gemm": round(gflops / limit["ort_int8_gflops"], 3),
+            "share_of_fp32_gemm": round(gflops / limit["torch_fp32_gflops"], 3),
+            "seconds": [round(t, 3) for t in times[name]],
+            **agreement(w, runs[name].scores, ref),
+        }
+    a_ndcg = table["A_naive_torch_fp32"].get("ndcg5")
+    for row in table.values():
+        if a_ndcg is not None and row.get("ndcg5") is not None:
+            row["ndcg5_delta_vs_A"] = round(row["ndcg5"] - a_ndcg, 4)
+    return {"variants": table, "gemm": limit}
+
+
+def lengths_of(w: Workload, export_dir: Path) -> np.ndarray:
+    from rerank_engine.config import TokenizerConfig
+    from rerank_engine.tokenization import PairTokenizer
+
+    return PairTokenizer(export_dir, TokenizerConfig(max_length=w.max_length))(w.queries, w.passages).lengths
+
+
+# -- D: the Ray job ------------------------------------------------------------------------------------
+
+
+def _job_config(model: str, threads: int, **overrides):
+    from rerank_engine.config import load_job_config
+
+    return load_job_config(
+        "jobs/configs/local.yaml",
+        {"model": model, "precision": "int8", "resources.rerank_threads": threads, **overrides},
+    )
+
+
+def pipeline_overhead(model: str, export_dir: Path, n_queries: int, threads: int, work: Path) -> dict:
+    """The whole Ray job on the first `n_queries` of the sample against the bare engine on the same pairs
+    (the same recall top-20 over the sample corpus, the job's engine settings), in plain Python."""
+    import pyarrow.parquet as pq
+
+    from rerank_engine.config import EngineConfig
+    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.job import run_job
+    from rerank_engine.recall import BiEncoder, RecallIndex
+
+    sample = Path("sample")
+    if not (sample / "index" / "manifest.json").is_file():
+        return {"skipped": "no sample/index: run `make demo` (or jobs.make_sample + jobs.build_index) first"}
+    queries = pq.read_table(sample / "queries.parquet").slice(0, n_queries)
+    inp = work / "pipeline_queries.parquet"
+    pq.write_table(queries, inp)
+    config = _job_config(model, threads)
+    summary = run_job(
+        config,
+        input=str(inp),
+        corpus=str(sample / "corpus.parquet"),
+        index=str(sample / "index"),
+        output=str(work / "pipeline_out"),
+        overwrite=True,
+    )
+    corpus_table = pq.read_table(sample / "corpus.parquet", columns=["doc_id", "text"])
+    corpus = dict(zip(corpus_table["doc_id"].to_pylist(), corpus_table["text"].to_pylist(), strict=True))
+    texts = queries.column("query").to_pylist()
+    t = time.perf_counter()
+    _, ids = RecallIndex.load(sample / "index").search(BiEncoder().encode(texts), config.k_recall)
+    recall_s = time.perf_counter() - t
+    qs = [q for q, row in zip(texts, ids, strict=True) for _ in row]
+    ps = [corpus[str(d)] for row in ids for d in row]
+    engine = CrossEncoderEngine(
+        EngineConfig.build(
+            model_dir=export_dir,
+            precision="int8",
+            provider="cpu",
+            intra_op_threads=threads,
+            tokenizer=config.tokenizer,
+            batching=config.batching,
+        )
+    )
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        engine.score(qs, ps)
+        times.append(time.perf_counter() - t)
+    bare = len(ps) / statistics.median(times)
+    job = summary["pairs"] / summary["pipeline_s"]
+    return {
+        "queries": n_queries,
+        "pairs": len(ps),
+        "job_pairs_per_s": round(job, 2),
+        "job_pipeline_s": summary["pipeline_s"],
+        "bare_engine_pairs_per_s": round(bare, 2),
+        "bare_recall_plus_engine_pairs_per_s": round(len(ps) / (statistics.median(times) + recall_s), 2),
+        "ratio_job_vs_bare_engine": round(job / bare, 3),
+        "job_summary": summary,
+    }
+
+
+def query_log_benchmark(
+    model: str, naive: NaiveTorch, n_entries: int, n_questions: int, a_sample: int, threads: int, work: Path
+) -> dict:
+    """The job (logged-candidates mode: bi-encoder top-20 precomputed) over a Zipf query log, against A
+    run query by query over the same log (measured on the first `a_sample` entries, extrapolated: A keeps
+    no state across queries, so its per-query time does not depend on the log's length)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rerank_engine.data.insuranceqa import load_answers, load_split
+    from rerank_engine.job import run_job
+
+    answers = load_answers()
+    questions = load_split("test")[:n_questions]
+    log_idx = zipf_log(n_entries, len(questions))
+    cands = recall_candidates(questions)
+    used = sorted({d for i in set(log_idx.tolist()) for d in cands[i]}, key=int)
+    pq.write_table(
+        pa.table({"doc_id": used, "text": [answers[d] for d in used]}), work / "log_corpus.parquet"
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": [f"log-{n:06d}" for n in range(n_entries)],
+                "query": [questions[i].text for i in log_idx],
+                "candidates": pa.array([cands[i] for i in log_idx], pa.list_(pa.string())),
+            }
+        ),
+        work / "log_queries.parquet",
+    )
+    summary = run_job(
+        _job_config(model, threads),
+        input=str(work / "log_queries.parquet"),
+        corpus=str(work / "log_corpus.parquet"),
+        output=str(work / "log_out"),
+        overwrite=True,
+    )
+    t = time.perf_counter()
+    for i in log_idx[:a_sample]:
+        naive.score_group(questions[i].text, [answers[d] for d in cands[i]], 256)
+    a_per_query = (time.perf_counter() - t) / a_sample
+    job_qps = n_entries / summary["pipeline_s"]
+    return {
+        "entries": n_entries,
+        "questions": len(questions),
+        "distinct_queries": len(set(log_idx.tolist())),
+        "zipf_s": 1.0,
+        "queries_per_s": round(job_qps, 2),
+        "A_queries_per_s": round(1.0 / a_per_query, 3),
+        "ratio_vs_A": round(job_qps * a_per_query, 2),
+        "A_measured_on": f"first {a_sample} log entries, extrapolated to {n_entries} (estimate)",
+        "A_estimated_seconds_for_log": round(a_per_query * n_entries, 1),
+        "job_pipeline_s": summary["pipeline_s"],
+        "job_summary": summary,
+    }
+
+
+# -- report --------------------------------------------------------------------------------------------
+
+
+def targets(result: dict) -> list[dict]:
+    """Issue #9's targets against this run (the best engine variant that meets the agreement bar)."""
+    table = result["variants"]
+    engine = {k: v for k, v in table.items() if k.startswith(("C_", "X_"))}
+    agreeing = {
+        k: v
+        for k, v in engine.items()
+        if v["top5_overlap_vs_A"] >= 0.98 and abs(v.get("ndcg5_delta_vs_A") or 0.0) <= 0.005
+    }
+    best_name = max(agreeing or engine, key=lambda k: engine[k]["pairs_per_s"])
+    best = engine[best_name]
+    rows = [
+        ("best CPU variant ≥ 5× A (pairs/s)", best["ratio_vs_A"], best["ratio_vs_A"] >= 5.0),
+        ("best CPU variant ≥ 2× B (pairs/s)", best["ratio_vs_B"], (best["ratio_vs_B"] or 0) >= 2.0),
+        ("top-5 overlap vs A ≥ 0.98", best["top5_overlap_vs_A"], best["top5_overlap_vs_A"] >= 0.98),
+        (
+            "|NDCG@5 − A| ≤ 0.005",
+            best.get("ndcg5_delta_vs_A"),
+            best.get("ndcg5_delta_vs_A") is not None and abs(best["ndcg5_delta_vs_A"]) <= 0.005,
+        ),
+        ("padding efficiency ≥ 0.97", best["padding_efficiency"], best["padding_efficiency"] >= 0.97),
+        ("useful GFLOP/s ≥ 60 % of int8 GEMM", best["share_of_int8_gemm"], best["share_of_int8_gemm"] >= 0.6),
+    ]
+    if "ratio_job_vs_bare_engine" in result.get("pipeline", {}):
+        r = result["pipeline"]["ratio_job_vs_bare_engine"]
+        rows.append(("Ray job ≥ 85 % of bare engine pairs/s", r, r >= 0.85))
+    if "ratio_vs_A" in result.get("query_log", {}):
+        r = result["query_log"]["ratio_vs_A"]
+        rows.append(("query log: job queries/s ≥ 20× A", r, r >= 20.0))
+    return [{"target": t, "variant": best_name, "value": v, "met": bool(m)} for t, v, m in rows]
+
+
+def _fmt(x, digits=2):
+    if x is None:
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Throughput, {result['date']}, {result['machine']}; model {result['model']}, "
+        f"{result['threads']} threads, median of {result['reps']} interleaved reps"
+        + (" (--quick)" if result["quick"] else ""),
+        "",
+    ]
+    blocks = [("real", result["variants"], result["gemm"])]
+    if "long_passages" in result:
+        blocks.append(("long", result["long_passages"]["variants"], result["long_passages"]["gemm"]))
+    for wname, block, g in blocks:
+        w = result["workloads"][wname]
+        lines += [
+            f"**{wname}**: {w['pairs']} pairs, {w['note']}",
+            "",
+            "| variant | pairs/s | ×A | ×B | padding eff. | GFLOP/s | ÷ int8 GEMM | max \\|Δscore\\| vs A "
+            "| top-5 overlap vs A | NDCG@5 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, v in block.items():
+            lines.append(
+                f"| {name} | {v['pairs_per_s']:.1f} | {v['ratio_vs_A']:.2f} | {_fmt(v['ratio_vs_B'])} "
+                f"| {_fmt(v['padding_efficiency'], 3)} | {v['useful_gflops']:.1f} "
+                f"| {v['share_of_int8_gemm']:.2f} | {v['max_abs_dscore_vs_A']:.3g} "
+                f"| {v['top5_overlap_vs_A']:.3f} | {_fmt(v.get('ndcg5'), 3)} |"
+            )
+        lines += [
+            "",
+            f"GEMM of the model's FFN shapes ({g['shapes']}), median of one sample per repetition: "
+            f"torch fp32 {g['torch_fp32_gflops']} GFLOP/s, ORT fp32 {g['ort_fp32_gflops']}, "
+            f"ORT dynamic int8 {g['ort_int8_gflops']}.",
+            "",
+        ]
+    p = result.get("pipeline")
+    if p and "ratio_job_vs_bare_engine" in p:
+        lines += [
+            f"Pipeline (D): the Ray job on {p['queries']} sample queries ({p['pairs']} pairs) ran "
+            f"{p['job_pairs_per_s']} pairs/s (start-up included) vs the bare int8 engine "
+            f"{p['bare_engine_pairs_per_s']} on the same pairs: ratio {p['ratio_job_vs_bare_engine']}.",
+            "",
+        ]
+    q = result.get("query_log")
+    if q and "ratio_vs_A" in q:
+        lines += [
+            f"Query log: {q['entries']} Zipf(s=1) entries over {q['questions']} test questions "
+            f"({q['distinct_queries']} distinct): the job {q['queries_per_s']} queries/s vs A "
+            f"{q['A_queries_per_s']} queries/s ({q['A_measured_on']}): ratio {q['ratio_vs_A']}.",
+            "",
+        ]
+    if result.get("targets"):
+        lines += ["| target | value | met |", "|---|---|---|"]
+        lines += [
+            f"| {t['target']} | {_fmt(t['value'], 3)} | {'yes' if t['met'] else 'no'} |"
+            for t in result["targets"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    from rerank_engine.exporting import resolve_export
+
+    model = args.model
+    export_dir = Path(args.export) if args.export else resolve_export(model, ["fp32", "int8"])
+    shapes = Shapes.of(export_dir)
+    if args.synthetic:
+        workloads = synthetic_workloads(args.synthetic)
+    else:
+        n_real, n_long = (8, 3) if args.quick else (args.queries, args.long_queries)
+        workloads = insuranceqa_workloads(n_real, n_long)
+    for w in workloads:
+        w.lengths = lengths_of(w, export_dir)
+    gemm = Gemm(shapes, tokens=4096, threads=args.threads)
+
+    naive = NaiveTorch(model, args.threads)
+    base = {"A_naive_torch_fp32": naive, "B_st_crossencoder": STCrossEncoder(model, args.threads)}
+    grid = engine_variants(export_dir, args.threads, args.quick)
+    if args.experiments:
+        grid |= experiment_variants(export_dir, args.threads, Path(args.work) / "int8-variants")
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "model": str(model),
+        "export": str(export_dir),
+        "threads": args.threads,
+        "reps": args.reps,
+        "quick": bool(args.quick),
+        "workloads": {
+            w.name: {
+                "pairs": len(w),
+                "queries": len(w.starts) - 1,
+                "max_length": w.max_length,
+                "mean_tokens": round(float(np.mean(w.lengths)), 1),
+                "note": w.note,
+            }
+            for w in workloads
+        },
+    }
+    real, long = workloads
+    measured = measure({**base, **grid}, real, args.reps, shapes, gemm)
+    result["variants"], result["gemm"] = measured["variants"], measured["gemm"]
+    long_grid = {k: v for k, v in grid.items() if "bucketed_8192" in k or "inputorder" in k}
+    result["long_passages"] = measure({**base, **long_grid}, long, args.reps, shapes, gemm)
+    if not args.synthetic and not args.no_job:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        result["pipeline"] = pipeline_overhead(
+            model, export_dir, 50 if args.quick else 300, args.threads, work
+        )
+        entries, questions, a_sample = (200, 40, 10) if args.quick else (args.log_entries, 2000, 100)
+        result["query_log"] = query_log_benchmark(
+            model, naive, entries, questions, a_sample, args.threads, work
+        )
+    result["targets"] = targets(result)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face model folder (A and B load it)")
+    p.add_argument("--export", default=None, help="its export folder (default: the cached export)")
+    p.add_argument("--quick", action="store_true", help="small workloads and grid (< 5 min on 2 cores)")
+    p.add_argument("--experiments", action="store_true", help="other int8 graphs and thread settings")
+    p.add_argument("--synthetic", type=int, default=0, help="N random queries instead of InsuranceQA; no job")
+    p.add_argument("--no-job", action="store_true", help="skip the Ray job parts (pipeline, query log)")
+    p.add_argument("--queries", type=int, default=40, help="real workload: test questions (× 20 pairs)")
+    p.add_argument("--long-queries", type=int, default=10, help="long workload: test questions (× 20)")
+    p.add_argument("--log-entries", type=int, default=10_000)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--work", default="artifacts/bench/throughput", help="scratch folder (job inputs, outputs)"
+    )
+    p.add_argument("--json", required=True, help="where to write the JSON (the table goes beside it, .md)")
+    args = p.parse_args(argv)
+    if args.reps < 3:
+        p.error("--reps must be ≥ 3 (medians of at least three repetitions)")
+    started = time.perf_counter()
+    result = run(args)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
