@@ -136,6 +136,7 @@ HANDED_ON_COLUMNS = (
     "no_relevant",
     "nothing_when_missed",
     "empty_when_hit",
+    "handed_on",
 )
 
 
