@@ -780,6 +780,9 @@ def markdown(result: dict) -> str:
             f"{q['A_queries_per_s']} queries/s ({q['A_measured_on']}): ratio {q['ratio_vs_A']}.",
             "",
         ]
+    for key in ("pipeline", "query_log"):
+        if "error" in result.get(key, {}):
+            lines += [f"{key}: failed ({result[key]['error']})", ""]
     if result.get("targets"):
         lines += ["| target | value | met |", "|---|---|---|"]
         lines += [
@@ -851,13 +854,21 @@ def run(args) -> dict:
     if not args.synthetic and not args.no_job:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        result["pipeline"] = pipeline_overhead(
-            model, export_dir, 50 if args.quick else 300, args.threads, work
-        )
         entries, questions, a_sample = (200, 40, 10) if args.quick else (args.log_entries, 2000, 100)
-        result["query_log"] = query_log_benchmark(
-            model, naive, entries, questions, a_sample, args.threads, work
-        )
+        parts = {
+            "pipeline": lambda: pipeline_overhead(
+                model, export_dir, 50 if args.quick else 300, args.threads, work
+            ),
+            "query_log": lambda: query_log_benchmark(
+                model, naive, entries, questions, a_sample, args.threads, work
+            ),
+        }
+        for key, part in parts.items():
+            try:
+                result[key] = part()
+            except Exception as exc:  # a failed job is reported in the JSON; the measured tables are kept
+                result[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"{key} failed: {result[key]['error']}")
     result["targets"] = targets(result)
     return result
 
