@@ -1,10 +1,12 @@
-"""Recall: a bi-encoder (mean-pooled, L2-normalised) and an exact inner-product FAISS index.
+"""Recall: a bi-encoder (mean-pooled, L2-normalised) and an inner-product FAISS index (exact by default;
+any FAISS factory string, optionally sharded, memory-mapped when loaded).
 
 The same code serves the batch job's recall stage, `jobs.build_index` and hard-negative mining.
 
     encoder = BiEncoder()                       # the bundled all-MiniLM-L6-v2
-    index = RecallIndex.build(encoder.encode(texts), doc_ids)
+    index = RecallIndex.build(encoder.encode(texts), doc_ids)        # or factory="IVF4096,Flat", shards=4
     scores, ids = index.search(encoder.encode(queries), k=20)
+    index = RecallIndex.load("index", nprobe=64)                     # override the manifest's default
 """
 
 from __future__ import annotations
