@@ -37,6 +37,8 @@ def _free_port() -> int:
 def ray_head():
     import ray
 
+    if ray.is_initialized():  # a local Ray left by an earlier module (build_index, benchmarks): not ours
+        ray.shutdown()
     port, dash = _free_port(), _free_port()
     env = {
         **os.environ,
