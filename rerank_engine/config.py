@@ -78,6 +78,13 @@ class ColumnsConfig(_Frozen):
     title: str = "title"
 
 
+class RecallConfig(_Frozen):
+    """Query-time search parameters of an approximate index; None keeps the index manifest's default."""
+
+    nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query")
+    ef_search: int | None = Field(None, ge=1, description="HNSW candidate list size")
+
+
 class ResourcesConfig(_Frozen):
     """Placement, read only by `rerank_engine.pipeline.build_pipeline`.
 
@@ -113,6 +120,7 @@ class JobConfig(_Frozen):
     provider: Provider = "auto"
     tokenizer: TokenizerConfig = TokenizerConfig()
     batching: BatchingConfig = BatchingConfig()
+    recall: RecallConfig = RecallConfig()
     columns: ColumnsConfig = ColumnsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     exploded: bool = False

@@ -229,7 +229,10 @@ def run_job(
     if not logged:
         from rerank_engine.recall import RecallIndex
 
-        recall_model = str(RecallIndex.load(index).manifest.get("model", "unknown"))
+        index_manifest = RecallIndex.read_manifest(
+            index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+        )
+        recall_model = str(index_manifest.get("model", "unknown"))
 
     cache = None
     if config.score_cache:

@@ -285,6 +285,27 @@ class RecallIndex:
         return out
 
     @classmethod
+    def read_manifest(cls, path: str | Path, *, nprobe: int | None = None, ef_search: int | None = None):
+        """The index folder's manifest, without reading the index; checks that the given query-time
+        parameters apply to the index type (so a job fails before any actor starts)."""
+        path = Path(path)
+        manifest_file = path / cls.MANIFEST_FILE
+        if not manifest_file.is_file():
+            raise ModelNotFoundError(
+                f"recall index {path} lacks {cls.MANIFEST_FILE}; build one with jobs.build_index"
+            )
+        manifest = json.loads(manifest_file.read_text())
+        defaults = manifest.get("search_params", {})
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and name not in defaults:
+                takes = sorted(defaults) or "no parameters"
+                raise ConfigError(
+                    f"recall.{name} does not apply to index {path} "
+                    f"({manifest.get('index_type', 'Flat')!r}; it takes {takes})"
+                )
+        return manifest
+
+    @classmethod
     def load(
         cls,
         path: str | Path,
@@ -301,12 +322,7 @@ class RecallIndex:
         cannot map an index type reads it normally.
         """
         path = Path(path)
-        manifest_file = path / cls.MANIFEST_FILE
-        if not manifest_file.is_file():
-            raise ModelNotFoundError(
-                f"recall index {path} lacks {cls.MANIFEST_FILE}; build one with jobs.build_index"
-            )
-        manifest = json.loads(manifest_file.read_text())
+        manifest = cls.read_manifest(path)
         folders = [path / s["path"] for s in manifest["shard_files"]] if "shard_files" in manifest else [path]
         parts, doc_ids = [], []
         for folder in folders:

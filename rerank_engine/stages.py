@@ -86,7 +86,9 @@ class RecallStage:
         from rerank_engine.recall import BiEncoder, RecallIndex
 
         self.config = config
-        self.index = RecallIndex.load(index_dir)
+        self.index = RecallIndex.load(  # memory-mapped: the node's recall actors share its pages
+            index_dir, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+        )
         self.encoder = BiEncoder(
             config.bi_encoder, threads=threads, max_length=int(self.index.manifest.get("max_length", 256))
         )
@@ -113,7 +115,11 @@ class RecallStage:
             queries = column_texts(batch.column(qcol))
             s, d = self.index.search(self.encoder.encode([queries[i] for i in ok]), self.config.k_recall)
             for row, i in enumerate(ok):
-                ids[i], scores[i] = [str(x) for x in d[row]], s[row].tolist()
+                found = [j for j, x in enumerate(d[row]) if x is not None]  # an IVF may find fewer than k
+                ids[i] = [str(d[row][j]) for j in found]
+                scores[i] = [float(s[row][j]) for j in found]
+                if not found:
+                    status[i] = schema.NO_CANDIDATES
         return _with(
             batch,
             _status=pa.array(status, pa.string()),

@@ -196,3 +196,55 @@ def test_index_scaling_benchmark_quick(tmp_path):
     assert {r["factory"] for r in rows} >= {"Flat", "HNSW32"}
     assert all(r["qps"] > 0 and 0 <= r["recall_at_20"] <= 1 for r in rows)
     assert all(r["recall_at_20"] == 1.0 for r in rows if r["factory"] == "Flat")
+
+
+@pytest.fixture(scope="module")
+def ivf_index_dir(tmp_path_factory):
+    """40 short passages embedded by the bundled bi-encoder, in an IVF8,Flat index probing 1 list."""
+    from rerank_engine.recall import BiEncoder
+
+    encoder = BiEncoder(max_length=64)
+    texts = [
+        f"policy {i} covers {topic}" for i in range(8) for topic in ("fire", "flood", "theft", "rent", "car")
+    ]
+    index = RecallIndex.build(
+        encoder.encode(texts),
+        [f"p{i:02d}" for i in range(len(texts))],
+        factory="IVF8,Flat",
+        nprobe=1,
+        model=encoder.model_id,
+        max_length=64,
+    )
+    return str(index.save(tmp_path_factory.mktemp("ivf")))
+
+
+@pytest.mark.slow
+def test_recall_stage_keeps_only_found_candidates_and_takes_nprobe(ivf_index_dir):
+    """With nprobe=1 the index finds fewer than k_recall: the stage passes on only real doc ids (no
+    "None"), with finite scores; `recall.nprobe` from the job config overrides the manifest's default."""
+    import pyarrow as pa
+
+    from rerank_engine.config import JobConfig
+    from rerank_engine.stages import RecallStage
+
+    batch = pa.table({"query_id": ["a", "b"], "query": ["does my policy cover flood?", "stolen car"]})
+    narrow = RecallStage(JobConfig.build(k_recall=20, k_rerank=5), ivf_index_dir)(batch)
+    wide = RecallStage(JobConfig.build(k_recall=20, k_rerank=5, recall={"nprobe": 8}), ivf_index_dir)(batch)
+    for ids, scores in zip(
+        narrow["_cand_ids"].to_pylist(), narrow["_recall_scores"].to_pylist(), strict=True
+    ):
+        assert 0 < len(ids) < 20 and len(scores) == len(ids)
+        assert all(d.startswith("p") for d in ids) and np.isfinite(scores).all()
+    assert narrow["_status"].to_pylist() == [None, None]
+    assert [len(ids) for ids in wide["_cand_ids"].to_pylist()] == [20, 20]  # all 8 lists probed
+
+
+def test_job_rejects_a_search_parameter_the_index_lacks(tmp_path):
+    """nprobe on an exact index, ef_search on an IVF one: ConfigError from the manifest alone."""
+    flat = RecallIndex.build(unit_vectors(50, 8), doc_ids(50)).save(tmp_path / "flat")
+    with pytest.raises(ConfigError, match=r"recall.nprobe does not apply .*'Flat'"):
+        RecallIndex.read_manifest(flat, nprobe=4)
+    ivf = RecallIndex.build(unit_vectors(400, 8), doc_ids(400), factory="IVF4,Flat").save(tmp_path / "ivf")
+    assert RecallIndex.read_manifest(ivf, nprobe=4)["search_params"] == {"nprobe": 32}
+    with pytest.raises(ConfigError, match=r"recall.ef_search does not apply .*\['nprobe'\]"):
+        RecallIndex.read_manifest(ivf, ef_search=16)
