@@ -83,6 +83,11 @@ class RecallConfig(_Frozen):
 
     nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query")
     ef_search: int | None = Field(None, ge=1, description="HNSW candidate list size")
+    shard_stages: bool = Field(
+        False,
+        description="sharded index: search each shard in its own actor pool (placed by the shard's memory) "
+        "instead of every recall actor searching all shards — for indexes bigger than one node",
+    )
 
 
 class ResourcesConfig(_Frozen):
@@ -95,6 +100,8 @@ class ResourcesConfig(_Frozen):
     recall_actors: int = Field(1, ge=1)
     recall_cpus: float = Field(0.25, gt=0)
     recall_batch_rows: int = Field(64, ge=1)
+    shard_actors: int = Field(1, ge=1, description="actors per shard (recall.shard_stages)")
+    shard_cpus: float = Field(0.05, gt=0, description="CPU share of each shard-search actor")
     tokenize_actors: int = Field(1, ge=1)
     tokenize_cpus: float = Field(0.25, gt=0)
     rerank_actors: int = Field(1, ge=1)

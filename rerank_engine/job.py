@@ -225,7 +225,7 @@ def run_job(
     export_dir = resolve_export(config.model, needed_precisions(config.precision, gpu=bool(gpus)))
     manifest = read_manifest(export_dir)
     threshold, threshold_source = resolve_threshold(config, config.model, manifest.model_id)
-    recall_model = "logged"
+    recall_model, shard_bytes = "logged", ()
     if not logged:
         from rerank_engine.recall import RecallIndex
 
@@ -233,6 +233,10 @@ def run_job(
             index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
         )
         recall_model = str(index_manifest.get("model", "unknown"))
+        shard_bytes = tuple(
+            (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
+            for shard in index_manifest.get("shard_files", [])
+        )
 
     cache = None
     if config.score_cache:
@@ -258,6 +262,7 @@ def run_job(
         filesystem=filesystem,
         cache_namespace=cache.dir.name if cache is not None else None,
         cache_precision=precision if cache is not None else None,
+        index_shard_bytes=shard_bytes,
     )
     pipeline_started = time.perf_counter()
     distinct = None
@@ -309,6 +314,7 @@ def run_job(
         recall_model=recall_model,
         duplicate_query_ids=len(duplicated),
         mode="logged_candidates" if logged else "recall",
+        recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
         ray_gpus_for_rerank=gpus,
         ray_version=ray.__version__,
     )

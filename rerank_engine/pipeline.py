@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from rerank_engine.config import JobConfig
 from rerank_engine.dedupe import FanOut
-from rerank_engine.stages import RecallStage, RerankStage, TokenizeStage, finalize, logged_candidates
+from rerank_engine.stages import (
+    QueryEmbedStage,
+    RecallStage,
+    RerankStage,
+    ShardSearchStage,
+    TokenizeStage,
+    finalize,
+    logged_candidates,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class PipelineInputs:
     filesystem: object = None
     cache_namespace: str | None = None  # score cache of this model, precision and tokenizer
     cache_precision: str | None = None  # the precision the rerank actors must score in
+    index_shard_bytes: tuple[int, ...] = ()  # per shard of a sharded index: its file size
 
 
 def rerank_gpus(config: JobConfig) -> int:
@@ -82,6 +91,8 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
             batch_size=r.recall_batch_rows,
             num_cpus=r.io_cpus,
         )
+    elif config.recall.shard_stages and len(inp.index_shard_bytes) > 1:
+        ds = _sharded_recall(ds, config, inp)
     else:
         ds = ds.map_batches(
             RecallStage,
@@ -136,3 +147,40 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
         batch_format="pyarrow",
         num_cpus=r.io_cpus,
     )
+
+
+def _sharded_recall(ds, config: JobConfig, inp: PipelineInputs):
+    """Query embeddings, then one actor pool per shard, each reserving its shard's size in memory so that
+    Ray places the shards on nodes where they fit; the running top-k travels with the rows."""
+    from ray.data import ActorPoolStrategy
+
+    r = config.resources
+    ds = ds.map_batches(
+        QueryEmbedStage,
+        fn_constructor_kwargs={
+            "config": config,
+            "index_dir": inp.index_dir,
+            "threads": max(1, round(r.recall_cpus)),
+        },
+        batch_format="pyarrow",
+        batch_size=r.recall_batch_rows,
+        compute=ActorPoolStrategy(size=r.recall_actors),
+        num_cpus=r.recall_cpus,
+    )
+    last = len(inp.index_shard_bytes) - 1
+    for shard, size in enumerate(inp.index_shard_bytes):
+        ds = ds.map_batches(
+            ShardSearchStage,
+            fn_constructor_kwargs={
+                "config": config,
+                "index_dir": inp.index_dir,
+                "shard": shard,
+                "last": shard == last,
+            },
+            batch_format="pyarrow",
+            batch_size=r.recall_batch_rows,
+            compute=ActorPoolStrategy(size=r.shard_actors),
+            num_cpus=r.shard_cpus,
+            memory=size,
+        )
+    return ds

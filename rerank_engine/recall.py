@@ -125,10 +125,19 @@ class RecallIndex:
 
     INDEX_FILE, IDS_FILE, MANIFEST_FILE, SHARDS_DIR = "index.faiss", "doc_ids.json", "manifest.json", "shards"
 
-    def __init__(self, parts, doc_ids: Sequence[str], manifest: dict, search_params: dict | None = None):
-        """`parts`: one FAISS index, or a list of them (shards, in corpus-row order)."""
+    def __init__(
+        self,
+        parts,
+        doc_ids: Sequence[str],
+        manifest: dict,
+        search_params: dict | None = None,
+        row_offset: int = 0,
+    ):
+        """`parts`: one FAISS index, or a list of them (shards, in corpus-row order). `row_offset`: the
+        corpus row of the first vector (a single shard loaded on its own, see `load(shard=...)`)."""
         self.parts = list(parts) if isinstance(parts, list | tuple) else [parts]
         self.doc_ids = np.asarray(doc_ids, dtype=object)
+        self.row_offset = int(row_offset)
         self.offsets = np.cumsum([0] + [int(p.ntotal) for p in self.parts])[:-1].tolist()
         self.manifest = manifest
         self.search_params: dict = {}
@@ -243,6 +252,12 @@ class RecallIndex:
         Best first; equal scores in corpus-row order. An approximate index can find fewer than k'
         candidates (IVF with a small `nprobe`): the missing places hold doc id None and score -inf.
         """
+        scores, rows = self.search_rows(queries, k)
+        local = rows - self.row_offset
+        return scores, np.where(rows >= 0, self.doc_ids[np.maximum(local, 0)], None)
+
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """As `search`, with corpus rows (int64, -1 where nothing was found) in place of doc ids."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self.doc_ids))
         scores, rows = [], []
@@ -259,8 +274,7 @@ class RecallIndex:
         order = np.lexsort((row_key, -score_key), axis=-1)[:, :k]
         rows = np.take_along_axis(rows, order, axis=1)
         scores = np.take_along_axis(score_key, order, axis=1).astype(np.float32)
-        ids = np.where(rows >= 0, self.doc_ids[np.maximum(rows, 0)], None)
-        return scores, ids
+        return scores, np.where(rows >= 0, rows + self.row_offset, -1)
 
     def save(self, out: str | Path) -> Path:
         """Write the index folder; files of the other layout (sharded / unsharded) left there are removed."""
@@ -313,8 +327,10 @@ class RecallIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         mmap: bool = True,
+        shard: int | None = None,
     ) -> RecallIndex:
-        """Open an index folder. `nprobe` / `ef_search` override the manifest's defaults.
+        """Open an index folder. `nprobe` / `ef_search` override the manifest's defaults. `shard=i` opens
+        only shard i of a sharded index (its `search` returns that shard's top-k, rows in corpus order).
 
         `mmap=True` maps the index files read-only (FAISS `IO_FLAG_MMAP_IFC`: flat vectors, IVF lists, PQ
         codes and HNSW storage) instead of reading them into each process's heap; pages come from the
@@ -323,7 +339,14 @@ class RecallIndex:
         """
         path = Path(path)
         manifest = cls.read_manifest(path)
-        folders = [path / s["path"] for s in manifest["shard_files"]] if "shard_files" in manifest else [path]
+        shard_files = manifest.get("shard_files", [{"path": ".", "offset": 0}])
+        if shard is not None:
+            if not 0 <= shard < len(shard_files):
+                raise ConfigError(
+                    f"recall index {path} has {len(shard_files)} shard(s); shard {shard} asked for"
+                )
+            shard_files = [shard_files[shard]]
+        folders = [path / s["path"] for s in shard_files]
         parts, doc_ids = [], []
         for folder in folders:
             for name in (cls.INDEX_FILE, cls.IDS_FILE):
@@ -338,7 +361,7 @@ class RecallIndex:
             doc_ids.extend(ids)
         params = dict(manifest.get("search_params", {}))
         params.update({k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None})
-        return cls(parts, doc_ids, manifest, params)
+        return cls(parts, doc_ids, manifest, params, row_offset=shard_files[0]["offset"])
 
 
 def _supports(index, faiss_param: str) -> bool:

@@ -79,53 +79,158 @@ def _with(batch: pa.Table, **columns) -> pa.Table:
 # -- candidates -----------------------------------------------------------------------------------------
 
 
-class RecallStage:
-    """Bi-encoder + FAISS top-k: `_cand_ids`, `_recall_scores`, `_recall_ranks`."""
+class QueryEncoder:
+    """The bi-encoder an index was built with, and the query statuses of a batch (shared by the recall
+    stages)."""
 
-    def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
-        from rerank_engine.recall import BiEncoder, RecallIndex
+    def __init__(self, config: JobConfig, index_dir: str, manifest: dict, threads: int = 1):
+        from rerank_engine.recall import BiEncoder
 
         self.config = config
-        self.index = RecallIndex.load(  # memory-mapped: the node's recall actors share its pages
-            index_dir, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
-        )
         self.encoder = BiEncoder(
-            config.bi_encoder, threads=threads, max_length=int(self.index.manifest.get("max_length", 256))
+            config.bi_encoder, threads=threads, max_length=int(manifest.get("max_length", 256))
         )
-        built_with = self.index.manifest.get("model")
+        built_with = manifest.get("model")
         if built_with and built_with != self.encoder.model_id:
             raise ConfigError(
                 f"index {index_dir} was built with bi-encoder {built_with}, "
                 f"but bi_encoder resolves to {self.encoder.model_id}"
             )
 
-    @property
-    def model_id(self) -> str:
-        return self.encoder.model_id
-
-    def __call__(self, batch) -> pa.Table:
-        batch = _table(batch)
+    def __call__(self, batch: pa.Table) -> tuple[list[str | None], list[int], np.ndarray]:
+        """(row statuses, rows that can be searched, their embeddings float32 [len(ok), dim])."""
         qcol = self.config.columns.query
         require_columns(batch, [qcol], "recall")
         status = query_statuses(batch, qcol)
         ok = [i for i, s in enumerate(status) if s is None]
+        queries = column_texts(batch.column(qcol)) if ok else []
+        return status, ok, self.encoder.encode([queries[i] for i in ok])
+
+
+def _recall_columns(batch: pa.Table, status, ids: list[list[str]], scores: list[list[float]]) -> pa.Table:
+    """The recall stage's output columns; a searchable query for which nothing was found (an approximate
+    index can find fewer than k) gets `no_candidates`."""
+    status = [schema.NO_CANDIDATES if s is None and not ids[i] else s for i, s in enumerate(status)]
+    return _with(
+        batch,
+        _status=pa.array(status, pa.string()),
+        _cand_ids=pa.array(ids, pa.list_(pa.string())),
+        _recall_scores=pa.array(scores, pa.list_(pa.float32())),
+        _recall_ranks=pa.array([list(range(1, len(r) + 1)) for r in ids], pa.list_(pa.int32())),
+    )
+
+
+class RecallStage:
+    """Bi-encoder + FAISS top-k: `_cand_ids`, `_recall_scores`, `_recall_ranks`."""
+
+    def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
+        from rerank_engine.recall import RecallIndex
+
+        self.config = config
+        self.index = RecallIndex.load(  # memory-mapped: the node's recall actors share its pages
+            index_dir, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+        )
+        self.encode = QueryEncoder(config, index_dir, self.index.manifest, threads)
+
+    @property
+    def model_id(self) -> str:
+        return self.encode.encoder.model_id
+
+    def __call__(self, batch) -> pa.Table:
+        batch = _table(batch)
+        status, ok, emb = self.encode(batch)
         ids: list[list[str]] = [[] for _ in status]
         scores: list[list[float]] = [[] for _ in status]
         if ok:
-            queries = column_texts(batch.column(qcol))
-            s, d = self.index.search(self.encoder.encode([queries[i] for i in ok]), self.config.k_recall)
+            s, d = self.index.search(emb, self.config.k_recall)
             for row, i in enumerate(ok):
                 found = [j for j, x in enumerate(d[row]) if x is not None]  # an IVF may find fewer than k
                 ids[i] = [str(d[row][j]) for j in found]
                 scores[i] = [float(s[row][j]) for j in found]
-                if not found:
-                    status[i] = schema.NO_CANDIDATES
+        return _recall_columns(batch, status, ids, scores)
+
+
+# Sharded recall across nodes (recall.shard_stages): the query embeddings and the running top-k travel as
+# columns through one stage per shard; each stage holds one shard and merges its hits into the running
+# list (by score, ties by corpus row, exactly as `RecallIndex.search` merges shards in one process).
+
+
+class QueryEmbedStage:
+    """Embeds the queries for the shard stages: `_status`, `_query_emb`, and an empty running top-k."""
+
+    def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
+        from rerank_engine.recall import RecallIndex
+
+        self.encode = QueryEncoder(config, index_dir, RecallIndex.read_manifest(index_dir), threads)
+
+    def __call__(self, batch) -> pa.Table:
+        batch = _table(batch)
+        status, ok, emb = self.encode(batch)
+        full = np.zeros((len(status), emb.shape[1]), dtype=np.float32)
+        full[ok] = emb
+        empty = [[] for _ in status]
         return _with(
             batch,
             _status=pa.array(status, pa.string()),
+            _query_emb=pa.FixedSizeListArray.from_arrays(pa.array(full.ravel()), emb.shape[1]),
+            _cand_ids=pa.array(empty, pa.list_(pa.string())),
+            _recall_scores=pa.array(empty, pa.list_(pa.float32())),
+            _cand_rows=pa.array(empty, pa.list_(pa.int64())),
+        )
+
+
+class ShardSearchStage:
+    """Searches one shard and merges its top-k into the running one; the last shard's stage writes the
+    recall columns `RecallStage` writes and drops the embeddings."""
+
+    def __init__(self, config: JobConfig, index_dir: str, shard: int, last: bool):
+        from rerank_engine.recall import RecallIndex
+
+        self.config, self.last = config, last
+        self.index = RecallIndex.load(
+            index_dir, shard=shard, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+        )
+
+    def __call__(self, batch) -> pa.Table:
+        batch = _table(batch)
+        require_columns(
+            batch, ["_status", "_query_emb", "_cand_ids", "_recall_scores", "_cand_rows"], "shard"
+        )
+        status = batch.column("_status").to_pylist()
+        ok = [i for i, s in enumerate(status) if s is None]
+        ids = batch.column("_cand_ids").to_pylist()
+        scores = batch.column("_recall_scores").to_pylist()
+        rows = batch.column("_cand_rows").to_pylist()
+        if ok:
+            dim = batch.schema.field("_query_emb").type.list_size
+            emb = batch.column("_query_emb").combine_chunks().flatten().to_numpy().reshape(-1, dim)[ok]
+            s, r = self.index.search_rows(emb, self.config.k_recall)
+            for row, i in enumerate(ok):
+                hits = [
+                    (
+                        float(s[row][j]),
+                        int(r[row][j]),
+                        str(self.index.doc_ids[r[row][j] - self.index.row_offset]),
+                    )
+                    for j in range(r.shape[1])
+                    if r[row][j] >= 0
+                ]
+                merged = sorted(
+                    [*zip(scores[i], rows[i], ids[i], strict=True), *hits], key=lambda h: (-h[0], h[1])
+                )
+                merged = merged[: self.config.k_recall]
+                scores[i], rows[i], ids[i] = (
+                    [h[0] for h in merged],
+                    [h[1] for h in merged],
+                    [h[2] for h in merged],
+                )
+        if self.last:
+            return _recall_columns(batch.drop_columns(["_query_emb", "_cand_rows"]), status, ids, scores)
+        return _with(
+            batch,
             _cand_ids=pa.array(ids, pa.list_(pa.string())),
             _recall_scores=pa.array(scores, pa.list_(pa.float32())),
-            _recall_ranks=pa.array([list(range(1, len(r) + 1)) for r in ids], pa.list_(pa.int32())),
+            _cand_rows=pa.array(rows, pa.list_(pa.int64())),
         )
 
 

@@ -248,3 +248,47 @@ def test_job_rejects_a_search_parameter_the_index_lacks(tmp_path):
     assert RecallIndex.read_manifest(ivf, nprobe=4)["search_params"] == {"nprobe": 32}
     with pytest.raises(ConfigError, match=r"recall.ef_search does not apply .*\['nprobe'\]"):
         RecallIndex.read_manifest(ivf, ef_search=16)
+
+
+@pytest.mark.slow
+def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
+    """recall.shard_stages: embed once, then one stage per shard carrying the running top-k. The chain
+    equals one recall stage searching all shards in-process, exactly, ties included (duplicated passages
+    sit in different shards); against the unsharded index the scores agree and so do the ids, except
+    that equal passages may swap places (FAISS scores them an ulp apart depending on their position in
+    its blocks). A bad query row passes through with its status."""
+    import pyarrow as pa
+
+    from rerank_engine.config import JobConfig
+    from rerank_engine.recall import BiEncoder
+    from rerank_engine.stages import QueryEmbedStage, RecallStage, ShardSearchStage
+
+    encoder = BiEncoder(max_length=64)
+    topics = ("fire damage", "flood water", "stolen bike", "rental car", "dental visit", "roof leak")
+    texts = [f"claim {i % 4} for {t}" for i in range(6) for t in topics]  # each text occurs 1-2 times
+    emb = encoder.encode(texts)
+    ids = [f"p{i:02d}" for i in range(len(texts))]
+    meta = {"model": encoder.model_id, "max_length": 64}
+    whole = RecallIndex.build(emb, ids, **meta).save(tmp_path / "whole")
+    sharded = RecallIndex.build(emb, ids, shards=3, **meta).save(tmp_path / "sharded")
+    batch = pa.table(
+        {"query_id": ["a", "b", "c"], "query": ["water in the basement", "   ", "claim 1 for stolen bike"]}
+    )
+    config = JobConfig.build(k_recall=10, k_rerank=5, recall={"shard_stages": True})
+
+    out = QueryEmbedStage(config, str(sharded))(batch)
+    for shard in range(3):
+        out = ShardSearchStage(config, str(sharded), shard=shard, last=shard == 2)(out)
+
+    in_process = RecallStage(config, str(sharded))(batch)
+    assert out.column_names == in_process.column_names
+    assert out.to_pylist() == in_process.to_pylist()
+    assert out["_status"].to_pylist() == [None, "empty_query", None]
+
+    unsharded = RecallStage(config, str(whole))(batch)
+    for got, want in zip(out.to_pylist(), unsharded.to_pylist(), strict=True):
+        np.testing.assert_allclose(got["_recall_scores"], want["_recall_scores"], atol=1e-6)
+        text_of = dict(zip(ids, texts, strict=True))
+        assert [text_of[d] for d in got["_cand_ids"]] == [text_of[d] for d in want["_cand_ids"]]
+    top = in_process["_recall_scores"].to_pylist()[2]
+    assert len(set(np.round(top, 5))) < len(top)  # the third query's top-10 holds ties

@@ -103,9 +103,7 @@ def _run(config_overrides, root, output, **kw):
 
 
 def test_recall_mode_row_by_row(data, tiny_export):
-    from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.recall import BiEncoder, RecallIndex
+    from rerank_engine.recall import RecallIndex
 
     root, docs = data
     summary = _run(
@@ -123,8 +121,17 @@ def test_recall_mode_row_by_row(data, tiny_export):
     assert summary["providers"] == ["CPUExecutionProvider"]  # ... and fell back to CPU: no CUDA here
     assert json.loads((root / "out" / "_run_summary.json").read_text())["run_id"] == summary["run_id"]
 
-    index, encoder = RecallIndex.load(root / "index"), BiEncoder()
-    engine = CrossEncoderEngine(EngineConfig.build(model_dir=tiny_export, precision="fp32"))
+    _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, tiny_export)
+
+
+def _assert_recall_rows(out, inp, index, docs, model_dir):
+    """Each output row as the bare RecallIndex + engine rank it: recall top-8, rerank top-3."""
+    from rerank_engine.config import EngineConfig
+    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.recall import BiEncoder
+
+    encoder = BiEncoder()
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=model_dir, precision="fp32"))
     by_id = {r["query_id"]: r for r in inp}
     for row in out:
         src = by_id[row["query_id"]]
@@ -141,6 +148,42 @@ def test_recall_mode_row_by_row(data, tiny_export):
         np.testing.assert_allclose([r["score"] for r in row["results"]], scores[expected], atol=1e-5)
         assert [r["recall_rank"] for r in row["results"]] == [j + 1 for j in expected]
         assert row["status"] == "ok" and row["n_candidates"] == 8 and row["n_kept"] == 3
+
+
+def test_recall_shard_stages_one_actor_pool_per_shard(data, tiny_export):
+    """A 3-shard index searched by three shard stages (recall.shard_stages) gives, row by row, what the
+    in-process search over all shards gives."""
+    from rerank_engine.indexing import build_index
+    from rerank_engine.recall import RecallIndex
+
+    root, docs = data
+    build_index(
+        str(root / "corpus.parquet"),
+        str(root / "index-3"),
+        embeddings=str(root / "index" / "embeddings"),
+        shards=3,
+    )
+    summary = _run(
+        {
+            "model": str(tiny_export),
+            "precision": "fp32",
+            "k_recall": 8,
+            "k_rerank": 3,
+            "threshold": 0.0,
+            "recall": {"shard_stages": True},
+            # the 2-core budget: embed 0.1 + 3 shard actors × 0.05 + tokenize 0.25 + rerank 0.5 = 1 CPU
+            "resources.recall_cpus": 0.1,
+        },
+        root,
+        root / "out-sharded",
+        input=str(root / "queries.parquet"),
+        index=str(root / "index-3"),
+    )
+    assert summary["recall_shard_stages"] == 3
+    out = pq.read_table(root / "out-sharded").to_pylist()
+    inp = pq.read_table(root / "queries.parquet").to_pylist()
+    assert sorted(r["query_id"] for r in out) == sorted(r["query_id"] for r in inp)
+    _assert_recall_rows(out, inp, RecallIndex.load(root / "index-3"), docs, tiny_export)
 
 
 def test_logged_candidates_cpu_actors_and_no_relevant(data, tiny_export):
