@@ -34,12 +34,18 @@ def plan_batches(
     max_batch_rows: int,
     pad_multiple: int = 8,
     bucketing: bool = True,
+    batch_cost_tokens: int | None = None,
 ) -> list[Batch]:
     """Cut rows into batches so that `padded_length × rows ≤ max_batch_tokens` and `rows ≤ max_batch_rows`.
 
     With `bucketing`, rows are visited shortest first (stable sort), so each batch holds similar lengths.
     Without it, rows keep their input order (the naive baseline). A single row longer than the budget
     gets a batch of its own. Every row index appears in exactly one batch.
+
+    Cuts: greedy (fill each batch up to the budget) by default. With `batch_cost_tokens` (and bucketing),
+    the cuts of the sorted rows minimise `padded tokens + batch_cost_tokens × batches` exactly (dynamic
+    programme over the same limits): a batch is cut where the next rows would pad more than a new batch
+    costs. `batch_cost_tokens` is what one more forward call costs, in tokens of work.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.ndim != 1:
@@ -47,6 +53,12 @@ def plan_batches(
     if len(lengths) and lengths.min() < 1:
         raise ValueError(f"every token length must be ≥ 1, got {int(lengths.min())}")
     order = np.argsort(lengths, kind="stable") if bucketing else np.arange(len(lengths))
+    if bucketing and batch_cost_tokens is not None and len(order):
+        padded = -(-lengths[order] // pad_multiple) * pad_multiple
+        return [
+            Batch(order[start:end], int(padded[end - 1]))
+            for start, end in _cheapest_cuts(padded, max_batch_tokens, max_batch_rows, batch_cost_tokens)
+        ]
     batches: list[Batch] = []
     start, longest = 0, 0
     for pos, row in enumerate(order):
@@ -59,6 +71,29 @@ def plan_batches(
     if start < len(order):
         batches.append(Batch(order[start:], longest))
     return batches
+
+
+def _cheapest_cuts(
+    padded: np.ndarray, max_tokens: int, max_rows: int, batch_cost: int
+) -> list[tuple[int, int]]:
+    """[start, end) spans of the ascending `padded` lengths minimising Σ (longest × rows) + batch_cost per
+    batch, each span within `max_rows` rows and `max_tokens` padded tokens (a lone row may exceed it)."""
+    n = len(padded)
+    best = np.zeros(n + 1)  # best[i]: cheapest cost of the first i rows
+    start_of = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        starts = np.arange(max(0, end - max_rows), end)
+        rows = end - starts
+        size = padded[end - 1] * rows  # ascending: the last row is the longest
+        cost = best[starts] + size + batch_cost
+        cost[(size > max_tokens) & (rows > 1)] = np.inf
+        k = int(np.argmin(cost))
+        best[end], start_of[end] = cost[k], starts[k]
+    spans, end = [], n
+    while end > 0:
+        spans.append((int(start_of[end]), end))
+        end = spans[-1][0]
+    return spans[::-1]
 
 
 def check_coverage(batches: Sequence[Batch], n_rows: int) -> None:

@@ -48,7 +48,13 @@ class BatchingConfig(_Frozen):
     bucketing: bool = True
     max_batch_tokens: int = Field(8192, ge=8, description="longest_padded × rows ≤ this")
     max_batch_rows: int = Field(128, ge=1)
-    pad_multiple: int = Field(8, ge=1)
+    pad_multiple: int | None = Field(None, ge=1, description="None: 8 on CUDA (tensor cores), 1 on CPU")
+    cuts: Literal["auto", "greedy", "cheapest"] = Field(
+        "auto",
+        description="greedy: fill each batch to the budget; cheapest: minimise padded tokens + "
+        "batch_cost_tokens per batch; auto: cheapest on CPU, greedy on CUDA",
+    )
+    batch_cost_tokens: int = Field(64, ge=0, description="what one more forward call costs, in tokens")
 
 
 class EngineConfig(_Frozen):

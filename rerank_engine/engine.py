@@ -184,13 +184,15 @@ class CrossEncoderEngine:
     # -- composed ------------------------------------------------------------------------------------
 
     def score_tokenized(self, pairs: TokenizedPairs) -> ScoreResult:
-        b = self.config.batching
-        plan = plan_batches(
+        b, cuda = self.config.batching, self.device == "cuda"
+        cheapest = b.cuts == "cheapest" or (b.cuts == "auto" and not cuda)
+        plan = plan_batches(  # measured on 2 CPU cores: benchmarks/engine_variants.py
             pairs.lengths,
             max_batch_tokens=b.max_batch_tokens,
             max_batch_rows=b.max_batch_rows,
-            pad_multiple=b.pad_multiple,
+            pad_multiple=b.pad_multiple or (8 if cuda else 1),
             bucketing=b.bucketing,
+            batch_cost_tokens=b.batch_cost_tokens if cheapest else None,
         )
         check_coverage(plan, len(pairs))
         logits = np.full(len(pairs), np.nan, dtype=np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,56 @@ def test_pad_rows():
     assert ids.tolist() == [[5, 6, 7, 0], [9, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     assert ids.dtype == np.int64 and mask.dtype == np.int64
+
+
+def test_cheapest_cuts_hand_worked():
+    # lengths 8, 8, 8, 64 (pad 1), cost 10 per batch, budget large.
+    # one batch: 64×4 + 10 = 266; [8,8,8] + [64]: 24 + 10 + 64 + 10 = 108 → the long row goes alone.
+    plan = plan_batches(
+        [8, 64, 8, 8], max_batch_tokens=10_000, max_batch_rows=10, pad_multiple=1, batch_cost_tokens=10
+    )
+    assert plan_as_lists(plan) == [([0, 2, 3], 8), ([1], 64)]
+    # a batch costs more than the padding it saves: everything in one batch (8, 9, 10 → 30 + 100 = 130
+    # vs 8 + 9·... any cut adds 100)
+    plan = plan_batches(
+        [10, 8, 9], max_batch_tokens=10_000, max_batch_rows=10, pad_multiple=1, batch_cost_tokens=100
+    )
+    assert plan_as_lists(plan) == [([1, 2, 0], 10)]
+
+
+def _brute_force_cost(padded, max_tokens, max_rows, cost):
+    """Cheapest partition of the sorted lengths into contiguous batches, by trying every cut set."""
+    n, best = len(padded), np.inf
+    for mask in range(2 ** (n - 1)):
+        cuts = [0, *[i + 1 for i in range(n - 1) if mask >> i & 1], n]
+        total = 0
+        for a, b in itertools.pairwise(cuts):
+            size = padded[b - 1] * (b - a)
+            if (b - a) > max_rows or (size > max_tokens and b - a > 1):
+                total = np.inf
+                break
+            total += size + cost
+        best = min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cheapest_cuts_are_optimal_and_within_limits(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 200, size=int(rng.integers(1, 11)))
+    max_tokens, max_rows, cost = (
+        int(rng.integers(100, 800)),
+        int(rng.integers(1, 6)),
+        int(rng.integers(0, 300)),
+    )
+    plan = plan_batches(
+        lengths, max_batch_tokens=max_tokens, max_batch_rows=max_rows, pad_multiple=8, batch_cost_tokens=cost
+    )
+    check_coverage(plan, len(lengths))
+    for b in plan:
+        assert len(b.indices) <= max_rows and (b.padded_tokens <= max_tokens or len(b.indices) == 1)
+        assert b.padded_length == round_up(int(lengths[b.indices].max()), 8)
+    padded = np.sort(-(-lengths // 8) * 8)
+    assert sum(b.padded_tokens + cost for b in plan) == _brute_force_cost(padded, max_tokens, max_rows, cost)
+    greedy = plan_batches(lengths, max_batch_tokens=max_tokens, max_batch_rows=max_rows, pad_multiple=8)
+    assert sum(b.padded_tokens + cost for b in plan) <= sum(b.padded_tokens + cost for b in greedy)

@@ -77,9 +77,16 @@ def test_bucketed_equals_unbucketed_and_keeps_order(tiny_export, random_pairs, m
 def test_budget_does_not_change_scores(tiny_export, random_pairs):
     queries, passages = random_pairs(30, seed=11)
     results = []
-    for tokens, rows in ((64, 128), (512, 3), (100_000, 128)):
+    for tokens, rows, cuts in (
+        (64, 128, "greedy"),
+        (512, 3, "greedy"),
+        (100_000, 128, "greedy"),
+        (512, 128, "cheapest"),
+    ):
         engine = make_engine(
-            tiny_export, precision="fp32", batching={"max_batch_tokens": tokens, "max_batch_rows": rows}
+            tiny_export,
+            precision="fp32",
+            batching={"max_batch_tokens": tokens, "max_batch_rows": rows, "cuts": cuts},
         )
         results.append(engine.score(queries, passages))
     assert results[0].n_batches > results[1].n_batches > results[2].n_batches == 1
@@ -309,6 +316,12 @@ def test_plan_matches_engine_batches(engine, random_pairs):
     queries, passages = random_pairs(40, seed=13)
     pairs = engine.tokenize(queries, passages)
     b = engine.config.batching
-    plan = plan_batches(pairs.lengths, max_batch_tokens=b.max_batch_tokens, max_batch_rows=b.max_batch_rows)
+    plan = plan_batches(  # the CPU defaults: no padding to a multiple, cheapest cuts
+        pairs.lengths,
+        max_batch_tokens=b.max_batch_tokens,
+        max_batch_rows=b.max_batch_rows,
+        pad_multiple=1,
+        batch_cost_tokens=b.batch_cost_tokens,
+    )
     result = engine.score_tokenized(pairs)
     assert result.n_batches == len(plan)
