@@ -94,6 +94,21 @@ def recall_candidates(questions, k: int = 20) -> list[list[str]]:
     return [[str(d) for d in row] for row in ids]
 
 
+def labelled_top20(
+    name: str, questions, cands: list[list[str]], answers: dict[str, str], note: str
+) -> Workload:
+    """Each question with its recall candidates (max_length 256), labelled 1 where a gold answer."""
+    return _grouped(
+        name,
+        [
+            (q.text, [answers[d] for d in ids], [int(d in q.answers) for d in ids])
+            for q, ids in zip(questions, cands, strict=False)
+        ],
+        256,
+        note,
+    )
+
+
 def insuranceqa_workloads(n_real: int, n_long: int) -> list[Workload]:
     """`real`: top-20 of the first `n_real` test questions; `long`: long passages for the first `n_long`."""
     from rerank_engine.data.insuranceqa import load_answers, load_split
@@ -101,13 +116,11 @@ def insuranceqa_workloads(n_real: int, n_long: int) -> list[Workload]:
     answers = load_answers()
     questions = load_split("test")[: max(n_real, n_long)]
     cands = recall_candidates(questions)
-    real = _grouped(
+    real = labelled_top20(
         "real",
-        [
-            (q.text, [answers[d] for d in ids], [int(d in q.answers) for d in ids])
-            for q, ids in zip(questions[:n_real], cands, strict=False)
-        ],
-        256,
+        questions[:n_real],
+        cands,
+        answers,
         f"bi-encoder top-20 of the first {n_real} InsuranceQA test questions, max_length 256",
     )
     rng = np.random.default_rng(0)
@@ -385,7 +398,7 @@ def engine_variants(export_dir: Path, threads: int, quick: bool) -> dict[str, En
 
 def _derived_export(export_dir: Path, out: Path, build: Callable[[Path, Path], None]) -> Path:
     """A copy of the export folder (tokenizer, config, manifest) whose model_int8.onnx is built by `build`."""
-    from rerank_engine.manifest import read_manifest
+    from rerank_engine.manifest import Variant, read_manifest, write_manifest
 
     if (out / "model_int8.onnx").is_file():
         return out
@@ -395,17 +408,21 @@ def _derived_export(export_dir: Path, out: Path, build: Callable[[Path, Path], N
     for f in export_dir.iterdir():
         if f.is_file() and not f.name.endswith(".onnx"):
             shutil.copy2(f, tmp / f.name)
-    fp32 = export_dir / read_manifest(export_dir).variants["fp32"].file
-    build(fp32, tmp / "model_int8.onnx")
+    manifest = read_manifest(export_dir)
+    build(export_dir / manifest.variants["fp32"].file, tmp / "model_int8.onnx")
+    if "int8" not in manifest.variants:  # an fp32-only export: list the graph built here
+        manifest.variants["int8"] = Variant(file="model_int8.onnx", precision="int8")
+        write_manifest(tmp, manifest)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
 
 
 class _CalibrationReader:
-    """Calibration batches for static quantization: tokenized InsuranceQA valid pairs, one query per batch."""
+    """Calibration batches for static quantization: tokenized InsuranceQA valid pairs, one query per batch
+    (each question's first 2 positives and 14 negatives, questions `start` to `start + n_queries`)."""
 
-    def __init__(self, export_dir: Path, n_queries: int):
+    def __init__(self, export_dir: Path, n_queries: int, start: int = 0):
         from rerank_engine.batching import pad_rows
         from rerank_engine.config import TokenizerConfig
         from rerank_engine.data.insuranceqa import load_answers, load_split
@@ -416,7 +433,7 @@ class _CalibrationReader:
         tok = PairTokenizer(export_dir, TokenizerConfig(max_length=256))
         inputs = read_manifest(export_dir).inputs
         self.feeds = []
-        for q in load_split("valid")[:n_queries]:
+        for q in load_split("valid")[start : start + n_queries]:
             docs = list(q.answers[:2]) + list(q.negatives[:14])
             pairs = tok([q.text] * len(docs), [answers[d] for d in docs])
             length = int(pairs.lengths.max())

@@ -125,7 +125,8 @@ class CrossEncoderEngine:
                 log.warning("provider 'cuda' requested; running on %s instead", session.get_providers())
         if cfg.precision == "fp16":
             log.warning("fp16 needs the CUDA provider, which is not available; running fp32 on CPU")
-        cpu_order = {"auto": ["int8", "fp32"], "fp16": ["fp32"]}.get(cfg.precision, [cfg.precision])
+        # auto on CPU is fp32 (exporting.auto_precision); int8 runs only when asked for
+        cpu_order = {"auto": ["fp32"], "fp16": ["fp32"]}.get(cfg.precision, [cfg.precision])
         precision = self._pick(cpu_order)
         return self._session(ort, variants[precision].file, [CPU]), precision
 

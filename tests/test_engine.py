@@ -151,10 +151,22 @@ def test_cpu_provider_and_auto_precision(tiny_export):
     auto = make_engine(tiny_export)
     assert auto.providers == ["CPUExecutionProvider"]
     assert auto.device == "cpu"
-    assert auto.precision == "int8"  # auto on CPU prefers int8 when the export has it
-    assert auto.model_path.name == "model_int8.onnx"
-    assert make_engine(tiny_export, precision="fp32").model_path.name == "model.onnx"
+    # auto on CPU runs fp32 even where the export has int8 (no int8 recipe met issue #9's agreement bar);
+    # int8 stays available on request.
+    assert auto.precision == "fp32"
+    assert auto.model_path.name == "model.onnx"
+    int8 = make_engine(tiny_export, precision="int8")
+    assert int8.precision == "int8" and int8.model_path.name == "model_int8.onnx"
     assert auto.model_id == auto.manifest.model_id
+
+
+def test_auto_exports_what_auto_runs():
+    from rerank_engine.exporting import auto_precision, needed_precisions
+
+    assert auto_precision(gpu=False) == "fp32" and auto_precision(gpu=True) == "fp16"
+    assert needed_precisions("auto", gpu=False) == ["fp32"]
+    assert needed_precisions("auto", gpu=True) == ["fp16"]  # fp32, the CPU fallback, is always exported
+    assert needed_precisions("int8", gpu=False) == ["int8"]
 
 
 def test_missing_precision_variant(two_logit_export):
@@ -167,7 +179,7 @@ def test_token_type_ids_only_when_declared(distil_export, engine, random_pairs, 
 
     model_dir, export_dir = distil_export
     distil = make_engine(export_dir)
-    assert distil.precision == "fp32"  # no int8 variant: auto falls back
+    assert distil.precision == "fp32"  # auto on CPU
     assert "token_type_ids" not in distil.input_names
     assert distil.input_names == ["input_ids", "attention_mask"]
     assert "token_type_ids" in engine.input_names
@@ -299,7 +311,10 @@ def test_corrupted_or_incomplete_manifest(tiny_export, copy_export):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "model_int8.onnx").unlink()
     with pytest.raises(ModelNotFoundError, match="listed in the manifest but missing"):
-        make_engine(folder)
+        make_engine(folder, precision="int8")
+    (folder / "model.onnx").unlink()
+    with pytest.raises(ModelNotFoundError, match="listed in the manifest but missing"):
+        make_engine(folder)  # auto on CPU: fp32
 
 
 def test_max_length_beyond_the_model(tiny_export, copy_export):
