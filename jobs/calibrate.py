@@ -44,7 +44,7 @@ def calibrate(
     k_recall: int = 20,
     k_rerank: int = 5,
     target_precision: float | None = None,
-    precision: str = "int8",
+    precision: str = "fp32",
     plots_dir: str | Path | None = None,
     cache_dir: str | Path = ".cache/scores",
     force: bool = False,
@@ -97,7 +97,9 @@ def calibrate(
         raise ValueError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
     candidates = evaluation.recall_candidates(questions, recall, k_recall)
     _, score = evaluation.engine_scorer(model, precision=precision)
-    sc = evaluation.scored_cascade_cached(model_id, score, questions, candidates, answers, cache_dir, log=log)
+    sc = evaluation.scored_cascade_cached(
+        model_id, score, questions, candidates, answers, cache_dir, log=log, precision=precision
+    )
     scored = sc.scored_queries(k_rerank)
     best = best_f1(scored, model_id=model_id)
     grid = sweep(scored, GRID)
@@ -145,7 +147,12 @@ def main(argv=None) -> int:
     p.add_argument("--k-recall", type=int, default=20)
     p.add_argument("--k-rerank", type=int, default=5)
     p.add_argument("--target-precision", type=float, default=None)
-    p.add_argument("--precision", default="int8", choices=["int8", "fp32"], help="engine variant scored")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["int8", "fp32"],
+        help="engine variant scored (the job's CPU default: fp32)",
+    )
     p.add_argument("--plots", default=None, help="plot folder (reports/calibration/<model folder name>)")
     p.add_argument("--embeddings-cache", default=".cache/embeddings")
     p.add_argument("--cache-dir", default=".cache/scores")

@@ -4,8 +4,8 @@
         --pool-queries 0 --out reports/insuranceqa_test
 
 Writes <out>/results.json, <out>/table.md and <out>/report.md with its PNG plots, and prints the table.
-Cross-encoders run as the job runs them on CPU (int8 ONNX, exported and cached on first use); the pairs'
-scores are cached under --cache-dir, so a rerun scores nothing new.
+Cross-encoders run as the job runs them on CPU (fp32 ONNX by default, exported and cached on first use);
+the pairs' scores are cached under --scores-cache by model and precision, so a rerun scores nothing new.
 
 report.md sets side by side, for the first model: recall top-5, rerank top-5, and rerank top-5 with the
 threshold calibrated on valid (`<model>/threshold.json`, written by `python -m jobs.calibrate`; it must
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--pool-queries", type=int, default=200, help="first N questions for the pool setting")
     p.add_argument("--cache-dir", default=".cache/embeddings")
     p.add_argument("--scores-cache", default=".cache/scores")
+    p.add_argument("--precision", default="fp32", choices=["int8", "fp32"], help="engine variant scored")
     p.add_argument(
         "--classic-ir", default=None, help="classic IR folder (default: ../shared/data/classic_ir)"
     )
@@ -61,10 +62,10 @@ def main(argv=None) -> int:
     candidates = evaluation.recall_candidates(questions, recall)
     scorers, scored = {}, {}
     for model in args.models:
-        model_id, score = evaluation.engine_scorer(model)
+        model_id, score = evaluation.engine_scorer(model, precision=args.precision)
         scorers[model_id] = score
         scored[model_id] = evaluation.scored_cascade_cached(
-            model_id, score, questions, candidates, answers, args.scores_cache
+            model_id, score, questions, candidates, answers, args.scores_cache, precision=args.precision
         )
     bm25 = BM25([answers[d] for d in answer_ids()])
     results = {"cascade": evaluation.cascade(questions, recall, answers, bm25, scored)}

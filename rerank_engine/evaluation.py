@@ -31,8 +31,8 @@ def _order(scores: np.ndarray, ids: Sequence[str]) -> list[str]:
     return [ids[i] for i in np.lexsort((np.asarray(ids), -np.asarray(scores)))]
 
 
-def engine_scorer(model: str | Path, threads: int = 2, precision: str = "int8") -> tuple[str, Callable]:
-    """(model id, score(queries, passages) -> probabilities) on the CPU default (int8 ONNX)."""
+def engine_scorer(model: str | Path, threads: int = 2, precision: str = "fp32") -> tuple[str, Callable]:
+    """(model id, score(queries, passages) -> probabilities) on the CPU default (fp32 ONNX)."""
     from rerank_engine.config import EngineConfig
     from rerank_engine.engine import CrossEncoderEngine
     from rerank_engine.exporting import resolve_export
@@ -228,13 +228,22 @@ class ScoredCascade:
 
 
 def scored_cascade_cached(
-    model_id: str, score: Callable, questions, candidates, answers, cache_dir: str | Path, log=print
+    model_id: str,
+    score: Callable,
+    questions,
+    candidates,
+    answers,
+    cache_dir: str | Path,
+    log=print,
+    *,
+    precision: str,
 ) -> ScoredCascade:
-    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the question ids and the candidates
-    (a new model, other questions or another recall all miss the cache)."""
+    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the precision it was scored in, the
+    question ids and the candidates (a new model or precision, other questions or another recall all miss
+    the cache)."""
     import hashlib
 
-    key = json.dumps([model_id, [q.qid for q in questions], [list(c) for c in candidates]])
+    key = json.dumps([model_id, precision, [q.qid for q in questions], [list(c) for c in candidates]])
     path = Path(cache_dir) / f"scores-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.is_file():
         log(f"scores of {model_id} from {path}")

@@ -240,9 +240,10 @@ def run_job(
 
     cache = None
     if config.score_cache:
+        from rerank_engine.exporting import auto_precision
         from rerank_engine.score_cache import ScoreCache, namespace
 
-        precision = config.precision if config.precision != "auto" else ("fp16" if gpus else "int8")
+        precision = config.precision if config.precision != "auto" else auto_precision(gpu=bool(gpus))
         cache = ScoreCache(
             config.score_cache, namespace(manifest.model_id, precision, config.tokenizer.model_dump())
         )

@@ -350,7 +350,8 @@ def test_incremental_second_date_reuses_the_first_dates_scores(ray_data, tiny_ex
         ray_data,
         str(tiny_export),
         out="out-incremental",
-        precision="fp32",
+        precision="auto",  # the cache namespace names what auto runs: fp32 on a cluster without GPUs
+        resources={"rerank_gpus": 0},
         k_recall=8,
         k_rerank=3,
         threshold=0.0,
