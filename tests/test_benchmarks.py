@@ -81,3 +81,32 @@ def test_gpu_check_runs_on_cpu_and_says_what_it_skipped(tmp_path, tiny_model_dir
     assert row["torch_fp32_pairs_per_s"] > 0 and row["onnx_fp32_pairs_per_s"] > 0
     assert 0.0 < row["padding_efficiency"] <= 1.0
     assert result["parity_cpu_fp32"]["torch_vs_onnx_max_abs_dscore"] < 1e-4
+
+
+def test_job_part_markdown_states_each_target():
+    """`--only pipeline|query_log` prints the part's figures and whether its target is met."""
+    head = {"date": "2026-11-28", "machine": "2 cores", "model": "m", "threads": 2, "job_precision": "fp32"}
+    pipeline = {
+        "queries": 300,
+        "pairs": 6000,
+        "job_pairs_per_s": 30.0,
+        "job_pipeline_s": 200.0,
+        "bare_engine_pairs_per_s": 40.0,
+        "bare_recall_plus_engine_pairs_per_s": 38.0,
+        "ratio_job_vs_bare_engine": 0.75,
+    }
+    text = throughput.job_part_markdown({**head, "pipeline": pipeline})
+    assert "6,000 pairs" in text and "ratio 0.75 (target ≥ 0.85: not met)" in text
+    log = {
+        "entries": 10_000,
+        "zipf_s": 1.0,
+        "questions": 2_000,
+        "distinct_queries": 1_447,
+        "queries_per_s": 30.0,
+        "job_pipeline_s": 333.0,
+        "A_queries_per_s": 1.2,
+        "A_measured_on": "first 100 log entries",
+        "ratio_vs_A": 25.0,
+    }
+    text = throughput.job_part_markdown({**head, "query_log": log})
+    assert "1,447 distinct" in text and "ratio 25.0 (target ≥ 20: met)" in text
