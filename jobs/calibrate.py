@@ -4,9 +4,12 @@
         [--target-precision 0.5] [--plots reports/calibration/insurance-minilm-l6-ce] [--force]
 
 Runs the cascade as the job does (bi-encoder recall top-20 over all 27,413 answers → cross-encoder,
-int8 ONNX on CPU → top-5), sweeps thresholds over the scored top-5 (`rerank_engine.thresholds`), and writes
+fp32 ONNX on CPU → top-5), sweeps thresholds over the scored top-5 (`rerank_engine.thresholds`), and writes
 `<model>/threshold.json`: the best-F1 threshold on the probability scale, bound to the model id, with the
-settings and figures it was chosen by. The batch job then uses it by default. Plots:
+settings and figures it was chosen by. It also fits the score fusion of the reranker's logit with the
+recall cosine on the same questions (`rerank_engine.fusion`) and writes `<model>/fusion.json` with the
+fused score's own best-F1 threshold. The batch job uses the fused score and its threshold by default, the
+plain one where it cannot fuse (logged candidates, another bi-encoder, `fusion: off`). Plots:
 `threshold_curves.png` (precision / recall / F1 / share no_relevant against the threshold) and
 `score_histograms.png` (scores of relevant vs irrelevant pairs).
 
@@ -18,6 +21,7 @@ are cached under `--cache-dir`, so a rerun with other settings (`--target-precis
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from rerank_engine import evaluation, plots
 from rerank_engine.exporting import resolve_export
+from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
 from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
 
@@ -45,6 +50,7 @@ def calibrate(
     k_rerank: int = 5,
     target_precision: float | None = None,
     precision: str = "fp32",
+    max_length: int = 256,
     plots_dir: str | Path | None = None,
     cache_dir: str | Path = ".cache/scores",
     force: bool = False,
@@ -76,14 +82,19 @@ def calibrate(
         "k_rerank": k_rerank,
         "recall_model": recall_model or recall[0].model_id,
         "precision": precision,
+        "max_length": max_length,
         "target_precision": target_precision,
     }
     path = model / THRESHOLD_FILE
     plots_dir = Path(plots_dir) if plots_dir else None
     if path.is_file() and not force:
         current = json.loads(path.read_text())
+        fusion_path = model / FUSION_FILE
         fresh = (
-            current.get("model_id") == model_id and current.get("calibration", {}).get("settings") == settings
+            current.get("model_id") == model_id
+            and current.get("calibration", {}).get("settings") == settings
+            and fusion_path.is_file()
+            and Fusion.load(fusion_path).calibration.get("settings") == settings
         )
         have_plots = plots_dir is None or all(
             (plots_dir / f).is_file() for f in ("threshold_curves.png", "score_histograms.png")
@@ -95,11 +106,20 @@ def calibrate(
     recall = recall() if callable(recall) else recall
     if recall[0].model_id != settings["recall_model"]:
         raise ValueError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
-    candidates = evaluation.recall_candidates(questions, recall, k_recall)
-    _, score = evaluation.engine_scorer(model, precision=precision)
+    candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)
+    _, score = evaluation.engine_scorer(model, precision=precision, max_length=max_length)
     sc = evaluation.scored_cascade_cached(
-        model_id, score, questions, candidates, answers, cache_dir, log=log, precision=precision
+        model_id,
+        score,
+        questions,
+        candidates,
+        answers,
+        cache_dir,
+        log=log,
+        precision=precision,
+        max_length=max_length,
     )
+    fit_fusion(sc, cosines, model / FUSION_FILE, settings, k_rerank, log=log)
     scored = sc.scored_queries(k_rerank)
     best = best_f1(scored, model_id=model_id)
     grid = sweep(scored, GRID)
@@ -139,6 +159,36 @@ def calibrate(
     return threshold.to_dict()
 
 
+def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=print) -> Fusion:
+    """Fit the score fusion of the reranker with the recall cosine (`rerank_engine.fusion`) on the same
+    questions, calibrate its threshold (best F1, as for the plain score) and write `path`."""
+    fusion = fit(
+        sc.candidates,
+        [logit_of(s) for s in sc.scores],
+        cosines,
+        sc.relevant,
+        model_id=sc.model_id,
+        recall_model=settings["recall_model"],
+        k=k_rerank,
+    )
+    fused = evaluation.fused_cascade(sc, fusion, cosines).scored_queries(k_rerank)
+    best = best_f1(fused, model_id=fusion.score_id())
+    fusion = dataclasses.replace(
+        fusion,
+        threshold=best.value,
+        calibration={**fusion.calibration, "settings": settings, "at_threshold": best.calibration},
+    )
+    fusion.save(path)
+    c = fusion.calibration
+    log(
+        f"wrote {path}: recall_weight {fusion.recall_weight:g}, NDCG@{k_rerank} recall "
+        f"{c[f'ndcg@{k_rerank}_recall_alone']:.4f}, reranker {c[f'ndcg@{k_rerank}_reranker_alone']:.4f}, "
+        f"fused {c[f'ndcg@{k_rerank}_fused']:.4f}; threshold {best.value:.4f} "
+        f"(F1 {best.calibration['f1']:.3f})"
+    )
+    return fusion
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="models/insurance-minilm-l6-ce", help="local model folder")
@@ -152,6 +202,12 @@ def main(argv=None) -> int:
         default="fp32",
         choices=["int8", "fp32"],
         help="engine variant scored (the job's CPU default: fp32)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="tokens per pair scored; the job then serves at this length (the shipped model: 128)",
     )
     p.add_argument("--plots", default=None, help="plot folder (reports/calibration/<model folder name>)")
     p.add_argument("--embeddings-cache", default=".cache/embeddings")
@@ -175,6 +231,7 @@ def main(argv=None) -> int:
         k_rerank=args.k_rerank,
         target_precision=args.target_precision,
         precision=args.precision,
+        max_length=args.max_length,
         plots_dir=args.plots or Path("reports/calibration") / Path(args.model).name,
         cache_dir=args.cache_dir,
         force=args.force,

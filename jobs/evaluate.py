@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from rerank_engine import evaluation
+from rerank_engine.fusion import FUSION_FILE, Fusion
 from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
@@ -42,6 +43,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--classic-queries", type=int, default=None, help="first N judged queries per collection")
     p.add_argument("--no-classic-ir", action="store_true")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per pair (default: what the first model's threshold was calibrated at, else 256)",
+    )
     p.add_argument("--out", default="reports/insuranceqa")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -59,26 +66,49 @@ def main(argv=None) -> int:
     questions = load_split(args.split)[: args.queries]
     answers = load_answers()
     recall = answer_recall(args.cache_dir)
-    candidates = evaluation.recall_candidates(questions, recall)
+    candidates, cosines = evaluation.recall_top_k(questions, recall)
+    args.max_length = args.max_length or _calibrated_length(Path(args.models[0]))
     scorers, scored = {}, {}
     for model in args.models:
-        model_id, score = evaluation.engine_scorer(model, precision=args.precision)
+        model_id, score = evaluation.engine_scorer(
+            model, precision=args.precision, max_length=args.max_length
+        )
         scorers[model_id] = score
         scored[model_id] = evaluation.scored_cascade_cached(
-            model_id, score, questions, candidates, answers, args.scores_cache, precision=args.precision
+            model_id,
+            score,
+            questions,
+            candidates,
+            answers,
+            args.scores_cache,
+            precision=args.precision,
+            max_length=args.max_length,
         )
+    first_model, first_id = args.models[0], next(iter(scored))
+    fusion = _fusion(Path(first_model), first_id, args.max_length)
+    if fusion is not None and fusion.recall_model != recall[0].model_id:
+        raise ValueError(
+            f"fusion.json was fitted on {fusion.recall_model}'s cosines, not {recall[0].model_id}'s"
+        )
+    fused = evaluation.fused_cascade(scored[first_id], fusion, cosines) if fusion else None
     bm25 = BM25([answers[d] for d in answer_ids()])
-    results = {"cascade": evaluation.cascade(questions, recall, answers, bm25, scored)}
+    rows = scored if fused is None else {**scored, f"{first_id} + recall fusion": fused}
+    results = {"cascade": evaluation.cascade(questions, recall, answers, bm25, rows)}
     if args.pool_queries:
         results["pool"] = evaluation.pool(
             load_split(args.split)[: args.pool_queries], recall[2], recall[0], answers, scorers
         )
 
-    first_model, first_id = args.models[0], next(iter(scored))
-    threshold = _calibrated(Path(first_model), first_id)
+    threshold = _calibrated(Path(first_model), first_id, args.max_length)
     if threshold is not None:
         results["threshold"] = evaluation.threshold_comparison(scored[first_id], threshold.value, K)
         results["threshold"]["_info"]["calibration"] = threshold.calibration.get("settings", {})
+        if fused is not None and fusion.threshold is not None:
+            f = evaluation.threshold_comparison(fused, fusion.threshold, K)
+            plain_rows = [name for name in f if not name.startswith("_")]
+            results["threshold"][f"fused top-{K}"] = f[plain_rows[1]]
+            results["threshold"][f"fused top-{K} ≥ {fusion.threshold:.3f}"] = f[plain_rows[2]]
+            results["threshold"]["_info"]["fusion"] = fusion.weights()
     if not args.no_classic_ir:
         root = classic_ir.classic_ir_dir(args.classic_ir)
         results["out_of_domain"] = {
@@ -88,6 +118,7 @@ def main(argv=None) -> int:
                 {first_id: scorers[first_id]},
                 args.cache_dir,
                 queries=args.classic_queries,
+                fusions={first_id: fusion} if fusion else None,
             )
             for name in classic_ir.available(root)
         }
@@ -107,13 +138,29 @@ def main(argv=None) -> int:
         if setting in results
     )
     (out / "table.md").write_text(table + "\n")
-    write_report(out, results, scored[first_id], threshold, args)
+    write_report(out, results, scored[first_id], threshold, args, fusion)
     print(table)
     print(f"report: {out / 'report.md'}")
     return 0
 
 
-def _calibrated(model_dir: Path, model_id: str) -> Threshold | None:
+def _calibrated_length(model_dir: Path) -> int:
+    """The max_length the model's threshold was calibrated at (256 where none is recorded)."""
+    path = model_dir / "threshold.json"
+    if not path.is_file():
+        return 256
+    return int(Threshold.load(path).calibration.get("settings", {}).get("max_length", 256))
+
+
+def _check_length(path: Path, settings: dict, max_length: int) -> None:
+    if settings.get("max_length", 256) != max_length:
+        raise ValueError(
+            f"{path} was calibrated at max_length {settings.get('max_length', 256)}; this evaluation "
+            f"scores at {max_length} (recalibrate, or pass --max-length {settings.get('max_length', 256)})"
+        )
+
+
+def _calibrated(model_dir: Path, model_id: str, max_length: int) -> Threshold | None:
     """The model's calibrated threshold, checked against the model; None where it has none."""
     path = model_dir / "threshold.json"
     if not path.is_file():
@@ -121,7 +168,20 @@ def _calibrated(model_dir: Path, model_id: str) -> Threshold | None:
         return None
     threshold = Threshold.load(path)
     threshold.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
+    _check_length(path, threshold.calibration.get("settings", {}), max_length)
     return threshold
+
+
+def _fusion(model_dir: Path, model_id: str, max_length: int) -> Fusion | None:
+    """The model's score fusion (`fusion.json`), checked like the threshold; None where it has none."""
+    path = model_dir / FUSION_FILE
+    if not path.is_file():
+        return None
+    fusion = Fusion.load(path)
+    if fusion.model_id != model_id:
+        raise ValueError(f"{path} was fitted for {fusion.model_id!r}, not {model_id!r}: recalibrate")
+    _check_length(path, fusion.calibration.get("settings", {}), max_length)
+    return fusion
 
 
 # -- report.md ------------------------------------------------------------------------------------------
@@ -166,7 +226,9 @@ def _table(rows: dict[str, dict], columns) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, results: dict, sc, threshold: Threshold | None, args) -> Path:
+def write_report(
+    out: Path, results: dict, sc, threshold: Threshold | None, args, fusion: Fusion | None = None
+) -> Path:
     """report.md and its plots in `out`."""
     from rerank_engine import plots
 
@@ -212,16 +274,28 @@ def write_report(out: Path, results: dict, sc, threshold: Threshold | None, args
             "",
         ]
         marks["calibrated (valid)"] = threshold.value
-        rows = list(cmp)
-        before, after = cmp[rows[1]], cmp[rows[2]]
+        rows = [name for name in cmp if not name.startswith("_")]
+        pairs = [("reranker alone", threshold.value, cmp[rows[1]], cmp[rows[2]])]
+        if len(rows) == 5:  # the fused score's top-5 and its threshold (the job's default)
+            pairs.append(("fused with recall (job default)", fusion.threshold, cmp[rows[3]], cmp[rows[4]]))
+            lines += [
+                f"Fused score: sigmoid({fusion.scale:.4f} · (logit + {fusion.recall_weight:g} · cosine) "
+                f"{fusion.bias:+.4f}), fitted on the same valid questions (`fusion.json`); its threshold "
+                f"**{fusion.threshold:.4f}** is a calibrated probability of relevance.",
+                "",
+            ]
         lines += [
-            "| | seed | ours |",
-            "|---|---|---|",
-            f"| threshold | {SEED['threshold']:.2f} | {threshold.value:.3f} |",
-            f"| F1, rerank top-5 → with threshold | {SEED['F1'][0]:.2f} → {SEED['F1'][1]:.2f} | "
-            f"{before['F1']:.3f} → {after['F1']:.3f} |",
-            f"| noise, rerank top-5 → with threshold | {SEED['noise'][0]:.0%} → {SEED['noise'][1]:.0%} | "
-            f"{before['noise']:.0%} → {after['noise']:.0%} |",
+            "| | seed | " + " | ".join(f"ours, {name}" for name, *_ in pairs) + " |",
+            "|---" * (2 + len(pairs)) + "|",
+            f"| threshold | {SEED['threshold']:.2f} | "
+            + " | ".join(f"{t:.3f}" for _, t, _, _ in pairs)
+            + " |",
+            f"| F1, top-5 → with threshold | {SEED['F1'][0]:.2f} → {SEED['F1'][1]:.2f} | "
+            + " | ".join(f"{b['F1']:.3f} → {a['F1']:.3f}" for _, _, b, a in pairs)
+            + " |",
+            f"| noise, top-5 → with threshold | {SEED['noise'][0]:.0%} → {SEED['noise'][1]:.0%} | "
+            + " | ".join(f"{b['noise']:.0%} → {a['noise']:.0%}" for _, _, b, a in pairs)
+            + " |",
             "",
         ]
     oracle = best_f1(scored, model_id=sc.model_id) if any(q.relevant.any() for q in scored) else None
@@ -262,7 +336,8 @@ def _out_of_domain_section(out: Path, ood: dict | None, plots) -> list[str]:
             "",
         ]
         return lines
-    summary, verdicts = {}, []
+    series: dict[str, dict[str, float]] = {"bi-encoder recall": {}}
+    verdicts = []
     for name, rows in ood.items():
         info = rows["_info"]
         base_name = next(k for k in rows if k.startswith("bi-encoder"))
@@ -273,22 +348,20 @@ def _out_of_domain_section(out: Path, ood: dict | None, plots) -> list[str]:
             _table(rows, ("NDCG@10", "P@10", "ΔNDCG@10", "wins", "losses")),
             "",
         ]
+        series["bi-encoder recall"][name] = rows[base_name]["NDCG@10"]
         for row_name, row in rows.items():
             if row_name.startswith("_") or row_name == base_name:
                 continue
+            label = "rerank + recall fusion" if "+ recall fusion" in row_name else "rerank"
+            series.setdefault(label, {})[name] = row["NDCG@10"]
             d = row["ΔNDCG@10"]
-            summary[name] = {"recall": rows[base_name]["NDCG@10"], "rerank": row["NDCG@10"]}
             verdict = "helps" if d > 0.01 else ("does not help (about even)" if d > -0.01 else "hurts")
             verdicts.append(
-                f"- {name}: reranking **{verdict}**: NDCG@10 {rows[base_name]['NDCG@10']:.3f} → "
+                f"- {name}, {label}: **{verdict}**: NDCG@10 {rows[base_name]['NDCG@10']:.3f} → "
                 f"{row['NDCG@10']:.3f} ({d:+.3f}; better on {row['wins']} queries, worse on {row['losses']})."
             )
     plots.grouped_bars(
-        {"bi-encoder recall": {k: v["recall"] for k, v in summary.items()}}
-        | {"rerank": {k: v["rerank"] for k, v in summary.items()}},
-        list(summary),
-        out / "out_of_domain.png",
-        title="NDCG@10 out of domain",
+        series, list(series["bi-encoder recall"]), out / "out_of_domain.png", title="NDCG@10 out of domain"
     )
     lines += ["In plain words:", "", *verdicts, "", "![NDCG@10 out of domain](out_of_domain.png)", ""]
     return lines
@@ -298,7 +371,7 @@ def _argv(args) -> list[str]:
     parts = ["--split", args.split, "--models", *args.models]
     if args.queries is not None:
         parts += ["--queries", str(args.queries)]
-    parts += ["--pool-queries", str(args.pool_queries)]
+    parts += ["--pool-queries", str(args.pool_queries), "--max-length", str(args.max_length)]
     if args.classic_queries is not None:
         parts += ["--classic-queries", str(args.classic_queries)]
     if args.no_classic_ir:

@@ -129,6 +129,11 @@ class JobConfig(_Frozen):
     threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="None: model's threshold.json, else 0.5"
     )
+    fusion: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="score = sigmoid of the reranker's logit fused with the recall cosine (the model's "
+        "fusion.json): auto where the file exists and fits the index's bi-encoder; on: required; off: never",
+    )
     precision: Precision = "auto"
     provider: Provider = "auto"
     tokenizer: TokenizerConfig = TokenizerConfig()

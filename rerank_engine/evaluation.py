@@ -11,6 +11,7 @@ classic IR collections (`rerank_engine.data.classic_ir`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,9 @@ def _order(scores: np.ndarray, ids: Sequence[str]) -> list[str]:
     return [ids[i] for i in np.lexsort((np.asarray(ids), -np.asarray(scores)))]
 
 
-def engine_scorer(model: str | Path, threads: int = 2, precision: str = "fp32") -> tuple[str, Callable]:
+def engine_scorer(
+    model: str | Path, threads: int = 2, precision: str = "fp32", max_length: int = 256
+) -> tuple[str, Callable]:
     """(model id, score(queries, passages) -> probabilities) on the CPU default (fp32 ONNX)."""
     from rerank_engine.config import EngineConfig
     from rerank_engine.engine import CrossEncoderEngine
@@ -39,7 +42,10 @@ def engine_scorer(model: str | Path, threads: int = 2, precision: str = "fp32") 
 
     engine = CrossEncoderEngine(
         EngineConfig.build(
-            model_dir=resolve_export(model, [precision]), precision=precision, intra_op_threads=threads
+            model_dir=resolve_export(model, [precision]),
+            precision=precision,
+            intra_op_threads=threads,
+            tokenizer={"max_length": max_length},
         )
     )
     return engine.model_id, lambda q, p: engine.score(q, p).scores
@@ -72,9 +78,28 @@ def summarise(runs: list[tuple[list[str], set]], handed_on: int = 5) -> dict[str
 
 def recall_candidates(questions, recall, k_recall: int = 20) -> list[list[str]]:
     """Each question's bi-encoder top-`k_recall` answer ids, best first (`recall` = answer_recall(...))."""
+    return recall_top_k(questions, recall, k_recall)[0]
+
+
+def recall_top_k(questions, recall, k_recall: int = 20) -> tuple[list[list[str]], list[np.ndarray]]:
+    """(answer ids, cosines) of each question's bi-encoder top-`k_recall`, best first."""
     encoder, index, _ = recall
-    _, cands = index.search(encoder.encode([q.text for q in questions]), k_recall)
-    return [list(map(str, row)) for row in cands]
+    scores, cands = index.search(encoder.encode([q.text for q in questions]), k_recall)
+    return [list(map(str, row)) for row in cands], [np.asarray(row, np.float32) for row in scores]
+
+
+def fused_cascade(sc: ScoredCascade, fusion, recall_scores: list[np.ndarray]) -> ScoredCascade:
+    """The same cascade scored by `fusion` (`rerank_engine.fusion.Fusion`) of its logits and the cosines."""
+    from rerank_engine.fusion import logit_of
+
+    return dataclasses.replace(
+        sc,
+        model_id=fusion.score_id(),
+        scores=[
+            fusion.scores(logit_of(s), r).astype(np.float32)
+            for s, r in zip(sc.scores, recall_scores, strict=True)
+        ],
+    )
 
 
 def cascade(
@@ -237,13 +262,16 @@ def scored_cascade_cached(
     log=print,
     *,
     precision: str,
+    max_length: int,
 ) -> ScoredCascade:
-    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the precision it was scored in, the
-    question ids and the candidates (a new model or precision, other questions or another recall all miss
-    the cache)."""
+    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the precision and max_length it was
+    scored at, the question ids and the candidates (any of them changed misses the cache)."""
     import hashlib
 
-    key = json.dumps([model_id, precision, [q.qid for q in questions], [list(c) for c in candidates]])
+    what = [model_id, precision, [q.qid for q in questions], [list(c) for c in candidates]]
+    if max_length != 256:  # keys written before max_length was a setting scored at 256
+        what.insert(2, max_length)
+    key = json.dumps(what)
     path = Path(cache_dir) / f"scores-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.is_file():
         log(f"scores of {model_id} from {path}")
@@ -328,10 +356,13 @@ def out_of_domain(
     k_recall: int = 20,
     k: int = 10,
     queries: int | None = None,
+    fusions: dict | None = None,
     log=print,
 ) -> dict[str, dict]:
     """Bi-encoder recall top-`k_recall` over the collection vs each cross-encoder reranking it: NDCG@k,
-    P@k, and per-query wins and losses of the rerank against recall on NDCG@k."""
+    P@k, and per-query wins and losses of the rerank against recall on NDCG@k. A scorer with a
+    `Fusion` in `fusions` (by name) gets a second row from the same scores fused with the cosines."""
+    from rerank_engine.fusion import logit_of
     from rerank_engine.recall import RecallIndex, embed_cached
 
     doc_ids = list(collection.docs)
@@ -340,7 +371,7 @@ def out_of_domain(
     qids = list(collection.queries)[:queries]
     questions = [SimpleNamespace(qid=q, text=collection.queries[q]) for q in qids]
     relevant = [collection.relevant(q) for q in qids]
-    cands = recall_candidates(questions, (encoder, index, None), k_recall)
+    cands, cosines = recall_top_k(questions, (encoder, index, None), k_recall)
 
     def figures(runs: list[list[str]]) -> dict[str, float]:
         per_query = [ndcg_at_k(r, rel, k) for r, rel in zip(runs, relevant, strict=True)]
@@ -355,24 +386,26 @@ def out_of_domain(
     rows = {f"bi-encoder (recall top-{k_recall})": figures(cands)}
     base = rows[f"bi-encoder (recall top-{k_recall})"]["_per_query"]
     for name, score in scorers.items():
-        runs = rerank_groups(
-            score,
-            questions,
-            cands,
-            relevant,
-            collection.docs,
-            log=lambda m, n=name: log(f"{collection.name} {n}: {m}"),
+        scores = score_groups(
+            score, questions, cands, collection.docs, log=lambda m, n=name: log(f"{collection.name} {n}: {m}")
         )
-        row = figures([r for r, _ in runs])
-        diff = np.asarray(row["_per_query"]) - np.asarray(base)
-        row.update(
-            {
-                f"ΔNDCG@{k}": row[f"NDCG@{k}"] - rows[f"bi-encoder (recall top-{k_recall})"][f"NDCG@{k}"],
-                "wins": int((diff > 1e-9).sum()),
-                "losses": int((diff < -1e-9).sum()),
-            }
-        )
-        rows[f"{name} (rerank recall top-{k_recall})"] = row
+        variants = {name: scores}
+        if name in (fusions or {}):
+            fusion = fusions[name]
+            variants[f"{name} + recall fusion"] = [
+                fusion.scores(logit_of(s), c) for s, c in zip(scores, cosines, strict=True)
+            ]
+        for row_name, variant in variants.items():
+            row = figures([_order(s, c) for s, c in zip(variant, cands, strict=True)])
+            diff = np.asarray(row["_per_query"]) - np.asarray(base)
+            row.update(
+                {
+                    f"ΔNDCG@{k}": row[f"NDCG@{k}"] - rows[f"bi-encoder (recall top-{k_recall})"][f"NDCG@{k}"],
+                    "wins": int((diff > 1e-9).sum()),
+                    "losses": int((diff < -1e-9).sum()),
+                }
+            )
+            rows[f"{row_name} (rerank recall top-{k_recall})"] = row
     for row in rows.values():
         row.pop("_per_query")
     rows["_info"] = {

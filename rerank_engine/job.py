@@ -131,6 +131,67 @@ def resolve_threshold(config: JobConfig, model: str, model_id: str) -> tuple[flo
     return float(data["value"]), str(path)
 
 
+def resolve_fusion(config: JobConfig, model: str, model_id: str, recall_model: str | None):
+    """The model's `fusion.json` where the job should fuse (`JobConfig.fusion`), else None.
+
+    auto: fuse where the file exists, names this model and was fitted on this index's bi-encoder
+    (`recall_model`; None for logged candidates, which carry no cosines); on: the same, but anything
+    missing is an error; off: never."""
+    from rerank_engine.fusion import FUSION_FILE, Fusion
+
+    if config.fusion == "off":
+        return None
+    path = Path(model) / FUSION_FILE
+    required = config.fusion == "on"
+    if recall_model is None:
+        if required:
+            raise ConfigError("fusion 'on' needs recall cosines; logged candidates carry none (fusion: off)")
+        return None
+    if not path.is_file():
+        if required:
+            raise ConfigError(f"fusion 'on' but {path} does not exist (write it with jobs.calibrate)")
+        return None
+    fusion = Fusion.load(path)
+    if fusion.model_id != model_id:
+        raise ScaleMismatchError(
+            f"{path} was fitted for model {fusion.model_id!r}, not for {model_id!r}; "
+            "recalibrate with jobs.calibrate, or set fusion: off"
+        )
+    if fusion.recall_model != recall_model:
+        if required:
+            raise ScaleMismatchError(
+                f"{path} was fitted on the cosines of {fusion.recall_model!r}; the index holds "
+                f"{recall_model!r}"
+            )
+        log.warning(
+            "%s was fitted on %s; the index is %s: not fusing", path, fusion.recall_model, recall_model
+        )
+        return None
+    return fusion
+
+
+def serve_at_calibrated_length(config: JobConfig, calibration_file: str) -> JobConfig:
+    """Serve at the max_length the threshold was calibrated at (its record's settings), unless the config
+    sets `tokenizer.max_length`; a threshold is a cut on one score distribution, and truncation moves it."""
+    path = Path(calibration_file)
+    if not path.is_file():  # "config" or "default": nothing calibrated
+        return config
+    calibrated = json.loads(path.read_text()).get("calibration", {}).get("settings", {}).get("max_length")
+    if calibrated is None:
+        return config
+    if "max_length" not in config.tokenizer.model_fields_set:
+        tokenizer = config.tokenizer.model_copy(update={"max_length": int(calibrated)})
+        return config.model_copy(update={"tokenizer": tokenizer})
+    if config.tokenizer.max_length != calibrated:
+        log.warning(
+            "tokenizer.max_length %d, but %s was calibrated at %d: the threshold may not fit these scores",
+            config.tokenizer.max_length,
+            path,
+            calibrated,
+        )
+    return config
+
+
 # -- running --------------------------------------------------------------------------------------------
 
 
@@ -224,7 +285,6 @@ def run_job(
     gpus = rerank_gpus(config)
     export_dir = resolve_export(config.model, needed_precisions(config.precision, gpu=bool(gpus)))
     manifest = read_manifest(export_dir)
-    threshold, threshold_source = resolve_threshold(config, config.model, manifest.model_id)
     recall_model, shard_bytes = "logged", ()
     if not logged:
         from rerank_engine.recall import RecallIndex
@@ -237,6 +297,16 @@ def run_job(
             (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
             for shard in index_manifest.get("shard_files", [])
         )
+    fusion = resolve_fusion(config, config.model, manifest.model_id, None if logged else recall_model)
+    if fusion is None:
+        threshold, threshold_source = resolve_threshold(config, config.model, manifest.model_id)
+    elif config.threshold is not None:
+        threshold, threshold_source = config.threshold, "config"
+    elif fusion.threshold is not None:
+        threshold, threshold_source = fusion.threshold, str(Path(config.model) / "fusion.json")
+    else:
+        threshold, threshold_source = DEFAULT_THRESHOLD, "default"
+    config = serve_at_calibrated_length(config, threshold_source)
 
     cache = None
     if config.score_cache:
@@ -260,6 +330,7 @@ def run_job(
         recall_model=recall_model,
         threshold=threshold,
         run_id=run_id,
+        fusion=fusion.weights() if fusion is not None else None,
         filesystem=filesystem,
         cache_namespace=cache.dir.name if cache is not None else None,
         cache_precision=precision if cache is not None else None,
@@ -311,6 +382,8 @@ def run_job(
         output=str(out),
         threshold=threshold,
         threshold_source=threshold_source,
+        max_length=config.tokenizer.max_length,
+        fusion=fusion.weights() if fusion is not None else None,
         reranker_model=manifest.model_id,
         recall_model=recall_model,
         duplicate_query_ids=len(duplicated),

@@ -36,6 +36,7 @@ class PipelineInputs:
     recall_model: str
     threshold: float
     run_id: str
+    fusion: dict | None = None  # Fusion.weights() where the score fuses the recall cosine
     filesystem: object = None
     cache_namespace: str | None = None  # score cache of this model, precision and tokenizer
     cache_precision: str | None = None  # the precision the rerank actors must score in
@@ -143,6 +144,7 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
             "reranker_model": inp.reranker_model,
             "recall_model": inp.recall_model,
             "run_id": inp.run_id,
+            "fusion": inp.fusion,
         },
         batch_format="pyarrow",
         num_cpus=r.io_cpus,

@@ -463,10 +463,23 @@ class RerankStage:
 
 
 def finalize(
-    batch, *, k_rerank: int, threshold: float, reranker_model: str, recall_model: str, run_id: str
+    batch,
+    *,
+    k_rerank: int,
+    threshold: float,
+    reranker_model: str,
+    recall_model: str,
+    run_id: str,
+    fusion: dict | None = None,
 ) -> pa.Table:
-    """Sort each query's candidates by probability (ties by doc_id), keep top-k ≥ threshold, set status."""
+    """Sort each query's candidates by probability (ties by doc_id), keep top-k ≥ threshold, set status.
+
+    The probability is sigmoid(logit), or with `fusion` (`Fusion.weights()`) the fused score of the logit
+    and the recall cosine (`rerank_engine.fusion`)."""
     from rerank_engine.engine import sigmoid
+    from rerank_engine.fusion import Fusion
+
+    fused = Fusion(model_id=reranker_model, recall_model=recall_model, **fusion) if fusion else None
 
     batch = _table(batch)
     require_columns(batch, ["_status", "_cand_ids", "_recall_scores", "_recall_ranks", "_logits"], "finalize")
@@ -489,8 +502,12 @@ def finalize(
             results.append([])
             n_kept.append(0)
             continue
-        scores = sigmoid(logits)
-        order = sorted(range(len(ids)), key=lambda j: (-scores[j], ids[j]))[:k_rerank]
+        if fused is not None and rscores is None:
+            raise ValueError("score fusion needs the recall cosines; logged candidates have none")
+        # ordered by the (fused) logit: the same order as the probability, without fp32 saturation ties
+        z = logits if fused is None else fused.fused_logits(logits, rscores)
+        scores = sigmoid(logits) if fused is None else fused.scores(logits, rscores)
+        order = sorted(range(len(ids)), key=lambda j: (-z[j], ids[j]))[:k_rerank]
         kept = [j for j in order if scores[j] >= threshold]
         results.append(
             [

@@ -17,6 +17,7 @@ import pytest
 
 from rerank_engine.data import classic_ir
 from rerank_engine.evaluation import ScoredCascade, out_of_domain, threshold_comparison
+from rerank_engine.fusion import Fusion
 from rerank_engine.thresholds import ScoredQuery, Threshold, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -157,6 +158,16 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export
     assert cal["settings"]["k_recall"] == 10 and cal["settings"]["k_rerank"] == 5
     assert cal["at_threshold"]["f1"] >= cal["no_threshold"]["f1"]  # the best F1 is at least no threshold's
     Threshold.load(model / "threshold.json").check(model_id=model_id)
+    fusion = Fusion.load(model / "fusion.json")  # the fused score, fitted on the same questions
+    assert fusion.model_id == model_id and fusion.recall_model == recall[0].model_id
+    assert fusion.calibration["settings"] == cal["settings"] and cal["settings"]["max_length"] == 256
+    assert 0.0 <= fusion.threshold <= 1.0 and fusion.scale > 0
+    by_weight = fusion.calibration["ndcg@5_by_weight"]
+    assert (
+        fusion.calibration["ndcg@5_fused"]
+        == max(by_weight.values())
+        == by_weight[f"{fusion.recall_weight:g}"]
+    )
     assert_png(tmp_path / "plots" / "threshold_curves.png")
     assert_png(tmp_path / "plots" / "score_histograms.png")
 
@@ -168,6 +179,9 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export
 
     again = calibrate(model, questions, answers, must_not_load, recall_model=recall[0].model_id, **kwargs)
     assert again["skipped"] is True and (model / "threshold.json").read_bytes() == before
+    (model / "fusion.json").unlink()  # a missing fusion.json is not up to date
+    assert "skipped" not in calibrate(model, questions, answers, recall, **kwargs)
+    assert (model / "fusion.json").is_file()
 
     # other settings: recalibrated from the cached scores
     logs.clear()
@@ -199,10 +213,20 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
     def reverse(queries, passages):
         return -np.sum(encoder.encode(queries) * encoder.encode(passages), axis=1)
 
+    # fused with a large weight on the cosine, the recall order comes back from the same scores
+    fusion = Fusion(recall_weight=1e4, scale=1e-3, model_id="reverse@0", recall_model=encoder.model_id)
     ood = out_of_domain(
-        col, encoder, {"reverse@0": reverse}, tmp_path / "emb", k_recall=3, log=lambda m: None
+        col,
+        encoder,
+        {"reverse@0": lambda q, p: 1 / (1 + np.exp(-reverse(q, p)))},
+        tmp_path / "emb",
+        k_recall=3,
+        fusions={"reverse@0": fusion},
+        log=lambda m: None,
     )
     base, rerank = ood["bi-encoder (recall top-3)"], ood["reverse@0 (rerank recall top-3)"]
+    fused = ood["reverse@0 + recall fusion (rerank recall top-3)"]
+    assert fused["NDCG@10"] == pytest.approx(1.0) and fused["wins"] == fused["losses"] == 0
     assert base["NDCG@10"] == pytest.approx(1.0)  # the bi-encoder gets both right at rank 1
     assert rerank["NDCG@10"] == pytest.approx(0.5) and rerank["losses"] == 2 and rerank["wins"] == 0
     assert ood["_info"]["queries"] == 2
@@ -231,6 +255,7 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
         pool_queries=0,
         classic_queries=None,
         no_classic_ir=False,
+        max_length=256,
         out="o",
     )
     report = write_report(tmp_path, results, sc, threshold, args).read_text()
@@ -238,4 +263,5 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
         assert_png(tmp_path / png)
         assert f"({png})" in report
     assert "rerank top-5 ≥ 0.650" in report and "0.52" in report  # our row and the seed's threshold
-    assert "toy: reranking **hurts**" in report
+    assert "toy, rerank: **hurts**" in report
+    assert "toy, rerank + recall fusion: **does not help (about even)**" in report

@@ -142,12 +142,68 @@ def _assert_recall_rows(out, inp, index, docs, model_dir):
             continue
         _, cands = index.search(encoder.encode([src["query"]]), 8)
         cands = list(cands[0])
-        scores = engine.score([src["query"]] * len(cands), [docs[d] for d in cands]).scores
-        expected = sorted(range(len(cands)), key=lambda j: (-scores[j], cands[j]))[:3]
+        result = engine.score([src["query"]] * len(cands), [docs[d] for d in cands])
+        scores = result.scores  # ordered by logit (no ties where fp32 probabilities saturate)
+        expected = sorted(range(len(cands)), key=lambda j: (-result.logits[j], cands[j]))[:3]
         assert [r["doc_id"] for r in row["results"]] == [cands[j] for j in expected]
         np.testing.assert_allclose([r["score"] for r in row["results"]], scores[expected], atol=1e-5)
         assert [r["recall_rank"] for r in row["results"]] == [j + 1 for j in expected]
         assert row["status"] == "ok" and row["n_candidates"] == 8 and row["n_kept"] == 3
+
+
+def test_recall_mode_fuses_the_recall_cosine(data, tiny_export, copy_export):
+    """With a fusion.json beside the model, each passage's score is the fused probability of its logit and
+    its recall cosine; passages are ordered and thresholded on it (the file's threshold), at the max_length
+    the fusion was calibrated at."""
+    from rerank_engine.config import EngineConfig
+    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.fusion import Fusion
+    from rerank_engine.manifest import read_manifest
+    from rerank_engine.recall import BiEncoder, RecallIndex
+
+    root, docs = data
+    model = copy_export(tiny_export, "fused-model")
+    fusion = Fusion(
+        recall_weight=10.0,
+        scale=2.0,
+        bias=-12.0,
+        model_id=read_manifest(model).model_id,
+        recall_model=json.loads((root / "index" / "manifest.json").read_text())["model"],
+        calibration={"settings": {"max_length": 64}},
+    )
+    index, encoder = RecallIndex.load(root / "index"), BiEncoder()
+    engine = CrossEncoderEngine(
+        EngineConfig.build(model_dir=model, precision="fp32", tokenizer={"max_length": 64})
+    )
+    queries = [q for q in pq.read_table(root / "queries.parquet").to_pylist() if q["query"].strip()]
+    expected = {}
+    for q in queries:
+        cos, cands = index.search(encoder.encode([q["query"]]), 8)
+        logits = engine.score([q["query"]] * 8, [docs[d] for d in cands[0]]).logits
+        p, z = fusion.scores(logits, cos[0]), fusion.fused_logits(logits, cos[0])
+        top = sorted(range(8), key=lambda j: (-z[j], cands[0][j]))[:3]
+        expected[q["query_id"]] = [(cands[0][j], p[j]) for j in top]
+    cut = float(np.median([s for top in expected.values() for _, s in top]))  # some kept, some not
+    Fusion(**{**fusion.to_dict(), "threshold": cut}).save(model / "fusion.json")
+
+    summary = _run(
+        {"model": str(model), "precision": "fp32", "k_recall": 8, "k_rerank": 3},
+        root,
+        root / "out-fused",
+        input=str(root / "queries.parquet"),
+        index=str(root / "index"),
+    )
+    assert summary["fusion"] == fusion.weights() and summary["threshold"] == pytest.approx(cut)
+    assert summary["threshold_source"].endswith("fusion.json") and summary["max_length"] == 64
+    rows = {r["query_id"]: r for r in pq.read_table(root / "out-fused").to_pylist()}
+    for qid, top in expected.items():
+        kept = [(d, s) for d, s in top if s >= cut]
+        assert [r["doc_id"] for r in rows[qid]["results"]] == [d for d, _ in kept]
+        np.testing.assert_allclose(
+            [r["score"] for r in rows[qid]["results"]], [s for _, s in kept], rtol=1e-5
+        )
+        assert rows[qid]["status"] == ("ok" if kept else "no_relevant")
+    assert {r["n_kept"] for r in rows.values()} - {0, 3}  # the cut fell inside some top-3
 
 
 def test_recall_shard_stages_one_actor_pool_per_shard(data, tiny_export):
