@@ -630,7 +630,7 @@ def pipeline_overhead(model: str, export_dir: Path, n_queries: int, threads: int
             precision=JOB_PRECISION,
             provider="cpu",
             intra_op_threads=threads,
-            tokenizer=config.tokenizer,
+            tokenizer={**config.tokenizer.model_dump(), "max_length": summary["max_length"]},  # as served
             batching=config.batching,
         )
     )
@@ -690,10 +690,17 @@ def query_log_benchmark(
         output=str(work / "log_out"),
         overwrite=True,
     )
-    t = time.perf_counter()
-    for i in log_idx[:a_sample]:
-        naive.score_group(questions[i].text, [answers[d] for d in cands[i]], 256)
-    a_per_query = (time.perf_counter() - t) / a_sample
+
+    def a_seconds_per_query(max_length: int) -> float:
+        t = time.perf_counter()
+        for i in log_idx[:a_sample]:
+            naive.score_group(questions[i].text, [answers[d] for d in cands[i]], max_length)
+        return (time.perf_counter() - t) / a_sample
+
+    # A as the seed runs it (max_length 256, the real workload's), and A truncating where the job serves
+    # (the shipped model's calibrated max_length; 128 was measured better on valid and is less work)
+    a_per_query = a_seconds_per_query(256)
+    a_same = a_per_query if summary["max_length"] == 256 else a_seconds_per_query(summary["max_length"])
     job_qps = n_entries / summary["pipeline_s"]
     return {
         "entries": n_entries,
@@ -704,6 +711,9 @@ def query_log_benchmark(
         "A_queries_per_s": round(1.0 / a_per_query, 3),
         "ratio_vs_A": round(job_qps * a_per_query, 2),
         "A_measured_on": f"first {a_sample} log entries, extrapolated to {n_entries} (estimate)",
+        "job_max_length": summary["max_length"],
+        "A_same_max_length_queries_per_s": round(1.0 / a_same, 3),
+        "ratio_vs_A_same_max_length": round(job_qps * a_same, 2),
         "A_estimated_seconds_for_log": round(a_per_query * n_entries, 1),
         "job_pipeline_s": summary["pipeline_s"],
         "job_summary": summary,
@@ -797,7 +807,9 @@ def markdown(result: dict) -> str:
         lines += [
             f"Query log: {q['entries']} Zipf(s=1) entries over {q['questions']} test questions "
             f"({q['distinct_queries']} distinct): the job {q['queries_per_s']} queries/s vs A "
-            f"{q['A_queries_per_s']} queries/s ({q['A_measured_on']}): ratio {q['ratio_vs_A']}.",
+            f"{q['A_queries_per_s']} queries/s ({q['A_measured_on']}, max_length 256): ratio "
+            f"{q['ratio_vs_A']}; vs A at the job's max_length {q.get('job_max_length', 256)}: "
+            f"{q.get('ratio_vs_A_same_max_length', q['ratio_vs_A'])}.",
             "",
         ]
     for key in ("pipeline", "query_log"):
@@ -946,7 +958,9 @@ def job_part_markdown(result: dict) -> str:
         f"Query log: {q['entries']:,} Zipf(s={q['zipf_s']}) entries over {q['questions']:,} test questions "
         f"({q['distinct_queries']:,} distinct): the job {q['queries_per_s']} queries/s "
         f"(pipeline {q['job_pipeline_s']} s) vs A {q['A_queries_per_s']} queries/s ({q['A_measured_on']}): "
-        f"ratio {q['ratio_vs_A']} (target ≥ 20: {'met' if q['ratio_vs_A'] >= 20 else 'not met'})\n"
+        f"ratio {q['ratio_vs_A']} (target ≥ 20: {'met' if q['ratio_vs_A'] >= 20 else 'not met'}); "
+        f"vs A at the job's max_length {q.get('job_max_length', 256)}: "
+        f"{q.get('ratio_vs_A_same_max_length', q['ratio_vs_A'])}\n"
     )
 
 

@@ -107,6 +107,9 @@ def test_job_part_markdown_states_each_target():
         "A_queries_per_s": 1.2,
         "A_measured_on": "first 100 log entries",
         "ratio_vs_A": 25.0,
+        "job_max_length": 128,
+        "ratio_vs_A_same_max_length": 16.5,
     }
     text = throughput.job_part_markdown({**head, "query_log": log})
     assert "1,447 distinct" in text and "ratio 25.0 (target ≥ 20: met)" in text
+    assert "vs A at the job's max_length 128: 16.5" in text
