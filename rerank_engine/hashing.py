@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 # Files beside the weights that do not change what the model computes.
-NOT_MODEL_FILES = {"README.md", "threshold.json", "metrics.json", "calibration.json"}
+NOT_MODEL_FILES = {"README.md", "threshold.json", "fusion.json", "metrics.json", "calibration.json"}
 MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model", ".onnx", ".data"}
 
 

@@ -252,3 +252,17 @@ def test_content_hash_covers_sharded_weights(tmp_path, tiny_torch_model, bundled
         assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1  # really sharded
         hashes.append(content_hash(folder))
     assert hashes[0] != hashes[1], "different sharded weights hash the same: the export cache would collide"
+
+
+def test_calibration_files_beside_the_weights_keep_the_model_id(tmp_path, tiny_model_dir):
+    """jobs.calibrate writes threshold.json and fusion.json into the model folder, bound to the model id:
+    writing them must not change that id (the binding would break itself)."""
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    before = content_hash(folder)
+    for name in ("threshold.json", "fusion.json", "README.md"):
+        (folder / name).write_text('{"value": 0.5}')
+        assert content_hash(folder) == before, name
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    assert content_hash(folder) != before  # a real model file still counts
