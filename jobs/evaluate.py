@@ -96,7 +96,12 @@ def main(argv=None) -> int:
     results = {"cascade": evaluation.cascade(questions, recall, answers, bm25, rows)}
     if args.pool_queries:
         results["pool"] = evaluation.pool(
-            load_split(args.split)[: args.pool_queries], recall[2], recall[0], answers, scorers
+            load_split(args.split)[: args.pool_queries],
+            recall[2],
+            recall[0],
+            answers,
+            scorers,
+            fusions={first_id: fusion} if fusion else None,
         )
 
     threshold = _calibrated(Path(first_model), first_id, args.max_length)

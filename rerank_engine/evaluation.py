@@ -149,22 +149,33 @@ def pool(
     encoder,
     answers: dict[str, str],
     scorers: dict[str, Callable],
+    fusions: dict | None = None,
     log=print,
 ) -> dict[str, dict]:
+    """Setting (b). A scorer with a `Fusion` in `fusions` (by name) also gets a fused row."""
     from rerank_engine.bm25 import BM25
+    from rerank_engine.fusion import logit_of
 
     pools = [list(dict.fromkeys([*q.answers, *q.negatives])) for q in questions]
     relevant = [set(q.answers) for q in questions]
     q_emb = encoder.encode([q.text for q in questions])
     rows = {"BM25 (pool)": [], "bi-encoder (pool)": []}
+    cosines = []
     for q, qe, p, rel in zip(questions, q_emb, pools, relevant, strict=True):
         bm = BM25([answers[d] for d in p])
         rows["BM25 (pool)"].append((_order(bm.scores(q.text), p), rel))
-        rows["bi-encoder (pool)"].append((_order(np.stack([emb_by_id[d] for d in p]) @ qe, p), rel))
+        cosines.append(np.stack([emb_by_id[d] for d in p]) @ qe)
+        rows["bi-encoder (pool)"].append((_order(cosines[-1], p), rel))
     for name, score in scorers.items():
-        rows[f"{name} (pool)"] = rerank_groups(
-            score, questions, pools, relevant, answers, log=lambda m, n=name: log(f"pool {n}: {m}")
-        )
+        scores = score_groups(score, questions, pools, answers, log=lambda m, n=name: log(f"pool {n}: {m}"))
+        rows[f"{name} (pool)"] = [
+            (_order(s, p), rel) for s, p, rel in zip(scores, pools, relevant, strict=True)
+        ]
+        if name in (fusions or {}):
+            fused = [fusions[name].fused_logits(logit_of(s), c) for s, c in zip(scores, cosines, strict=True)]
+            rows[f"{name} + recall fusion (pool)"] = [
+                (_order(z, p), rel) for z, p, rel in zip(fused, pools, relevant, strict=True)
+            ]
     out = {name: summarise(runs) for name, runs in rows.items()}
     out["_info"] = {"questions": len(questions), "mean_pool_size": float(np.mean([len(p) for p in pools]))}
     return out

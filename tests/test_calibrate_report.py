@@ -265,3 +265,34 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
     assert "rerank top-5 ≥ 0.650" in report and "0.52" in report  # our row and the seed's threshold
     assert "toy, rerank: **hurts**" in report
     assert "toy, rerank + recall fusion: **does not help (about even)**" in report
+
+
+@pytest.mark.slow
+def test_pool_setting_with_a_fused_row(tiny_world):
+    """Setting (b): each question's positives + negatives reranked; a fused row from the same scores."""
+    from rerank_engine.data.insuranceqa import Question
+    from rerank_engine.evaluation import pool
+
+    questions, answers, recall = tiny_world
+    encoder = recall[0]
+    ids = list(answers)
+    emb = dict(zip(ids, encoder.encode([answers[i] for i in ids]), strict=True))
+    with_negatives = [
+        Question(qid=q.qid, text=q.text, domain=q.domain, answers=q.answers, negatives=tuple(ids[16:]))
+        for q in questions
+    ]
+
+    def reverse(queries, passages):  # probabilities that reverse the bi-encoder's order
+        return 1 / (1 + np.exp(np.sum(encoder.encode(queries) * encoder.encode(passages), axis=1)))
+
+    fusion = Fusion(recall_weight=1e4, scale=1e-3, model_id="reverse@0", recall_model=encoder.model_id)
+    out = pool(with_negatives, emb, encoder, answers, {"reverse@0": reverse}, fusions={"reverse@0": fusion})
+    assert out["_info"] == {"questions": 8, "mean_pool_size": 10.0}  # 2 positives + 8 negatives
+    bi, alone, fused = (
+        out["bi-encoder (pool)"],
+        out["reverse@0 (pool)"],
+        out["reverse@0 + recall fusion (pool)"],
+    )
+    assert fused == pytest.approx(bi)  # the cosine, weighted up, gives the bi-encoder's order back
+    assert alone["NDCG@10"] < bi["NDCG@10"]  # the reversing scorer alone is worse
+    assert set(out) >= {"BM25 (pool)"}
