@@ -99,6 +99,17 @@ class Fusion:
         )
 
 
+def calibrated_max_length(model_dir: str | Path, fusion: Fusion | None = None) -> int | None:
+    """The max_length the score in use was calibrated at: the fusion's record where the score is fused,
+    else the model's `threshold.json`; None where neither records one."""
+    if fusion is not None:
+        return fusion.calibration.get("settings", {}).get("max_length")
+    path = Path(model_dir) / "threshold.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("calibration", {}).get("settings", {}).get("max_length")
+
+
 def logit_of(probabilities) -> np.ndarray:
     """The logits behind stored fp32 probabilities (clipped where fp32 has no room left)."""
     p = np.clip(np.asarray(probabilities, np.float64), 1e-7, 1 - 1e-7)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
+from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 
 log = logging.getLogger(__name__)
 THRESHOLD_FILE = "threshold.json"
@@ -137,8 +138,6 @@ def resolve_fusion(config: JobConfig, model: str, model_id: str, recall_model: s
     auto: fuse where the file exists, names this model and was fitted on this index's bi-encoder
     (`recall_model`; None for logged candidates, which carry no cosines); on: the same, but anything
     missing is an error; off: never."""
-    from rerank_engine.fusion import FUSION_FILE, Fusion
-
     if config.fusion == "off":
         return None
     path = Path(model) / FUSION_FILE
@@ -170,13 +169,10 @@ def resolve_fusion(config: JobConfig, model: str, model_id: str, recall_model: s
     return fusion
 
 
-def serve_at_calibrated_length(config: JobConfig, calibration_file: str) -> JobConfig:
-    """Serve at the max_length the threshold was calibrated at (its record's settings), unless the config
-    sets `tokenizer.max_length`; a threshold is a cut on one score distribution, and truncation moves it."""
-    path = Path(calibration_file)
-    if not path.is_file():  # "config" or "default": nothing calibrated
-        return config
-    calibrated = json.loads(path.read_text()).get("calibration", {}).get("settings", {}).get("max_length")
+def serve_at_calibrated_length(config: JobConfig, calibrated: int | None, source: str) -> JobConfig:
+    """Serve at the max_length the score was calibrated at (`calibrated`, recorded in `source`) unless the
+    config sets `tokenizer.max_length`: thresholds and fusion weights are fitted to one score
+    distribution, and truncation moves it."""
     if calibrated is None:
         return config
     if "max_length" not in config.tokenizer.model_fields_set:
@@ -184,9 +180,9 @@ def serve_at_calibrated_length(config: JobConfig, calibration_file: str) -> JobC
         return config.model_copy(update={"tokenizer": tokenizer})
     if config.tokenizer.max_length != calibrated:
         log.warning(
-            "tokenizer.max_length %d, but %s was calibrated at %d: the threshold may not fit these scores",
+            "tokenizer.max_length %d, but %s was calibrated at %d: its weights and threshold may not fit",
             config.tokenizer.max_length,
-            path,
+            source,
             calibrated,
         )
     return config
@@ -303,10 +299,14 @@ def run_job(
     elif config.threshold is not None:
         threshold, threshold_source = config.threshold, "config"
     elif fusion.threshold is not None:
-        threshold, threshold_source = fusion.threshold, str(Path(config.model) / "fusion.json")
+        threshold, threshold_source = fusion.threshold, str(Path(config.model) / FUSION_FILE)
     else:
         threshold, threshold_source = DEFAULT_THRESHOLD, "default"
-    config = serve_at_calibrated_length(config, threshold_source)
+    config = serve_at_calibrated_length(  # whatever the threshold's source: the fusion weights too
+        config,
+        calibrated_max_length(config.model, fusion),
+        str(Path(config.model) / (FUSION_FILE if fusion is not None else THRESHOLD_FILE)),
+    )
 
     cache = None
     if config.score_cache:

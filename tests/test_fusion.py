@@ -12,6 +12,7 @@ from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, ScaleMismatchError
 from rerank_engine.fusion import Fusion, fit, mean_ndcg, platt
 from rerank_engine.metrics import ndcg_at_k
+from rerank_engine.thresholds import Threshold
 
 MODEL, RECALL = "ce@0123456789ab", "model@9ebede561b58"
 
@@ -117,15 +118,25 @@ def test_job_resolves_fusion_by_model_and_bi_encoder(tmp_path):
 
 
 def test_job_serves_at_the_calibrated_max_length(tmp_path, caplog):
+    from rerank_engine.fusion import calibrated_max_length
     from rerank_engine.job import serve_at_calibrated_length
 
-    path = tmp_path / "fusion.json"
     _model_dir(tmp_path, calibration={"settings": {"max_length": 128}})
-    assert serve_at_calibrated_length(JobConfig.build(), str(path)).tokenizer.max_length == 128
+    fusion = Fusion.load(tmp_path / "fusion.json")
+    assert calibrated_max_length(tmp_path, fusion) == 128
+    assert calibrated_max_length(tmp_path) is None  # unfused: threshold.json's record, absent here
+    Threshold(value=0.9, model_id=MODEL, calibration={"settings": {"max_length": 192}}).save(
+        tmp_path / "threshold.json"
+    )
+    assert calibrated_max_length(tmp_path) == 192 and calibrated_max_length(tmp_path, fusion) == 128
+
+    # an explicit threshold does not drop the length the fusion weights were fitted at
+    with_threshold = JobConfig.build(threshold=0.3)
+    assert serve_at_calibrated_length(with_threshold, 128, "fusion.json").tokenizer.max_length == 128
     explicit = JobConfig.build(tokenizer={"max_length": 256})
-    assert serve_at_calibrated_length(explicit, str(path)).tokenizer.max_length == 256
+    assert serve_at_calibrated_length(explicit, 128, "fusion.json").tokenizer.max_length == 256
     assert "calibrated at 128" in caplog.text
-    assert serve_at_calibrated_length(JobConfig.build(), "config").tokenizer.max_length == 256
+    assert serve_at_calibrated_length(JobConfig.build(), None, "-").tokenizer.max_length == 256
 
 
 def test_finalize_orders_and_thresholds_the_fused_score():
