@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from rerank_engine import evaluation
-from rerank_engine.fusion import FUSION_FILE, Fusion
+from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     answers = load_answers()
     recall = answer_recall(args.cache_dir)
     candidates, cosines = evaluation.recall_top_k(questions, recall)
-    args.max_length = args.max_length or _calibrated_length(Path(args.models[0]))
+    args.max_length = args.max_length or calibrated_max_length(args.models[0]) or 256
     scorers, scored = {}, {}
     for model in args.models:
         model_id, score = evaluation.engine_scorer(
@@ -149,14 +149,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _calibrated_length(model_dir: Path) -> int:
-    """The max_length the model's threshold was calibrated at (256 where none is recorded)."""
-    path = model_dir / "threshold.json"
-    if not path.is_file():
-        return 256
-    return int(Threshold.load(path).calibration.get("settings", {}).get("max_length", 256))
-
-
 def _check_length(path: Path, settings: dict, max_length: int) -> None:
     if settings.get("max_length", 256) != max_length:
         raise ValueError(
@@ -183,8 +175,7 @@ def _fusion(model_dir: Path, model_id: str, max_length: int) -> Fusion | None:
     if not path.is_file():
         return None
     fusion = Fusion.load(path)
-    if fusion.model_id != model_id:
-        raise ValueError(f"{path} was fitted for {fusion.model_id!r}, not {model_id!r}: recalibrate")
+    fusion.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
     _check_length(path, fusion.calibration.get("settings", {}), max_length)
     return fusion
 

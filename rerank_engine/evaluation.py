@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from rerank_engine.files import write_json
 from rerank_engine.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
 from rerank_engine.thresholds import ScoredQuery
 
@@ -246,10 +247,7 @@ class ScoredCascade:
             "scores": [s.astype(float).tolist() for s in self.scores],
             "relevant": [sorted(r) for r in self.relevant],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
-        return path
+        return write_json(path, data, indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> ScoredCascade:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rerank_engine.errors import ScaleMismatchError
+from rerank_engine.files import read_json_record, write_json
 from rerank_engine.metrics import ndcg_at_k
 
 FUSION_FILE = "fusion.json"
@@ -75,19 +77,22 @@ class Fusion:
             "calibration": self.calibration,
         }
 
+    def check(self, *, model_id: str) -> None:
+        """Raise ScaleMismatchError unless these weights were fitted for `model_id`."""
+        if model_id != self.model_id:
+            raise ScaleMismatchError(
+                f"fusion weights fitted for model {self.model_id!r}, not for {model_id!r}; "
+                "recalibrate with `python -m jobs.calibrate`"
+            )
+
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Fusion:
-        data = json.loads(Path(path).read_text())
-        missing = [k for k in ("recall_weight", "scale", "bias", "model_id", "recall_model") if k not in data]
-        if missing:
-            raise ValueError(f"{path} is not a fusion file: missing {missing}")
+        data = read_json_record(
+            path, ("recall_weight", "scale", "bias", "model_id", "recall_model"), "fusion file"
+        )
         return cls(
             recall_weight=float(data["recall_weight"]),
             scale=float(data["scale"]),

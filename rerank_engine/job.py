@@ -151,11 +151,10 @@ def resolve_fusion(config: JobConfig, model: str, model_id: str, recall_model: s
             raise ConfigError(f"fusion 'on' but {path} does not exist (write it with jobs.calibrate)")
         return None
     fusion = Fusion.load(path)
-    if fusion.model_id != model_id:
-        raise ScaleMismatchError(
-            f"{path} was fitted for model {fusion.model_id!r}, not for {model_id!r}; "
-            "recalibrate with jobs.calibrate, or set fusion: off"
-        )
+    try:
+        fusion.check(model_id=model_id)
+    except ScaleMismatchError as exc:
+        raise ScaleMismatchError(f"{path}: {exc}, or set fusion: off") from None
     if fusion.recall_model != recall_model:
         if required:
             raise ScaleMismatchError(

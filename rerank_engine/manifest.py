@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError
+from rerank_engine.files import write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -69,8 +70,4 @@ def read_manifest(model_dir: str | Path) -> Manifest:
 
 
 def write_manifest(model_dir: str | Path, manifest: Manifest) -> Path:
-    path = Path(model_dir) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.model_dump(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(Path(model_dir) / MANIFEST_NAME, manifest.model_dump(), sort_keys=True)

@@ -29,7 +29,6 @@ exactly; the grid is for plots and tables.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.errors import ScaleMismatchError
+from rerank_engine.files import read_json_record, write_json
 
 PROBABILITY = "probability"
 LOGIT = "logit"
@@ -183,18 +183,11 @@ class Threshold:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON file the batch job reads (`threshold.json` in the model folder)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Threshold:
-        data = json.loads(Path(path).read_text())
-        missing = [k for k in ("value", "scale", "model_id") if k not in data]
-        if missing:
-            raise ValueError(f"{path} is not a threshold file: missing {missing}")
+        data = read_json_record(path, ("value", "scale", "model_id"), "threshold file")
         return cls(
             value=float(data["value"]),
             scale=data["scale"],
