@@ -42,11 +42,8 @@ def main(argv=None) -> int:
     zeros = [c * 0 for c in cosines]
     rows, scorers = {}, {}
     for length in args.lengths:
-        model_id, score = evaluation.engine_scorer(args.model, max_length=length)
-        scorers[length] = score
-        sc = evaluation.scored_cascade_cached(
-            model_id,
-            score,
+        model_id, scorers[length], sc = evaluation.score_cascade(
+            args.model,
             questions,
             candidates,
             answers,

@@ -107,17 +107,8 @@ def calibrate(
     if recall[0].model_id != settings["recall_model"]:
         raise ValueError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
     candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)
-    _, score = evaluation.engine_scorer(model, precision=precision, max_length=max_length)
-    sc = evaluation.scored_cascade_cached(
-        model_id,
-        score,
-        questions,
-        candidates,
-        answers,
-        cache_dir,
-        log=log,
-        precision=precision,
-        max_length=max_length,
+    _, _, sc = evaluation.score_cascade(
+        model, questions, candidates, answers, cache_dir, precision=precision, max_length=max_length, log=log
     )
     fit_fusion(sc, cosines, model / FUSION_FILE, settings, k_rerank, log=log)
     scored = sc.scored_queries(k_rerank)

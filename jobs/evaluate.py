@@ -70,13 +70,8 @@ def main(argv=None) -> int:
     args.max_length = args.max_length or calibrated_max_length(args.models[0]) or 256
     scorers, scored = {}, {}
     for model in args.models:
-        model_id, score = evaluation.engine_scorer(
-            model, precision=args.precision, max_length=args.max_length
-        )
-        scorers[model_id] = score
-        scored[model_id] = evaluation.scored_cascade_cached(
-            model_id,
-            score,
+        model_id, score, sc = evaluation.score_cascade(
+            model,
             questions,
             candidates,
             answers,
@@ -84,6 +79,7 @@ def main(argv=None) -> int:
             precision=args.precision,
             max_length=args.max_length,
         )
+        scorers[model_id], scored[model_id] = score, sc
     first_model, first_id = args.models[0], next(iter(scored))
     fusion = _fusion(Path(first_model), first_id, args.max_length)
     if fusion is not None and fusion.recall_model != recall[0].model_id:

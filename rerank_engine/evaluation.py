@@ -290,6 +290,34 @@ def scored_cascade_cached(
     return sc
 
 
+def score_cascade(
+    model: str | Path,
+    questions,
+    candidates,
+    answers,
+    cache_dir: str | Path,
+    *,
+    precision: str,
+    max_length: int,
+    log=print,
+) -> tuple[str, Callable, ScoredCascade]:
+    """(model id, its scorer, its cached `ScoredCascade`): the engine at `precision` and `max_length`, and
+    the scores cached under exactly those settings."""
+    model_id, score = engine_scorer(model, precision=precision, max_length=max_length)
+    sc = scored_cascade_cached(
+        model_id,
+        score,
+        questions,
+        candidates,
+        answers,
+        cache_dir,
+        log=log,
+        precision=precision,
+        max_length=max_length,
+    )
+    return model_id, score, sc
+
+
 def handed_on_figures(
     lists: list[list[str]], before: list[list[str]], relevant: list[set], missed: list[bool], k: int = 5
 ) -> dict[str, float]:
