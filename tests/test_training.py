@@ -113,3 +113,87 @@ def test_a_few_steps_lower_the_loss_and_resume(tmp_path, tiny_model_dir, loss):
     second = train(config, records, tmp_path / "run", base_model=tiny_model_dir, progress=False)
     assert second["step"] == 40
     assert np.mean(second["last_losses"][-5:]) < first["mean_loss_first"]
+
+
+def _fused_records(n: int = 6) -> list[dict]:
+    return [
+        {
+            "qid": f"q{i}",
+            "query": f"what is topic {i}",
+            "pos": [f"topic {i} is a thing about {i}"],
+            "pos_ids": [f"p{i}"],
+            "neg": [f"unrelated text {j} of other kinds" for j in range(4)],
+            "neg_ids": [f"n{j}" for j in range(4)],
+        }
+        for i in range(n)
+    ]
+
+
+def test_fused_loss_needs_the_recall_cosine(tmp_path, tiny_model_dir):
+    from rerank_engine.training.finetune import FinetuneConfig, train
+
+    config = FinetuneConfig.build(n_negatives=2, steps=2, max_length=32, fusion_weight=5.0, fusion_share=0.5)
+    with pytest.raises(ValueError, match="recall cosine"):
+        train(config, _fused_records(), tmp_path / "run", base_model=tiny_model_dir, progress=False)
+
+
+@pytest.mark.slow
+def test_fused_loss_sees_each_groups_cosines_and_lowers_the_loss(tmp_path, tiny_model_dir):
+    """The fused term gets the cosines of exactly the group's (query, passage) pairs, positive first."""
+    from rerank_engine.training.finetune import FinetuneConfig, train
+
+    seen = []
+
+    def cosine(qid, doc_ids):
+        seen.append((qid, list(doc_ids)))
+        return np.array([0.5 if d.startswith("p") else 0.4 for d in doc_ids], dtype=np.float32)
+
+    config = FinetuneConfig.build(
+        n_negatives=2,
+        n_random_negatives=1,
+        groups_per_step=3,
+        steps=40,
+        lr=1e-3,
+        warmup_share=0.0,
+        max_length=32,
+        checkpoint_every=100,
+        eval_every=100,
+        fusion_weight=5.0,
+        fusion_share=0.5,
+    )
+    state = train(
+        config, _fused_records(), tmp_path / "run", base_model=tiny_model_dir, cosine=cosine, progress=False
+    )
+    assert len(seen) == 40 * 3
+    for qid, ids in seen:
+        i = qid[1:]
+        assert ids[0] == f"p{i}" and len(ids) == 4
+        assert all(d.startswith("n") for d in ids[1:3]) and ids[3].startswith("p") and ids[3] != f"p{i}"
+    assert np.mean(state["last_losses"][-5:]) < state["mean_loss_first"]
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_fused_order(tiny_model_dir):
+    """With a weight that swamps the logits, the fused NDCG@5 is the recall order's NDCG@5."""
+    from rerank_engine.config import TokenizerConfig
+    from rerank_engine.metrics import mean_metrics
+    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.training.finetune import EvalSet, evaluate, load_model
+
+    rng = np.random.default_rng(1)
+    ids = [[f"d{j}" for j in range(6)] for _ in range(4)]
+    recall = [sorted(rng.uniform(0, 1, 6).tolist(), reverse=True) for _ in range(4)]
+    relevant = [{"d0"}, {"d3"}, {"d5"}, {"d1", "d2"}]
+    evalset = EvalSet(
+        queries=[f"query {i}" for i in range(4)],
+        candidates=[[f"passage {d} text" for d in row] for row in ids],
+        candidate_ids=ids,
+        relevant=relevant,
+        recall_scores=recall,
+    )
+    model = load_model(tiny_model_dir, seed=0)
+    tokenizer = PairTokenizer(tiny_model_dir, TokenizerConfig(max_length=32))
+    metrics = evaluate(model, tokenizer, evalset, fusion_weight=1e6)
+    expected = mean_metrics(list(zip(ids, relevant, strict=True)), ks=(5,))["NDCG@5"]
+    assert metrics["NDCG@5_fused"] == pytest.approx(expected)
+    assert "NDCG@5_fused" not in evaluate(model, tokenizer, evalset)

@@ -4,6 +4,11 @@ Two losses over the same groups of 1 positive + n negatives:
 - "bce": pointwise binary cross-entropy on every pair;
 - "listwise": softmax cross-entropy over the group's logits (the positive is the target).
 
+Fused training (`fusion_weight` w > 0, `fusion_share` a): the job ranks by `logit + w · recall cosine`
+(rerank_engine/fusion.py), so the loss becomes `(1 − a) · L(logit) + a · L(logit + w · cosine)`. The
+second term trains the cross-encoder on what the bi-encoder gets wrong (groups that the cosine already
+ranks right carry little gradient); the first keeps it usable alone, for logged candidates.
+
 Resumable: `run_dir/checkpoint.pt` holds model, optimizer, schedule, data order and RNG state; a
 restarted run continues from it. The best model by valid NDCG@5 is saved as a Hugging Face folder in
 `run_dir/best/`. `train(..., stop_at=S)` pauses after step S of a schedule of `config.steps`, so a short
@@ -49,6 +54,15 @@ class FinetuneConfig(_Frozen):
     eval_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     threads: int = Field(0, ge=0, description="torch CPU threads, 0 = default")
+    fusion_weight: float = Field(0.0, ge=0, description="w of the fused loss term (logit + w · cosine)")
+    fusion_share: float = Field(0.0, ge=0, le=1, description="share a of the fused term in the loss")
+    select_on: Literal["alone", "fused"] = Field(
+        "alone", description="valid NDCG@5 that picks the best checkpoint: the logit, or logit + w · cosine"
+    )
+
+    @property
+    def fused(self) -> bool:
+        return self.fusion_weight > 0 and self.fusion_share > 0
 
     def key(self) -> str:
         """Hash of everything that changes the trajectory (eval/checkpoint cadence excluded)."""
@@ -64,6 +78,7 @@ class EvalSet:
     candidates: list[list[str]]
     candidate_ids: list[list[str]]
     relevant: list[set[str]]
+    recall_scores: list[list[float]] | None = None  # bi-encoder cosines, for the fused metric
 
 
 def load_model(base_model: str | Path, seed: int):
@@ -106,18 +121,29 @@ def score_pairs(
     return out
 
 
-def evaluate(model, tokenizer: PairTokenizer, evalset: EvalSet, k_rerank: int = 5) -> dict[str, float]:
-    """Rerank each query's candidates; NDCG/P/R/MRR at 1, 5, 10 of the reranked list."""
+def evaluate(
+    model, tokenizer: PairTokenizer, evalset: EvalSet, fusion_weight: float = 0.0
+) -> dict[str, float]:
+    """Rerank each query's candidates; NDCG/P/R/MRR at 1, 5, 10 of the reranked list. With a
+    `fusion_weight` and recall scores, also `NDCG@5_fused`: the order of logit + w · cosine."""
     flat_q = [q for q, cands in zip(evalset.queries, evalset.candidates, strict=True) for _ in cands]
     flat_p = [p for cands in evalset.candidates for p in cands]
     logits = score_pairs(model, tokenizer, flat_q, flat_p)
-    runs, start = [], 0
-    for ids, rel in zip(evalset.candidate_ids, evalset.relevant, strict=True):
-        s = logits[start : start + len(ids)]
-        start += len(ids)
-        order = np.lexsort((np.arange(len(ids)), -s))
-        runs.append(([ids[i] for i in order], rel))
-    return mean_metrics(runs, ks=(1, 5, 10))
+
+    def ranked(scores_of) -> list:
+        runs, start = [], 0
+        for row, (ids, rel) in enumerate(zip(evalset.candidate_ids, evalset.relevant, strict=True)):
+            s = scores_of(row, logits[start : start + len(ids)].astype(np.float64))
+            start += len(ids)
+            order = np.lexsort((np.arange(len(ids)), -s))
+            runs.append(([ids[i] for i in order], rel))
+        return runs
+
+    metrics = mean_metrics(ranked(lambda row, s: s), ks=(1, 5, 10))
+    if fusion_weight > 0 and evalset.recall_scores is not None:
+        fused = ranked(lambda row, s: s + fusion_weight * np.asarray(evalset.recall_scores[row]))
+        metrics["NDCG@5_fused"] = mean_metrics(fused, ks=(5,))["NDCG@5"]
+    return metrics
 
 
 class GroupSampler:
@@ -133,7 +159,7 @@ class GroupSampler:
     def load_state(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
-    def next_groups(self, n: int) -> list[tuple[str, str, list[str]]]:
+    def next_groups(self, n: int) -> list[Group]:
         groups = []
         while len(groups) < n:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.records))
@@ -144,16 +170,34 @@ class GroupSampler:
             rng = np.random.default_rng((self.seed, self.epoch, self.cursor))
             self.cursor += 1
             rec = self.records[idx]
-            pos = rec["pos"][int(rng.integers(len(rec["pos"])))]
+            p = int(rng.integers(len(rec["pos"])))
+            texts, ids = [rec["pos"][p]], [_doc_id(rec, "pos", p)]
             negs = list(rec["neg"])
-            pick = rng.choice(len(negs), size=self.n_negatives, replace=len(negs) < self.n_negatives)
-            chosen = [negs[i] for i in pick]
-            while len(chosen) < self.n_negatives + self.n_random:  # easy: another query's positive
+            for i in rng.choice(len(negs), size=self.n_negatives, replace=len(negs) < self.n_negatives):
+                texts.append(negs[i])
+                ids.append(_doc_id(rec, "neg", int(i)))
+            while len(texts) < 1 + self.n_negatives + self.n_random:  # easy: another query's positive
                 other = self.records[int(rng.integers(len(self.records)))]
                 if other is not rec and other["pos"][0] not in rec["pos"]:
-                    chosen.append(other["pos"][0])
-            groups.append((rec["query"], pos, chosen))
+                    texts.append(other["pos"][0])
+                    ids.append(_doc_id(other, "pos", 0))
+            groups.append(Group(rec["query"], rec.get("qid"), texts, ids))
         return groups
+
+
+@dataclass(frozen=True)
+class Group:
+    """One training group: the query and its passages, the positive first."""
+
+    query: str
+    qid: str | None
+    passages: list[str]
+    doc_ids: list[str | None]
+
+
+def _doc_id(record: dict, side: str, i: int) -> str | None:
+    ids = record.get(f"{side}_ids")
+    return ids[i] if ids else None
 
 
 def _bucketed_logits(model, tokenizer: PairTokenizer, queries, passages, device, max_batch_tokens=4096):
@@ -181,6 +225,17 @@ def _bucketed_logits(model, tokenizer: PairTokenizer, queries, passages, device,
     return torch.cat(parts)[torch.from_numpy(inverse).to(device)]
 
 
+def _group_loss(kind: str, grouped):
+    """Loss over (groups × passages) scores whose column 0 is the positive."""
+    torch = require("torch", "torch")
+    if kind == "listwise":
+        target = torch.zeros(grouped.shape[0], dtype=torch.long, device=grouped.device)
+        return torch.nn.functional.cross_entropy(grouped, target)
+    labels = torch.zeros_like(grouped)
+    labels[:, 0] = 1.0
+    return torch.nn.functional.binary_cross_entropy_with_logits(grouped, labels)
+
+
 def train(
     config: FinetuneConfig,
     records: list[dict],
@@ -188,11 +243,15 @@ def train(
     *,
     base_model: str | Path,
     evalset: EvalSet | None = None,
+    cosine=None,
     stop_at: int | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Train (or resume) until `stop_at` (default: config.steps). Returns the run state summary."""
+    """Train (or resume) until `stop_at` (default: config.steps). Returns the run state summary.
+
+    `cosine(qid, doc_ids) -> array` gives the bi-encoder's recall cosines; required when the config
+    has a fused loss term."""
     torch = require("torch", "torch")
     from tqdm import tqdm
 
@@ -204,6 +263,8 @@ def train(
     if config.max_train_queries:
         records = records[: config.max_train_queries]
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.fused and cosine is None:
+        raise ValueError("a fused loss (fusion_weight, fusion_share > 0) needs the recall cosine function")
 
     model = load_model(base_model, config.seed).to(device)
     tokenizer = PairTokenizer(
@@ -258,14 +319,16 @@ def train(
         tmp.replace(ckpt)
 
     def run_eval():
-        metrics = evaluate(model, tokenizer, evalset)
+        metrics = evaluate(model, tokenizer, evalset, fusion_weight=config.fusion_weight)
         entry = {"step": state["step"], **{k: round(v, 4) for k, v in metrics.items()}}
         state["history"].append(entry)
         with (run_dir / "history.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        log(f"step {state['step']}: valid NDCG@5 {metrics['NDCG@5']:.4f} P@1 {metrics['P@1']:.4f}")
-        if metrics["NDCG@5"] > state["best_ndcg5"]:
-            state["best_ndcg5"], state["best_step"] = metrics["NDCG@5"], state["step"]
+        fused = f" fused {metrics['NDCG@5_fused']:.4f}" if "NDCG@5_fused" in metrics else ""
+        log(f"step {state['step']}: valid NDCG@5 {metrics['NDCG@5']:.4f}{fused} P@1 {metrics['P@1']:.4f}")
+        chosen = metrics["NDCG@5_fused" if config.select_on == "fused" else "NDCG@5"]
+        if chosen > state["best_ndcg5"]:
+            state["best_ndcg5"], state["best_step"] = chosen, state["step"]
             best = run_dir / "best"
             model.save_pretrained(best)
             tokenizer.tokenizer.save_pretrained(best)
@@ -276,17 +339,15 @@ def train(
     started, losses = time.perf_counter(), []
     while state["step"] < stop_at:
         groups = sampler.next_groups(config.groups_per_step)
-        queries = [q for q, _, negs in groups for _ in range(1 + len(negs))]
-        passages = [p for _, pos, negs in groups for p in (pos, *negs)]
+        queries = [g.query for g in groups for _ in g.passages]
+        passages = [p for g in groups for p in g.passages]
         logits = _bucketed_logits(model, tokenizer, queries, passages, device)
         grouped = logits.view(len(groups), 1 + config.n_negatives + config.n_random_negatives)
-        if config.loss == "listwise":
-            target = torch.zeros(len(groups), dtype=torch.long, device=device)
-            loss = torch.nn.functional.cross_entropy(grouped, target)
-        else:
-            labels = torch.zeros_like(grouped)
-            labels[:, 0] = 1.0
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(grouped, labels)
+        loss = _group_loss(config.loss, grouped)
+        if config.fused:
+            cos = np.stack([cosine(g.qid, g.doc_ids) for g in groups]).astype(np.float32)
+            shifted = grouped + config.fusion_weight * torch.from_numpy(cos).to(device)
+            loss = (1 - config.fusion_share) * loss + config.fusion_share * _group_loss(config.loss, shifted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

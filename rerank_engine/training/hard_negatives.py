@@ -120,10 +120,11 @@ def mine_insuranceqa(
 ) -> tuple[Path, Counter]:
     """Mine `split` questions against all InsuranceQA answers with the production recall code."""
     from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
+    from rerank_engine.recall import embed_cached
 
     encoder, index, emb_by_id = recall or answer_recall(str(cache_dir))
     questions = load_split(split)
-    q_emb = encoder.encode([q.text for q in questions], progress=True)
+    q_emb = embed_cached(encoder, [q.text for q in questions], cache_dir, progress=True)
     mined, stats = mine(
         [q.qid for q in questions],
         q_emb,

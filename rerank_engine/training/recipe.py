@@ -24,13 +24,31 @@ def valid_evalset(recall, n_queries: int, k: int = 20, split: str = "valid") -> 
     encoder, index, _ = recall
     questions = load_split(split)[:n_queries]
     answers = load_answers()
-    _, ids = index.search(encoder.encode([q.text for q in questions]), k)
+    scores, ids = index.search(encoder.encode([q.text for q in questions]), k)
     return EvalSet(
         queries=[q.text for q in questions],
         candidates=[[answers[d] for d in row] for row in ids],
         candidate_ids=[list(row) for row in ids],
         relevant=[set(q.answers) for q in questions],
+        recall_scores=[[float(s) for s in row] for row in scores],
     )
+
+
+def train_cosine(recall, cache_dir: str | Path, split: str = "train"):
+    """`cosine(qid, doc_ids)`: the bi-encoder's recall cosine of a `split` question to answers, from the
+    cached embeddings (the same ones mining used)."""
+    from rerank_engine.data.insuranceqa import load_split
+    from rerank_engine.recall import embed_cached
+
+    encoder, _, emb_by_id = recall
+    questions = load_split(split)
+    q_emb = embed_cached(encoder, [q.text for q in questions], cache_dir)
+    row_of = {q.qid: i for i, q in enumerate(questions)}
+
+    def cosine(qid: str, doc_ids) -> np.ndarray:
+        return np.array([float(q_emb[row_of[qid]] @ emb_by_id[d]) for d in doc_ids], dtype=np.float32)
+
+    return cosine
 
 
 def run(cfg: dict, log=print) -> dict:
@@ -49,6 +67,8 @@ def run(cfg: dict, log=print) -> dict:
         log(f"mined {mined_path}: {dict(stats)}")
     records = read_records(mined_path)
     evalset = valid_evalset(recall, cfg["valid_queries"])
+    fused = FinetuneConfig.build(**cfg["train"]).fused
+    cosine = train_cosine(recall, cfg["cache_dir"]) if fused else None
 
     results = {}
     for loss in cfg["losses"]:
@@ -59,6 +79,7 @@ def run(cfg: dict, log=print) -> dict:
             run_dir / loss,
             base_model=base_model,
             evalset=evalset,
+            cosine=cosine,
             stop_at=cfg["compare_steps"],
             log=log,
         )
@@ -67,7 +88,9 @@ def run(cfg: dict, log=print) -> dict:
     winner = max(results, key=lambda k: (np.nan_to_num(results[k], nan=-1), k == "listwise"))
     log(f"continuing {winner} (valid NDCG@5 at comparison: {results})")
     tc = FinetuneConfig.build(**{**cfg["train"], "loss": winner})
-    state = train(tc, records, run_dir / winner, base_model=base_model, evalset=evalset, log=log)
+    state = train(
+        tc, records, run_dir / winner, base_model=base_model, evalset=evalset, cosine=cosine, log=log
+    )
     summary = {
         "comparison_ndcg5": results,
         "winner": winner,
