@@ -20,6 +20,7 @@ LIGHT = [
     "rerank_engine.evaluation",
     "rerank_engine.nightly",
     "rerank_engine.thresholds",
+    "rerank_engine.label_audit",
     "rerank_engine.plots",
     "rerank_engine.data.classic_ir",
 ]
