@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--model", default="models/insurance-minilm-l6-ce")
     p.add_argument("--queries", type=int, default=1000, help="first N questions")
-    p.add_argument("--sample", type=int, default=40, help="questions in the blind sample")
+    p.add_argument("--sample", type=int, default=100, help="questions in the blind sample")
     p.add_argument("--cache-dir", default=".cache/embeddings")
     p.add_argument("--scores-cache", default=".cache/scores")
     p.add_argument("--judgements", default=None, help="verdicts on blind_items.md (JSON list)")
@@ -103,9 +103,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     differ = [i for i, q in enumerate(questions) if orders[RECALL][i][0] != orders[FUSED][i][0]]
-    picked = sorted(
-        np.random.default_rng(0).choice(differ, size=min(args.sample, len(differ)), replace=False)
-    )
+    # a prefix of one fixed permutation: a larger --sample keeps the items already judged, in order
+    picked = [int(i) for i in np.random.default_rng(0).permutation(differ)[: args.sample]]
     items, key = blind_items(
         [(questions[i].text, answers[orders[RECALL][i][0]], answers[orders[FUSED][i][0]]) for i in picked],
         (RECALL, FUSED),
