@@ -6,8 +6,9 @@ a ranker that finds a paraphrase's answer is scored as wrong. Two ways to size t
 
 - `paraphrase_positives`: the answers labelled for *another* question whose embedding is within a cosine
   threshold of this one (lenient labels; the threshold is a knob, so report a few).
-- `blind_items` / `tally`: a sample of top-1 answers from two systems, shown in random order without the
-  system's name, judged relevant or not by a person, then counted per system against a separate key.
+- `blind_items` / `tally` / `paired`: a sample of top-1 answers from two systems, shown in random order
+  without the system's name, judged relevant or not by a person, then counted per system against a
+  separate key (`jobs.audit_labels` on InsuranceQA, `jobs.rerank_vs_recall` on a job's own output).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def tally(judgements: Sequence[dict[str, bool]], key: Sequence[dict[str, str]]) 
     for i, (judged, k) in enumerate(zip(judgements, key, strict=True)):
         if set(judged) != {"A", "B"}:
             raise ValueError(f"judgement {i} must judge exactly A and B, got {sorted(judged)}")
+        if not all(isinstance(v, bool) for v in judged.values()):
+            raise ValueError(f"judgement {i} is {judged}: judge each of A and B true or false")
         for letter, system in k.items():
             c = counts.setdefault(system, [0, 0])
             c[0] += bool(judged[letter])
@@ -80,12 +83,29 @@ def paired(judgements: Sequence[dict[str, bool]], key: Sequence[dict[str, str]],
         by_system = {system: bool(judged[letter]) for letter, system in k.items()}
         counts[by_system[names[0]], by_system[names[1]]] += 1
     only0, only1 = counts[True, False], counts[False, True]
-    n, low = only0 + only1, min(only0, only1)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n) if n else 1.0
     return {
         "both": counts[True, True],
         f"only {names[0]}": only0,
         f"only {names[1]}": only1,
         "neither": counts[False, False],
-        "sign_test_p": round(p, 3),
+        "sign_test_p": round(sign_test(only0, only1), 3),
     }
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test: the chance of a split at least this uneven if each side were equally likely
+    to win (ties left out)."""
+    n, low = wins + losses, min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n) if n else 1.0
+
+
+def orders_of(results: Sequence[dict], where: str) -> tuple[list[str], list[str]]:
+    """(recall order, rerank order) of one output row's `results`, which must hold every candidate with
+    its recall rank (a job run with `k_rerank` = `k_recall` and threshold 0)."""
+    if any(r.get("recall_rank") is None for r in results):
+        raise ValueError(
+            f"{where}: results carry no recall_rank (logged-candidates mode has no recall order)"
+        )
+    by_recall = sorted(results, key=lambda r: r["recall_rank"])
+    by_rerank = sorted(results, key=lambda r: r["rank"])
+    return [r["doc_id"] for r in by_recall], [r["doc_id"] for r in by_rerank]
