@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from rerank_engine.label_audit import blind_items, orders_of, paired, sign_test, tally
-from rerank_engine.metrics import mean_metrics, ndcg_at_k
+from rerank_engine.evaluation import per_question_vs
+from rerank_engine.label_audit import blind_items, orders_of, paired, tally
+from rerank_engine.metrics import mean_metrics
 
 RECALL, RERANK = "recall", "rerank"
 COMPARED = ("ok", "no_relevant")
@@ -80,13 +81,14 @@ def compare_with_labels(rows: list[dict]) -> dict:
     for system in (RECALL, RERANK):
         m = mean_metrics([(r[system], r["labels"]) for r in labelled], (1, 5))
         out[system] = {k: round(m[k], 4) for k in ("P@1", "NDCG@5", "MRR@5", "R@5")}
-    delta = [ndcg_at_k(r[RERANK], r["labels"], 5) - ndcg_at_k(r[RECALL], r["labels"], 5) for r in labelled]
-    wins, losses = sum(d > 1e-12 for d in delta), sum(d < -1e-12 for d in delta)
+    vs = per_question_vs(
+        [(r[RERANK], r["labels"]) for r in labelled], [(r[RECALL], r["labels"]) for r in labelled]
+    )
     out["ndcg5_per_query"] = {
-        "rerank_better": wins,
-        "recall_better": losses,
-        "ties": len(delta) - wins - losses,
-        "sign_test_p": round(sign_test(wins, losses), 4),
+        "rerank_better": vs["better"],
+        "recall_better": vs["worse"],
+        "ties": len(labelled) - vs["better"] - vs["worse"],
+        "sign_test_p": vs["sign_test_p"],
     }
     return out
 

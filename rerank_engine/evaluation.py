@@ -136,12 +136,27 @@ def cascade(
         )
     out = {name: summarise(runs) for name, runs in rows.items()}
     missed = [i for i, rel in enumerate(relevant) if not rel & set(cands[i])]
+    recall_runs = rows["bi-encoder (recall top-20)"]
     out["_info"] = {
         "questions": len(questions),
         "k_recall": k_recall,
         "positive_not_in_recall_top20": len(missed),
+        "ndcg@5_per_question_vs_recall": {
+            name: per_question_vs(runs, recall_runs) for name, runs in rows.items() if "rerank" in name
+        },
     }
     return out
+
+
+def per_question_vs(runs, baseline, k: int = 5) -> dict:
+    """How many questions `runs` ranks better / worse than `baseline` by NDCG@k, with a sign test."""
+    from rerank_engine.label_audit import sign_test
+
+    delta = [
+        ndcg_at_k(r, rel, k) - ndcg_at_k(b, rel, k) for (r, rel), (b, _) in zip(runs, baseline, strict=True)
+    ]
+    better, worse = sum(d > 1e-12 for d in delta), sum(d < -1e-12 for d in delta)
+    return {"better": better, "worse": worse, "sign_test_p": float(f"{sign_test(better, worse):.2g}")}
 
 
 def pool(
