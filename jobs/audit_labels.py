@@ -28,7 +28,7 @@ import numpy as np
 
 from rerank_engine import evaluation
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
-from rerank_engine.label_audit import blind_items, paired, paraphrase_positives, tally
+from rerank_engine.label_audit import blind_items, items_markdown, paired, paraphrase_positives, tally
 from rerank_engine.metrics import mean_metrics
 
 THRESHOLDS = (0.95, 0.9, 0.85)
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     fused = evaluation.fused_cascade(sc, fusion, cosines)
     orders = {
         RECALL: candidates,
-        "reranker alone": [_order(s, c) for s, c in zip(sc.scores, candidates, strict=True)],
-        FUSED: [_order(s, c) for s, c in zip(fused.scores, candidates, strict=True)],
+        "reranker alone": [ids for ids, _ in sc.reranked(len(candidates[0]))],
+        FUSED: [ids for ids, _ in fused.reranked(len(candidates[0]))],
     }
 
     pool = [q for split in SPLITS for q in load_split(split)]
@@ -109,7 +109,9 @@ def main(argv=None) -> int:
         [(questions[i].text, answers[orders[RECALL][i][0]], answers[orders[FUSED][i][0]]) for i in picked],
         (RECALL, FUSED),
     )
-    (out / "blind_items.md").write_text(_items_markdown(items))
+    (out / "blind_items.md").write_text(
+        items_markdown(items, "Blind sample: is each answer a relevant answer to the question?")
+    )
     (out / "blind_key.json").write_text(json.dumps(key, indent=1) + "\n")
     results["blind"] = {"questions_top1_differs": len(differ), "sample": [questions[i].qid for i in picked]}
     if args.judgements:
@@ -128,11 +130,6 @@ def main(argv=None) -> int:
     (out / "report.md").write_text(_report(results, args))
     print((out / "report.md").read_text())
     return 0
-
-
-def _order(scores, ids) -> list[str]:
-    """Best first; ties broken by id, as the job breaks them."""
-    return [ids[i] for i in np.lexsort((np.asarray(ids), -np.asarray(scores)))]
 
 
 def _metrics(orders, candidates, labels) -> dict:
@@ -164,13 +161,6 @@ def _shown_ids(key, picked, orders) -> list[dict[str, str]]:
         {letter: orders[system][i][0] for letter, system in k.items()}
         for k, i in zip(key, picked, strict=True)
     ]
-
-
-def _items_markdown(items) -> str:
-    lines = ["# Blind sample: is each answer a relevant answer to the question?", ""]
-    for n, it in enumerate(items):
-        lines += [f"## {n}. {it['question']}", "", f"**A.** {it['A']}", "", f"**B.** {it['B']}", ""]
-    return "\n".join(lines)
 
 
 def _report(results, args) -> str:

@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from rerank_engine.config import JobConfig
 from rerank_engine.evaluation import per_question_vs
-from rerank_engine.label_audit import blind_items, orders_of, paired, tally
+from rerank_engine.label_audit import blind_items, items_markdown, orders_of, paired, tally
 from rerank_engine.metrics import mean_metrics
+from rerank_engine.stages import load_corpus
 
 RECALL, RERANK = "recall", "rerank"
 COMPARED = ("ok", "no_relevant")
@@ -98,14 +100,7 @@ def blind_sample(rows: list[dict], corpus: str | Path, out: Path, sample: int, s
     differ = [r for r in rows if r[RECALL][0] != r[RERANK][0]]
     picked = [differ[i] for i in np.random.default_rng(seed).permutation(len(differ))[:sample]]
     need = {r[s][0] for r in picked for s in (RECALL, RERANK)}
-    table = pq.read_table(corpus)
-    titles = table.column("title").to_pylist() if "title" in table.column_names else None
-    text = {}
-    for i, (d, t) in enumerate(
-        zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True)
-    ):
-        if d in need:
-            text[d] = f"{titles[i]}. {t}" if titles and titles[i] else t
+    text = load_corpus(str(corpus), JobConfig())  # as the job reads it: "title. text"
     if need - text.keys():
         raise ValueError(
             f"{corpus}: doc ids of the output not in the corpus: {sorted(need - text.keys())[:5]}"
@@ -114,10 +109,9 @@ def blind_sample(rows: list[dict], corpus: str | Path, out: Path, sample: int, s
         [(r["query"], text[r[RECALL][0]], text[r[RERANK][0]]) for r in picked], (RECALL, RERANK)
     )
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Blind sample: is each passage relevant to the query?", ""]
-    for n, it in enumerate(items):
-        lines += [f"## {n}. {it['question']}", "", f"**A.** {it['A']}", "", f"**B.** {it['B']}", ""]
-    (out / "blind_items.md").write_text("\n".join(lines))
+    (out / "blind_items.md").write_text(
+        items_markdown(items, "Blind sample: is each passage relevant to the query?")
+    )
     (out / "blind_key.json").write_text(
         json.dumps({"query_ids": [r["query_id"] for r in picked], "key": key}) + "\n"
     )

@@ -58,6 +58,14 @@ def blind_items(rows: Sequence[tuple[str, str, str]], names: tuple[str, str], se
     return items, key
 
 
+def items_markdown(items, title: str) -> str:
+    """The blind items as markdown: the question, then A and B."""
+    lines = [f"# {title}", ""]
+    for n, it in enumerate(items):
+        lines += [f"## {n}. {it['question']}", "", f"**A.** {it['A']}", "", f"**B.** {it['B']}", ""]
+    return "\n".join(lines)
+
+
 def tally(judgements: Sequence[dict[str, bool]], key: Sequence[dict[str, str]]) -> dict[str, dict]:
     """Per system: how many of its judged answers were relevant, and the share."""
     if len(judgements) != len(key):
