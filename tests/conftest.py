@@ -21,6 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Ray 2.60 clusters started by `ray start` require a token; clients read this mode when ray is imported.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# A bare ray.init() (the job's, build_index's) starts a Ray of its own in tests, never attaching to a cluster
+# found through /tmp/ray/ray_current_cluster: that may be another run's and vanish mid-test. test_job_ray
+# points RAY_ADDRESS at its own head for its module.
+os.environ["RAY_ADDRESS"] = "local"
 
 # A little real text for the tests that need (query, passage) pairs.
 WORDS = [

@@ -1,6 +1,6 @@
 """The batch job on a real local Ray cluster, with the output Parquet read back row by row.
 
-One head is started per module with `ray start --head --num-gpus=1` on loopback (no real GPU here), so
+One head is started per module with `ray start --head --block --num-gpus=1` (no real GPU here), so
 every run below places its rerank actors by GPU resource and must fall back to the CPU provider; one
 run asks for CPU actors instead. The last test submits the job with `ray job submit`.
 """
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,22 +38,29 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(tmp_path_factory):
+    """A head of our own: its own temp dir (so its address never lands in /tmp/ray/ray_current_cluster, where
+    another run would find it) and `ray start --block`, whose SIGTERM stops this cluster and no other
+    (`ray stop` would stop every Ray on the machine)."""
     import ray
 
     if ray.is_initialized():  # a local Ray left by an earlier module (build_index, benchmarks): not ours
         ray.shutdown()
     port, dash = _free_port(), _free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-test-"))  # short: Ray's socket paths must stay < 108 chars
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    subprocess.run(
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path_factory.mktemp("ray-head") / "ray_start.log").open("w")
+    head = subprocess.Popen(
         [
             RAY,
             "start",
             "--head",
+            "--block",
             f"--port={port}",
             "--num-cpus=2",
             "--num-gpus=1",
@@ -57,18 +68,36 @@ def ray_head():
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
         ],
-        check=True,
         env=env,
-        capture_output=True,
-        timeout=120,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    ray.init(address=f"127.0.0.1:{port}")
     try:
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+        deadline = time.monotonic() + 120
+        while not (temp_dir / "ray_current_cluster").exists():  # written once the head is up
+            assert head.poll() is None, f"ray start exited {head.returncode}: see {log.name}"
+            assert time.monotonic() < deadline, f"ray start not up after 120 s: see {log.name}"
+            time.sleep(0.5)
+        address = f"127.0.0.1:{port}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_ADDRESS", address)  # the job's own ray.init and the state API find this head
+            ray.init(address=address)
+            try:
+                yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.terminate()
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -314,9 +343,7 @@ def test_ray_job_submit_round_trip(data, tiny_export, ray_head):
 def test_rerank_actor_killed_mid_run_every_query_once(data, tiny_export, tmp_path):
     """SIGKILL the rerank actor's process while the job runs: Ray Data brings the actor back (its actors
     have max_restarts=-1, max_task_retries=-1), and every query is in the output exactly once."""
-    import signal
     import threading
-    import time
 
     from ray.util.state import list_actors
 
