@@ -39,9 +39,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A head of our own: its own temp dir (so its address never lands in /tmp/ray/ray_current_cluster, where
-    another run would find it) and `ray start --block`, whose SIGTERM stops this cluster and no other
-    (`ray stop` would stop every Ray on the machine)."""
+    """A head of our own beside any other Ray on the machine: its own temp dir (so its address never lands
+    in /tmp/ray/ray_current_cluster, where another run would find it), its own ports, and `ray start
+    --block`, whose SIGTERM stops this cluster and no other (`ray stop` would stop every Ray here)."""
     import ray
 
     if ray.is_initialized():  # a local Ray left by an earlier module (build_index, benchmarks): not ours
@@ -67,6 +67,9 @@ def ray_head(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # ports that default to fixed numbers: another Ray on this machine would hold them already
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],
