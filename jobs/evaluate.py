@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         )
         scorers[model_id], scored[model_id] = score, sc
     first_model, first_id = args.models[0], next(iter(scored))
-    fusion = _fusion(Path(first_model), first_id, args.max_length)
+    fusion = model_fusion(Path(first_model), first_id, args.max_length)
     if fusion is not None and fusion.recall_model != recall[0].model_id:
         raise ValueError(
             f"fusion.json was fitted on {fusion.recall_model}'s cosines, not {recall[0].model_id}'s"
@@ -165,7 +165,7 @@ def _calibrated(model_dir: Path, model_id: str, max_length: int) -> Threshold | 
     return threshold
 
 
-def _fusion(model_dir: Path, model_id: str, max_length: int) -> Fusion | None:
+def model_fusion(model_dir: Path, model_id: str, max_length: int) -> Fusion | None:
     """The model's score fusion (`fusion.json`), checked like the threshold; None where it has none."""
     path = model_dir / FUSION_FILE
     if not path.is_file():

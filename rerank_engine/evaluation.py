@@ -159,6 +159,27 @@ def per_question_vs(runs, baseline, k: int = 5) -> dict:
     return {"better": better, "worse": worse, "sign_test_p": float(f"{sign_test(better, worse):.2g}")}
 
 
+def paired_difference(runs, baseline, k: int = 5, n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Per-question NDCG@k of `runs` minus `baseline`, over the same questions: the mean, its standard
+    error, a bootstrap 95 % interval (questions resampled), and `per_question_vs`'s wins and losses."""
+    delta = np.array(
+        [ndcg_at_k(r, rel, k) - ndcg_at_k(b, rel, k) for (r, rel), (b, _) in zip(runs, baseline, strict=True)]
+    )
+    n = len(delta)
+    if n < 2:
+        raise ValueError(f"a paired difference needs at least 2 questions, got {n}")
+    rng = np.random.default_rng(seed)
+    boot = np.array([delta[rng.integers(0, n, n)].mean() for _ in range(n_boot)])
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {
+        "questions": n,
+        f"ndcg@{k}_mean_difference": round(float(delta.mean()), 4),
+        "standard_error": round(float(delta.std(ddof=1) / np.sqrt(n)), 4),
+        "bootstrap_95": [round(float(low), 4), round(float(high), 4)],
+        **per_question_vs(runs, baseline, k),
+    }
+
+
 def pool(
     questions,
     emb_by_id: dict[str, np.ndarray],

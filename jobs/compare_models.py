@@ -1,0 +1,109 @@
+"""Is a candidate reranker better than the baseline? Both rerank the same recall top-20, paired by question.
+
+    python -m jobs.compare_models --baseline models/insurance-minilm-l6-ce \
+        --candidate artifacts/candidate/insurance-minilm-l6-ce --split valid --queries 500
+
+Each model is scored as `jobs.evaluate` scores it (fp32 ONNX; scores cached under --scores-cache, so a
+model calibrated on the same questions scores nothing new), at the max_length it was calibrated at, and
+fused with the recall cosine by its own `fusion.json` where it has one, as the job serves it. Prints each
+model's NDCG@5 and, question by question, candidate minus baseline: the mean, its standard error, a
+bootstrap 95 % interval, and wins and losses with a sign test. Choose on valid (the default); test is for
+reporting the model chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jobs.evaluate import model_fusion
+from rerank_engine import evaluation
+from rerank_engine.fusion import calibrated_max_length
+from rerank_engine.metrics import ndcg_at_k
+
+K = 5
+
+
+def ranked(model, questions, answers, recall, candidates, cosines, *, precision, cache_dir, log):
+    """(model id, how it ranks, [(top-K ids, relevant ids)] per question) for one model."""
+    max_length = calibrated_max_length(model) or 256
+    model_id, _, sc = evaluation.score_cascade(
+        model, questions, candidates, answers, cache_dir, precision=precision, max_length=max_length, log=log
+    )
+    fusion = model_fusion(Path(model), model_id, max_length)
+    how = f"alone, max_length {max_length}"
+    if fusion is not None:
+        if fusion.recall_model != recall[0].model_id:
+            raise ValueError(f"{model}: fusion.json was fitted on {fusion.recall_model}'s cosines")
+        sc = evaluation.fused_cascade(sc, fusion, cosines)
+        how = f"fused (recall weight {fusion.recall_weight:g}), max_length {max_length}"
+    runs = [(ids, set(q.answers)) for (ids, _), q in zip(sc.reranked(K), questions, strict=True)]
+    return model_id, how, runs
+
+
+def compare(
+    baseline,
+    candidate,
+    questions,
+    answers,
+    recall,
+    *,
+    k_recall: int = 20,
+    precision: str = "fp32",
+    cache_dir: str | Path = ".cache/scores",
+    log=print,
+) -> dict:
+    """The two models on the same questions' recall top-`k_recall`, and their paired difference."""
+    candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)
+    out, runs = {}, {}
+    for role, model in (("baseline", baseline), ("candidate", candidate)):
+        model_id, how, runs[role] = ranked(
+            model,
+            questions,
+            answers,
+            recall,
+            candidates,
+            cosines,
+            precision=precision,
+            cache_dir=cache_dir,
+            log=log,
+        )
+        ndcg = float(np.mean([ndcg_at_k(ids, rel, K) for ids, rel in runs[role]]))
+        out[role] = {"model": str(model), "model_id": model_id, "scored": how, f"ndcg@{K}": round(ndcg, 4)}
+    out["candidate_minus_baseline"] = evaluation.paired_difference(runs["candidate"], runs["baseline"], K)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.compare_models", description=__doc__.splitlines()[0])
+    p.add_argument("--baseline", default="models/insurance-minilm-l6-ce", help="local model folder")
+    p.add_argument("--candidate", required=True, help="local model folder")
+    p.add_argument("--split", default="valid", choices=["valid", "test"], help="choose on valid")
+    p.add_argument("--queries", type=int, default=None, help="first N questions of the split (all)")
+    p.add_argument("--k-recall", type=int, default=20)
+    p.add_argument("--precision", default="fp32", choices=["int8", "fp32"])
+    p.add_argument("--embeddings-cache", default=".cache/embeddings")
+    p.add_argument("--scores-cache", default=".cache/scores")
+    args = p.parse_args(argv)
+
+    from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
+
+    result = compare(
+        args.baseline,
+        args.candidate,
+        load_split(args.split)[: args.queries],
+        load_answers(),
+        answer_recall(args.embeddings_cache),
+        k_recall=args.k_recall,
+        precision=args.precision,
+        cache_dir=args.scores_cache,
+    )
+    print(json.dumps({"split": args.split, **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
