@@ -90,16 +90,15 @@ def recall_top_k(questions, recall, k_recall: int = 20) -> tuple[list[list[str]]
 
 
 def fused_cascade(sc: ScoredCascade, fusion, recall_scores: list[np.ndarray]) -> ScoredCascade:
-    """The same cascade scored by `fusion` (`rerank_engine.fusion.Fusion`) of its logits and the cosines."""
+    """The same cascade scored by `fusion` (`rerank_engine.fusion.Fusion`) of its logits and the cosines.
+    The fused probabilities stay float64: the job orders by the fused logit, and float32 probabilities
+    of a flat fusion (a tiny scale) tie where the logits do not."""
     from rerank_engine.fusion import logit_of
 
     return dataclasses.replace(
         sc,
         model_id=fusion.score_id(),
-        scores=[
-            fusion.scores(logit_of(s), r).astype(np.float32)
-            for s, r in zip(sc.scores, recall_scores, strict=True)
-        ],
+        scores=[fusion.scores(logit_of(s), r) for s, r in zip(sc.scores, recall_scores, strict=True)],
     )
 
 
