@@ -33,14 +33,12 @@ def ranked(model, questions, answers, recall, candidates, cosines, *, precision,
     model_id, _, sc = evaluation.score_cascade(
         model, questions, candidates, answers, cache_dir, precision=precision, max_length=max_length, log=log
     )
-    fusion = model_fusion(Path(model), model_id, max_length)
+    fusion = model_fusion(Path(model), model_id, max_length, recall[0].model_id)
     how = f"alone, max_length {max_length}"
     if fusion is not None:
-        if fusion.recall_model != recall[0].model_id:
-            raise ValueError(f"{model}: fusion.json was fitted on {fusion.recall_model}'s cosines")
         sc = evaluation.fused_cascade(sc, fusion, cosines)
         how = f"fused (recall weight {fusion.recall_weight:g}), max_length {max_length}"
-    runs = [(ids, set(q.answers)) for (ids, _), q in zip(sc.reranked(K), questions, strict=True)]
+    runs = [(ids, rel) for (ids, _), rel in zip(sc.reranked(K), sc.relevant, strict=True)]
     return model_id, how, runs
 
 

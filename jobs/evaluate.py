@@ -81,11 +81,7 @@ def main(argv=None) -> int:
         )
         scorers[model_id], scored[model_id] = score, sc
     first_model, first_id = args.models[0], next(iter(scored))
-    fusion = model_fusion(Path(first_model), first_id, args.max_length)
-    if fusion is not None and fusion.recall_model != recall[0].model_id:
-        raise ValueError(
-            f"fusion.json was fitted on {fusion.recall_model}'s cosines, not {recall[0].model_id}'s"
-        )
+    fusion = model_fusion(Path(first_model), first_id, args.max_length, recall[0].model_id)
     fused = evaluation.fused_cascade(scored[first_id], fusion, cosines) if fusion else None
     bm25 = BM25([answers[d] for d in answer_ids()])
     rows = scored if fused is None else {**scored, f"{first_id} + recall fusion": fused}
@@ -165,14 +161,17 @@ def _calibrated(model_dir: Path, model_id: str, max_length: int) -> Threshold | 
     return threshold
 
 
-def model_fusion(model_dir: Path, model_id: str, max_length: int) -> Fusion | None:
-    """The model's score fusion (`fusion.json`), checked like the threshold; None where it has none."""
+def model_fusion(model_dir: Path, model_id: str, max_length: int, recall_model: str) -> Fusion | None:
+    """The model's score fusion (`fusion.json`), checked like the threshold and against the bi-encoder
+    whose cosines it fuses; None where it has none."""
     path = model_dir / FUSION_FILE
     if not path.is_file():
         return None
     fusion = Fusion.load(path)
     fusion.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
     _check_length(path, fusion.calibration.get("settings", {}), max_length)
+    if fusion.recall_model != recall_model:
+        raise ValueError(f"{path} was fitted on {fusion.recall_model}'s cosines, not {recall_model}'s")
     return fusion
 
 
