@@ -824,6 +824,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shown_path(path: str | Path) -> str:
+    """`path` as a report may record it: under the export cache as `$RERANK_ENGINE_CACHE/…`, under the
+    working directory relative to it, else as given (reports carry no machine's home or work folder)."""
+    from rerank_engine.exporting import default_cache_root
+
+    resolved = Path(path).resolve()
+    for root, shown in ((default_cache_root().resolve(), "$RERANK_ENGINE_CACHE"), (Path.cwd(), ".")):
+        if resolved.is_relative_to(root):
+            return str(Path(shown) / resolved.relative_to(root))
+    return str(path)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -863,7 +875,7 @@ def run(args) -> dict:
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "model": str(model),
-        "export": str(export_dir),
+        "export": shown_path(export_dir),
         "threads": args.threads,
         "reps": args.reps,
         "quick": bool(args.quick),

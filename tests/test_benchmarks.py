@@ -113,3 +113,27 @@ def test_job_part_markdown_states_each_target():
     text = throughput.job_part_markdown({**head, "query_log": log})
     assert "1,447 distinct" in text and "ratio 25.0 (target ≥ 20: met)" in text
     assert "vs A at the job's max_length 128: 16.5" in text
+
+
+def test_reports_record_no_machine_paths(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    monkeypatch.setenv("RERANK_ENGINE_CACHE", str(tmp_path / "cache"))
+    assert throughput.shown_path(tmp_path / "cache" / "onnx" / "abc") == "$RERANK_ENGINE_CACHE/onnx/abc"
+    monkeypatch.chdir(tmp_path)
+    assert throughput.shown_path(tmp_path / "artifacts" / "x") == "artifacts/x"
+    assert throughput.shown_path("/elsewhere/x") == "/elsewhere/x"
+
+    root = Path(__file__).resolve().parent.parent
+    machine_path = re.compile(r"(?<![\w.$])/(?:root|home|tmp|work|Users)/")
+    files = [
+        root / "README.md",
+        *sorted((root / "reports").rglob("*.json")),
+        *(root / "reports").rglob("*.md"),
+    ]
+    assert len(files) > 10
+    found = [
+        f"{f.relative_to(root)}: {m.group(0)}" for f in files for m in machine_path.finditer(f.read_text())
+    ]
+    assert found == []
