@@ -13,9 +13,11 @@ overlap ≥ 0.98 and |ΔNDCG@5| ≤ 0.005.
 Pairs: bi-encoder top-20 over all 27,413 answers of the first `--queries` valid questions (the test split is
 never used here). `--sensitivity` adds untimed rows that quantize one group of weights only, to find which
 ones carry the error; `--static` adds static QDQ rows calibrated (`--static-methods`: MinMax, Percentile,
-Entropy) on pool pairs of the valid questions after the measured ones. `--synthetic N` replaces the pairs
-with random word pairs (what the test runs on a tiny model). Writes the JSON and a markdown table beside
-it (`.md`).
+Entropy) on pool pairs of the valid questions after the measured ones. `--per-token` adds int8 graphs with a
+scale per token (`benchmarks/int8_per_token.py`, plain and smoothed), `--nbits` onnxruntime's MatMulNBits
+(block-quantized weights; needs onnx_ir), `--openvino` the fp32 graph run by OpenVINO. `--synthetic N`
+replaces the pairs with random word pairs (what the test runs on a tiny model). Writes the JSON and a
+markdown table beside it (`.md`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 from benchmarks import throughput
 from benchmarks.throughput import EngineVariant, Workload
+from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.exporting import INT8_RECIPE, Int8Recipe
 
 BAR_OVERLAP, BAR_NDCG = 0.98, 0.005
@@ -93,6 +96,64 @@ def dynamic_rows(quick: bool) -> list[Row]:
             seen.add(key)
             unique.append(row)
     return unique
+
+
+def per_token_rows(export_dir: Path, calib_queries: int, start: int) -> list[Row]:
+    """A scale per token row (`benchmarks.int8_per_token`) with 8-bit and 7-bit weights, and smoothed
+    (SmoothQuant) with channel maxima from valid pool pairs of the questions after the measured ones."""
+    from benchmarks.int8_per_token import quantize_per_token
+
+    def build(bits: int, alpha: float | None):
+        def run(src: Path, dst: Path) -> None:
+            feeds = None
+            if alpha is not None:
+                feeds = throughput._CalibrationReader(export_dir, calib_queries, start=start).feeds
+            quantize_per_token(src, dst, weight_bits=bits, calibration=feeds, alpha=alpha or 0.0)
+
+        return run
+
+    desc = {"method": "per-token activations, per-channel weights (benchmarks.int8_per_token)"}
+    rows = []
+    for bits, alpha in ((8, None), (7, None), (8, 0.5), (7, 0.5), (7, 0.8)):
+        name, describe = f"int8_per_token_w{bits}", {**desc, "weight_bits": bits}
+        if alpha is not None:
+            name += f"_smooth{alpha}"
+            describe |= {"smooth_alpha": alpha, "calibration_pairs": calib_queries * 16}
+        rows.append(Row(name, build(bits, alpha), describe))
+    return rows
+
+
+def nbits_rows() -> list[Row]:
+    """onnxruntime's MatMulNBits: block-quantized weights; accuracy_level 4 computes in int8 with the
+    activations quantized per block of `block_size` along K (a scale per token per block)."""
+
+    def build(bits: int, block: int, level: int):
+        def run(src: Path, dst: Path) -> None:
+            import onnx
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                DefaultWeightOnlyQuantConfig,
+                MatMulNBitsQuantizer,
+            )
+
+            config = DefaultWeightOnlyQuantConfig(
+                block_size=block, is_symmetric=True, accuracy_level=level, bits=bits
+            )
+            q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+            q.process()
+            q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+        return run
+
+    rows = []
+    for bits, block, level in ((8, 32, 4), (8, 128, 4), (4, 32, 4), (8, 32, 0)):
+        rows.append(
+            Row(
+                f"nbits_w{bits}_b{block}_acc{level}",
+                build(bits, block, level),
+                {"method": "MatMulNBits", "bits": bits, "block_size": block, "accuracy_level": level},
+            )
+        )
+    return rows
 
 
 def sensitivity_rows(n_layers: int) -> list[Row]:
@@ -181,6 +242,42 @@ def compare(w: Workload, scores: np.ndarray, ref: np.ndarray, ref_ndcg: float | 
         and (out["ndcg5_delta"] is None or abs(out["ndcg5_delta"]) <= BAR_NDCG)
     )
     return out
+
+
+class OpenVinoVariant(EngineVariant):
+    """Our engine (tokenization, batch plan, order restored) with the export's fp32 graph run by
+    OpenVINO's CPU runtime instead of onnxruntime (`--openvino`; `pip install openvino`)."""
+
+    def engine(self, max_length: int):
+        from rerank_engine.config import EngineConfig
+
+        if max_length not in self.engines:
+            config = EngineConfig.build(**self.kwargs, tokenizer={"max_length": max_length})
+            self.engines[max_length] = OpenVinoEngine(config)
+        return self.engines[max_length]
+
+
+class OpenVinoEngine(CrossEncoderEngine):
+    """`CrossEncoderEngine` whose forward runs on OpenVINO (fp32 inference precision)."""
+
+    def __init__(self, config):
+        import openvino as ov
+
+        super().__init__(config)
+        settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if config.intra_op_threads:
+            settings["INFERENCE_NUM_THREADS"] = config.intra_op_threads
+        self.compiled = ov.Core().compile_model(str(self.model_path), "CPU", settings)
+        self.request = self.compiled.create_infer_request()
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = (
+                token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
+            )
+        out = np.asarray(self.request.infer(feed)[self.compiled.output(self.manifest.output)], np.float32)
+        return out[:, 1] - out[:, 0] if self.manifest.num_labels == 2 else out[:, 0]
 
 
 def build_variants(export_dir: Path, rows: list[Row], threads: int, work: Path) -> dict[str, EngineVariant]:
@@ -296,6 +393,10 @@ def run(args) -> dict:
         w = valid_workload(n_queries)
     shapes = throughput.Shapes.of(export_dir)
     rows = dynamic_rows(args.quick)
+    if args.per_token:
+        rows += per_token_rows(export_dir, args.calib_queries, n_queries)
+    if args.nbits:
+        rows += nbits_rows()
     if args.sensitivity:
         rows += sensitivity_rows(shapes.layers)
     if args.static:
@@ -306,13 +407,20 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     variants = build_variants(export_dir, rows, args.threads, work)
     timed = {"fp32"} | {r.name for r in rows if r.timed}
+    recipes = {"fp32": {"method": "none (the export's fp32 graph)"}} | {r.name: r.describe for r in rows}
+    if args.openvino:
+        variants["openvino_fp32"] = OpenVinoVariant(
+            export_dir, precision="fp32", threads=args.threads, batching=BUCKETED
+        )
+        timed.add("openvino_fp32")
+        recipes["openvino_fp32"] = {"method": "the fp32 graph on OpenVINO's CPU runtime", "f32": True}
     table, timed_pairs = measure(w, variants, timed, args.reps, args.time_queries)
     labels = w.labels if w.labels is not None else np.zeros(len(w))
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": throughput.machine(),
         "model": str(args.model),
-        "export": str(export_dir),
+        "export": throughput.shown_path(export_dir),
         "threads": args.threads,
         "reps": args.reps,
         "quick": bool(args.quick),
@@ -325,8 +433,7 @@ def run(args) -> dict:
             "timed_pairs": timed_pairs,
         },
         "fp32_ndcg5": table["fp32"]["ndcg5"],
-        "recipes": {"fp32": {"method": "none (the export's fp32 graph)"}}
-        | {r.name: r.describe for r in rows},
+        "recipes": recipes,
         "rows": table,
     }
     result["best"] = fastest_meeting_bar(table)
@@ -349,6 +456,9 @@ def main(argv=None) -> int:
         default="MinMax",
         help="comma-separated: MinMax, Percentile, Entropy (memory-hungry)",
     )
+    p.add_argument("--per-token", action="store_true", help="rows with a scale per token (int8_per_token)")
+    p.add_argument("--nbits", action="store_true", help="MatMulNBits rows (needs onnx_ir)")
+    p.add_argument("--openvino", action="store_true", help="a row running the fp32 graph on OpenVINO")
     p.add_argument("--rows", default="", help="comma-separated row names to keep (default: all)")
     p.add_argument("--calib-queries", type=int, default=20, help="static: valid questions × 16 pool pairs")
     p.add_argument(

@@ -88,3 +88,25 @@ def test_int8_agreement_quick_on_the_tiny_model(tmp_path, tiny_model_dir, tiny_e
     assert body[0] == "| fp32 | " + f"{fp32['pairs_per_s']:.1f} | 1.00 | 0 | 0 | 1.000 | 1.00 | " + (
         f"{fp32['ndcg5']:.4f} | +0.0000 | yes |"
     )
+
+
+@pytest.mark.slow
+def test_per_token_nbits_and_openvino_rows(tmp_path, tiny_model_dir, tiny_export):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx_ir")
+    out = tmp_path / "rows.json"
+    keep = "int8_per_token_w7,int8_per_token_w7_smooth0.5,nbits_w8_b32_acc4"
+    argv = ["--model", str(tiny_model_dir), "--export", str(tiny_export), "--synthetic", "2", "--quick"]
+    argv += ["--per-token", "--nbits", "--openvino", "--rows", keep, "--calib-queries", "1"]
+    argv += ["--reps", "3", "--work", str(tmp_path / "work"), "--json", str(out)]
+    assert int8_agreement.main(argv) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert list(rows) == ["fp32", *keep.split(","), "openvino_fp32"]
+    assert result["recipes"]["int8_per_token_w7_smooth0.5"]["smooth_alpha"] == 0.5
+    for name in keep.split(","):
+        assert rows[name]["max_abs_dscore"] > 0.0, name  # a quantized graph, not fp32 again
+        assert rows[name]["pairs_per_s"] > 0 and len(rows[name]["seconds"]) == 3, name
+    # the same fp32 graph on another runtime: the same scores, to float rounding
+    assert rows["openvino_fp32"]["max_abs_dscore"] < 1e-5
+    assert rows["openvino_fp32"]["top5_overlap_mean"] == 1.0 and rows["openvino_fp32"]["pairs_per_s"] > 0
