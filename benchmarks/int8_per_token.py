@@ -87,9 +87,11 @@ def quantize_per_token(
     model = onnx.load(str(fp32_path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in weight_matmuls(model):
+    targets = weight_matmuls(model)
+    readers: dict[str, list] = {}  # input tensor -> the weight MatMuls reading it
+    for node in targets:
         readers.setdefault(node.input[0], []).append(node)
+    target_outputs = {n.output[0] for n in targets}  # unique in a graph; node names may be empty
     xmax = channel_absmax(fp32_path, calibration, sorted(readers)) if calibration is not None else {}
     const = {
         "pt_eps": np.array(_EPS, dtype=np.float32),
@@ -102,7 +104,7 @@ def quantize_per_token(
         "pt_stop": np.array([-1], dtype=np.int64),
     }
     new_inits = [numpy_helper.from_array(v, k) for k, v in const.items()]
-    quantized: dict[str, str] = {}  # input tensor -> prefix of its quantization
+    quantized: set[str] = set()  # input tensors whose quantization is already in `nodes`
     nodes, replaced = [], set()
 
     def add(op: str, inputs: list[str], output: str, **attrs) -> str:
@@ -110,11 +112,13 @@ def quantize_per_token(
         return output
 
     for node in graph.node:
-        x = node.input[0] if node.op_type == "MatMul" else None
-        if x not in readers or node not in readers[x]:
+        if node.output[0] not in target_outputs:
             nodes.append(node)
             continue
-        weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in readers[x]}
+        x = node.input[0]
+        weights = {
+            n.output[0]: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in readers[x]
+        }
         k = next(iter(weights.values())).shape[0]
         q = f"{x}/pt"
         smooth = None
@@ -133,10 +137,10 @@ def quantize_per_token(
             add("QuantizeLinear", [rows, scale, points], f"{q}/xq", axis=0)
             add("Unsqueeze", [scale, "pt_axis1"], f"{q}/row_scale")
             add("Slice", [add("Shape", [x], f"{q}/shape"), "pt_start", "pt_stop"], f"{q}/lead")
-            quantized[x] = q
-        w = weights[node.name] * (smooth[:, None] if smooth is not None else 1.0)
+            quantized.add(x)
+        w = weights[node.output[0]] * (smooth[:, None] if smooth is not None else 1.0)
         w_scale = np.maximum(np.abs(w).max(axis=0), _EPS) / qmax
-        p = f"{node.name}/pt"
+        p = f"{node.output[0]}/pt"
         new_inits += [
             numpy_helper.from_array(np.clip(np.round(w / w_scale), -qmax, qmax).astype(np.int8), f"{p}/wq"),
             numpy_helper.from_array(w_scale.astype(np.float32), f"{p}/w_scale"),
@@ -158,4 +162,4 @@ def quantize_per_token(
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
-    return sum(len(v) for v in readers.values())
+    return len(targets)
