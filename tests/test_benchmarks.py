@@ -97,6 +97,15 @@ def test_job_part_markdown_states_each_target():
     }
     text = throughput.job_part_markdown({**head, "pipeline": pipeline})
     assert "6,000 pairs" in text and "ratio 0.75 (target ≥ 0.85: not met)" in text
+    assert "Start-up apart" not in text  # a report from before the start-up run
+    startup = {"queries": 5, "pairs": 100, "pipeline_s": 20.0}
+    pipeline |= {
+        "job_startup_run": startup,
+        "job_marginal_pairs_per_s": 32.8,
+        "ratio_job_marginal_vs_bare_engine": 0.82,
+    }
+    text = throughput.job_part_markdown({**head, "pipeline": pipeline})
+    assert "on 5 queries took 20.0 s, so the other pairs ran at 32.8 pairs/s: 0.82 of the bare engine" in text
     log = {
         "entries": 10_000,
         "zipf_s": 1.0,
