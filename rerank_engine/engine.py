@@ -22,7 +22,7 @@ from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency,
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
 from rerank_engine.manifest import Manifest, read_manifest
-from rerank_engine.tokenization import PairTokenizer, TokenizedPairs
+from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, pad_token_id
 from rerank_engine.validation import check_pairs
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,23 @@ class CrossEncoderEngine:
                 f"tokenizer.max_length {config.tokenizer.max_length} exceeds the model's "
                 f"max_length {self.manifest.max_length} ({config.model_dir})"
             )
-        self.tokenizer = PairTokenizer(config.model_dir, config.tokenizer)
+        self._tokenizer: PairTokenizer | None = None
+        pad = pad_token_id(config.model_dir)
+        self.pad_id = pad if pad is not None else self.tokenizer.pad_id
 
     # -- loading -------------------------------------------------------------------------------------
 
     @property
     def model_id(self) -> str:
         return self.manifest.model_id
+
+    @property
+    def tokenizer(self) -> PairTokenizer:
+        """Built on first use: a rerank actor scores pairs that the tokenize stage tokenized and never
+        needs one (building it imports transformers)."""
+        if self._tokenizer is None:
+            self._tokenizer = PairTokenizer(self.config.model_dir, self.config.tokenizer)
+        return self._tokenizer
 
     @property
     def device(self) -> str:
@@ -213,7 +223,7 @@ class CrossEncoderEngine:
 
     def _forward_rows(self, pairs: TokenizedPairs, indices: np.ndarray, padded_length: int) -> np.ndarray:
         """Forward the rows `indices`; a batch the device cannot allocate is split in halves and retried."""
-        ids, mask = pad_rows([pairs.input_ids[i] for i in indices], padded_length, self.tokenizer.pad_id)
+        ids, mask = pad_rows([pairs.input_ids[i] for i in indices], padded_length, self.pad_id)
         types = None
         if pairs.token_type_ids is not None and "token_type_ids" in self.input_names:
             types, _ = pad_rows([pairs.token_type_ids[i] for i in indices], padded_length, 0)

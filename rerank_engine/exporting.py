@@ -76,17 +76,26 @@ def resolve_source(model: str | Path, revision: str | None = None) -> tuple[Path
     return local, {"model": str(model), "revision": local.name}
 
 
+def _installed_version(distribution: str, module: str) -> str:
+    """The installed version from the package metadata, without importing the package (importing torch,
+    transformers and optimum costs a rerank actor ~5 s of start-up on 2 cores just to find a cached
+    export); the module's `__version__` where there is no metadata."""
+    from importlib import import_module, metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return import_module(module).__version__
+
+
 def tool_versions() -> dict[str, str]:
     import onnx
-    import onnxruntime
-    import optimum.version
-    import torch
-    import transformers
+    import onnxruntime  # its distribution may be onnxruntime or onnxruntime-gpu; the import is cheap
 
     return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "optimum": optimum.version.__version__,
+        "torch": _installed_version("torch", "torch"),
+        "transformers": _installed_version("transformers", "transformers"),
+        "optimum": _installed_version("optimum", "optimum.version"),
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "export_code": EXPORT_CODE_VERSION,

@@ -47,3 +47,48 @@ def test_light_modules_import_nothing_heavy():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["light"] == LIGHT  # the imports really happened in the child
     assert report["loaded"] == [], f"light modules pulled in heavy modules: {report['loaded']}"
+
+
+def test_a_rerank_actor_finds_its_cached_export_and_scores_without_torch_or_transformers(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """What a rerank actor does at start-up (`stages.RerankStage`): find the model's export in the cache
+    and open the engine; then it scores pairs tokenized elsewhere. Importing torch or transformers for that
+    (the cache key's tool versions, the pad token id) cost each actor ~10 s of start-up on 2 cores."""
+    import os
+    import pickle
+
+    from rerank_engine.config import EngineConfig
+    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.exporting import export_model
+
+    monkeypatch.setenv("RERANK_ENGINE_CACHE", str(tmp_path / "cache"))
+    export = export_model(tiny_model_dir, precisions=["fp32"])
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=export))
+    pairs = engine.tokenize(["q a"] * 3, ["x", "y z", "w"])
+    code = (
+        "import json, pickle, sys\n"
+        "from rerank_engine.config import EngineConfig\n"
+        "from rerank_engine.engine import CrossEncoderEngine\n"
+        "from rerank_engine.exporting import resolve_export\n"
+        f"export = resolve_export({str(tiny_model_dir)!r}, ['fp32'])\n"
+        "engine = CrossEncoderEngine(EngineConfig.build(model_dir=export))\n"
+        "scores = engine.score_tokenized(pickle.load(sys.stdin.buffer)).scores.tolist()\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'})\n"
+        "report = {'export': str(export), 'loaded': loaded, 'pad_id': engine.pad_id, 'scores': scores}\n"
+        "print(json.dumps(report))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=os.environ.copy(),
+        input=pickle.dumps(pairs),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert report["export"] == str(export)  # the cached export, found by its key
+    assert report["loaded"] == []
+    assert report["pad_id"] == engine.tokenizer.pad_id  # read without transformers: the same id
+    assert report["scores"] == engine.score_tokenized(pairs).scores.tolist()
