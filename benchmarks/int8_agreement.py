@@ -105,10 +105,11 @@ def per_token_rows(export_dir: Path, calib_queries: int, start: int) -> list[Row
 
     def build(bits: int, alpha: float | None):
         def run(src: Path, dst: Path) -> None:
-            feeds = None
+            smoothing = {}
             if alpha is not None:
                 feeds = throughput._CalibrationReader(export_dir, calib_queries, start=start).feeds
-            quantize_per_token(src, dst, weight_bits=bits, calibration=feeds, alpha=alpha or 0.0)
+                smoothing = {"calibration": feeds, "alpha": alpha}
+            quantize_per_token(src, dst, weight_bits=bits, **smoothing)
 
         return run
 
@@ -244,21 +245,9 @@ def compare(w: Workload, scores: np.ndarray, ref: np.ndarray, ref_ndcg: float | 
     return out
 
 
-class OpenVinoVariant(EngineVariant):
-    """Our engine (tokenization, batch plan, order restored) with the export's fp32 graph run by
-    OpenVINO's CPU runtime instead of onnxruntime (`--openvino`; `pip install openvino`)."""
-
-    def engine(self, max_length: int):
-        from rerank_engine.config import EngineConfig
-
-        if max_length not in self.engines:
-            config = EngineConfig.build(**self.kwargs, tokenizer={"max_length": max_length})
-            self.engines[max_length] = OpenVinoEngine(config)
-        return self.engines[max_length]
-
-
 class OpenVinoEngine(CrossEncoderEngine):
-    """`CrossEncoderEngine` whose forward runs on OpenVINO (fp32 inference precision)."""
+    """Our engine (tokenization, batch plan, order restored) with the export's fp32 graph run by
+    OpenVINO's CPU runtime (fp32 inference precision) instead of onnxruntime (`--openvino`)."""
 
     def __init__(self, config):
         import openvino as ov
@@ -270,14 +259,12 @@ class OpenVinoEngine(CrossEncoderEngine):
         self.compiled = ov.Core().compile_model(str(self.model_path), "CPU", settings)
         self.request = self.compiled.create_infer_request()
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = (
-                token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
-            )
-        out = np.asarray(self.request.infer(feed)[self.compiled.output(self.manifest.output)], np.float32)
-        return out[:, 1] - out[:, 0] if self.manifest.num_labels == 2 else out[:, 0]
+    def run_graph(self, feed):
+        return self.request.infer(feed)[self.compiled.output(self.manifest.output)]
+
+
+class OpenVinoVariant(EngineVariant):
+    engine_class = OpenVinoEngine
 
 
 def build_variants(export_dir: Path, rows: list[Row], threads: int, work: Path) -> dict[str, EngineVariant]:

@@ -104,28 +104,31 @@ def quantize_per_token(
         "pt_stop": np.array([-1], dtype=np.int64),
     }
     new_inits = [numpy_helper.from_array(v, k) for k, v in const.items()]
-    quantized: set[str] = set()  # input tensors whose quantization is already in `nodes`
+    smooths: dict[str, np.ndarray | None] = {}  # input tensor -> its smoothing, once its quantization is in
     nodes, replaced = [], set()
 
     def add(op: str, inputs: list[str], output: str, **attrs) -> str:
         nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
+    def weight(matmul) -> np.ndarray:
+        return numpy_helper.to_array(inits[matmul.input[1]]).astype(np.float32)
+
     for node in graph.node:
         if node.output[0] not in target_outputs:
             nodes.append(node)
             continue
         x = node.input[0]
-        weights = {
-            n.output[0]: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in readers[x]
-        }
-        k = next(iter(weights.values())).shape[0]
         q = f"{x}/pt"
-        smooth = None
-        if x in xmax:
-            wmax = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights.values()], axis=0), _EPS)
-            smooth = np.clip(np.maximum(xmax[x], _EPS) ** alpha / wmax ** (1 - alpha), 1e-5, 1e5)
-        if x not in quantized:  # [..., K] -> rows [T, K] -> uint8 rows, one scale per row
+        if x not in smooths:  # the first MatMul reading x: [..., K] -> rows [T, K] -> uint8 rows
+            smooth = None
+            if x in xmax:  # one smoothing for every MatMul reading x
+                wmax = np.max([np.abs(weight(n)).max(axis=1) for n in readers[x]], axis=0)
+                smooth = np.clip(
+                    np.maximum(xmax[x], _EPS) ** alpha / np.maximum(wmax, _EPS) ** (1 - alpha), 1e-5, 1e5
+                )
+            smooths[x] = smooth
+            k = int(inits[node.input[1]].dims[0])
             new_inits.append(numpy_helper.from_array(np.array([-1, k], dtype=np.int64), f"{q}/rows_shape"))
             rows = add("Reshape", [x, f"{q}/rows_shape"], f"{q}/rows")
             if smooth is not None:
@@ -137,8 +140,8 @@ def quantize_per_token(
             add("QuantizeLinear", [rows, scale, points], f"{q}/xq", axis=0)
             add("Unsqueeze", [scale, "pt_axis1"], f"{q}/row_scale")
             add("Slice", [add("Shape", [x], f"{q}/shape"), "pt_start", "pt_stop"], f"{q}/lead")
-            quantized.add(x)
-        w = weights[node.output[0]] * (smooth[:, None] if smooth is not None else 1.0)
+        smooth = smooths[x]
+        w = weight(node) * (smooth[:, None] if smooth is not None else 1.0)
         w_scale = np.maximum(np.abs(w).max(axis=0), _EPS) / qmax
         p = f"{node.output[0]}/pt"
         new_inits += [

@@ -356,12 +356,14 @@ class EngineVariant:
         )
         self.engines = {}
 
+    engine_class = None  # None: rerank_engine.engine.CrossEncoderEngine
+
     def engine(self, max_length: int):
         from rerank_engine.config import EngineConfig
         from rerank_engine.engine import CrossEncoderEngine
 
         if max_length not in self.engines:
-            self.engines[max_length] = CrossEncoderEngine(
+            self.engines[max_length] = (self.engine_class or CrossEncoderEngine)(
                 EngineConfig.build(**self.kwargs, tokenizer={"max_length": max_length})
             )
         return self.engines[max_length]
@@ -610,9 +612,11 @@ def pipeline_overhead(model: str, export_dir: Path, n_queries: int, threads: int
         return {"skipped": "no sample/index: run `make demo` (or jobs.make_sample + jobs.build_index) first"}
     config = _job_config(model, threads)
 
+    all_queries = pq.read_table(sample / "queries.parquet")
+
     def run_on(n: int, name: str) -> dict:
         inp = work / f"{name}_queries.parquet"
-        pq.write_table(pq.read_table(sample / "queries.parquet").slice(0, n), inp)
+        pq.write_table(all_queries.slice(0, n), inp)
         return run_job(
             config,
             input=str(inp),
@@ -625,7 +629,7 @@ def pipeline_overhead(model: str, export_dir: Path, n_queries: int, threads: int
     # the same job on STARTUP_QUERIES first: its pipeline time is mostly the fixed cost (actors starting,
     # models and index loading), so the difference between the two runs is what the other pairs cost
     small = run_on(STARTUP_QUERIES, "pipeline_startup")
-    queries = pq.read_table(sample / "queries.parquet").slice(0, n_queries)
+    queries = all_queries.slice(0, n_queries)
     corpus_table = pq.read_table(sample / "corpus.parquet", columns=["doc_id", "text"])
     corpus = dict(zip(corpus_table["doc_id"].to_pylist(), corpus_table["text"].to_pylist(), strict=True))
     texts = queries.column("query").to_pylist()

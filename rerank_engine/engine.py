@@ -182,11 +182,15 @@ class CrossEncoderEngine:
             feed["token_type_ids"] = (
                 token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
             )
-        (out,) = self.session.run([self.manifest.output], feed)
-        out = np.asarray(out, dtype=np.float32)
+        out = np.asarray(self.run_graph(feed), dtype=np.float32)
         if self.manifest.num_labels == 2:  # softmax[:, 1] == sigmoid(l1 - l0)
             return out[:, 1] - out[:, 0]
         return out[:, 0]
+
+    def run_graph(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's raw output [rows, num_labels] for one padded batch."""
+        (out,) = self.session.run([self.manifest.output], feed)
+        return out
 
     @staticmethod
     def postprocess(logits: np.ndarray) -> np.ndarray:
