@@ -46,7 +46,11 @@ def pad_token_id(tokenizer_dir: str | Path) -> int | None:
 class PairTokenizer:
     """Wraps a Hugging Face fast tokenizer (through AutoTokenizer, so the files' fixed padding is ignored)."""
 
-    def __init__(self, tokenizer_dir: str | Path, config: TokenizerConfig | None = None):
+    def __init__(
+        self, tokenizer_dir: str | Path, config: TokenizerConfig | None = None, *, memoize: bool = False
+    ):
+        """`memoize`: keep every text's token ids, so a text seen again (training's next epoch, an
+        evaluation set scored at every checkpoint) is not tokenized again."""
         from transformers import AutoTokenizer
 
         self.config = config or TokenizerConfig()
@@ -56,6 +60,7 @@ class PairTokenizer:
         if self.config.max_length <= self._n_special + 1:
             raise ValueError(f"max_length {self.config.max_length} leaves no room for text")
         self.query_cap = max(1, int(self.config.max_length * self.config.max_query_share))
+        self._memo: dict[tuple[str, int], list[int]] | None = {} if memoize else None
 
     def __call__(self, queries: Sequence[str], passages: Sequence[str]) -> TokenizedPairs:
         max_length = self.config.max_length
@@ -80,6 +85,13 @@ class PairTokenizer:
         return TokenizedPairs(ids_out, types_out, lengths)
 
     def _encode(self, texts: list[str], limit: int) -> list[list[int]]:
+        if self._memo is None:
+            return self._tokenize(texts, limit)
+        new = list(dict.fromkeys(t for t in texts if (t, limit) not in self._memo))
+        self._memo.update(((t, limit), ids) for t, ids in zip(new, self._tokenize(new, limit), strict=True))
+        return [self._memo[(t, limit)] for t in texts]
+
+    def _tokenize(self, texts: list[str], limit: int) -> list[list[int]]:
         if not texts:
             return []
         enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit)

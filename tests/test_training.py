@@ -65,6 +65,88 @@ def test_mining_rank_range_and_margin(tiny_corpus):
         assert all(row_scores[list(row_ids).index(d)] <= best for d in m.neg_ids)
 
 
+def test_relative_margin_max_score_and_skipped_ranks_are_guards(tiny_corpus):
+    ids, emb, index, positives, q_emb = tiny_corpus
+    by_id = dict(zip(ids, emb, strict=True))
+    scores, got = index.search(q_emb, 12)
+    config = MiningConfig.build(
+        k=12, rank_min=2, rank_max=12, n_negatives=12, margin=-1.0, relative_margin=0.2, max_score=0.3
+    )
+    mined, stats = mine(["q0", "q1", "q2"], q_emb, positives, index, by_id, config, queries=["a", "b", "c"])
+    kept = 0
+    for m in mined:
+        row = ["q0", "q1", "q2"].index(m.qid)
+        best = max(float(q_emb[row] @ by_id[p]) for p in positives[row])
+        score_of = dict(zip(got[row], scores[row], strict=True))
+        rank_of = {d: r for r, d in enumerate(got[row], start=1)}
+        for d in m.neg_ids:
+            assert rank_of[d] >= 2
+            assert score_of[d] <= 0.8 * best + 1e-6
+            assert score_of[d] <= 0.3 + 1e-6
+        kept += len(m.neg_ids)
+    # every candidate is accounted for: a positive, a skipped rank, a guard, or kept
+    dropped = sum(
+        stats[k]
+        for k in ("positive_in_recall", "outside_rank_range", "within_margin", "within_relative_margin")
+    )
+    assert dropped + stats["above_max_score"] + stats["recall_negatives"] == 3 * 12
+    assert kept == stats["recall_negatives"]
+    assert stats["within_relative_margin"] + stats["above_max_score"] > 0
+
+
+def test_answers_labelled_for_a_paraphrase_are_not_negatives(tiny_corpus):
+    from rerank_engine.training.paraphrases import ParaphraseRule
+
+    ids, emb, index, positives, q_emb = tiny_corpus
+    by_id = dict(zip(ids, emb, strict=True))
+    texts = [
+        "Can Car Insurance Companies Drop You?",
+        "Can Auto Insurance Companies Drop You?",
+        "Does Medicare Pay For A Walker?",
+    ]
+    # q1 is a paraphrase of q0: its positive d3 is a false negative for q0 and must not be mined for it
+    rule = ParaphraseRule(texts, positives)
+    config = MiningConfig.build(k=12, rank_max=12, n_negatives=12, margin=-1.0, exclude_paraphrases=True)
+    mined, stats = mine(
+        ["q0", "q1", "q2"], q_emb, positives, index, by_id, config, queries=texts, paraphrases=rule
+    )
+    by_qid = {m.qid: m for m in mined}
+    assert "d3" not in by_qid["q0"].neg_ids and ("d3", "q1") in by_qid["q0"].paraphrase_excluded
+    assert not set(positives[0]) & set(by_qid["q1"].neg_ids)
+    assert "d7" in by_qid["q0"].neg_ids  # q2 is no paraphrase: its answer stays a negative
+    assert stats["paraphrase_label"] == 2 + 1  # d3 for q0; d0 and d5 for q1
+    unguarded, _ = mine(
+        ["q0", "q1", "q2"],
+        q_emb,
+        positives,
+        index,
+        by_id,
+        MiningConfig.build(k=12, rank_max=12, n_negatives=12, margin=-1.0),
+        queries=texts,
+    )
+    assert "d3" in unguarded[0].neg_ids
+
+
+def test_paraphrase_rule_weighs_rare_words():
+    from rerank_engine.training.paraphrases import ParaphraseRule
+
+    texts = [
+        "How Much Does Life Insurance Cost For Seniors?",
+        "About How Much Does Life Insurance Cost For Seniors?",
+        "How Much Does Life Insurance Cost For Children?",
+        "Does Health Insurance Typically Cover Otoplasty?",
+        "Does Health Insurance Cover Otoplasty?",
+        "does health insurance cover OTOPLASTY",
+        *[f"Is life insurance for topic {i} needed?" for i in range(40)],  # common words stay common
+    ]
+    rule = ParaphraseRule(texts, [[] for _ in texts])
+    assert rule.is_paraphrase(0, 1)
+    assert not rule.is_paraphrase(0, 2)  # seniors vs children: the rare words differ
+    assert rule.is_paraphrase(3, 4)
+    assert rule.similarity(4, 5) == 1.0  # equal once case and punctuation are ignored
+    assert not rule.is_paraphrase(3, 3)
+
+
 def test_records_round_trip(tmp_path, tiny_corpus):
     ids, emb, index, positives, q_emb = tiny_corpus
     mined, _ = mine(
@@ -197,3 +279,84 @@ def test_evaluate_reports_the_fused_order(tiny_model_dir):
     expected = mean_metrics(list(zip(ids, relevant, strict=True)), ks=(5,))["NDCG@5"]
     assert metrics["NDCG@5_fused"] == pytest.approx(expected)
     assert "NDCG@5_fused" not in evaluate(model, tokenizer, evalset)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """Stopped at step 7 and resumed, a run ends with the same weights and losses as one left alone:
+    optimizer, schedule, data order and dropout RNG all come back from the checkpoint."""
+    import torch
+
+    from rerank_engine.training.finetune import FinetuneConfig, train
+
+    config = FinetuneConfig.build(
+        loss="bce",
+        pos_weight=3.0,
+        n_negatives=2,
+        n_random_negatives=1,
+        groups_per_step=2,
+        steps=14,
+        lr=1e-3,
+        warmup_share=0.2,
+        max_length=32,
+        checkpoint_every=3,
+        eval_every=100,
+    )
+    whole = train(config, _fused_records(), tmp_path / "whole", base_model=tiny_model_dir, progress=False)
+    train(config, _fused_records(), tmp_path / "split", base_model=tiny_model_dir, stop_at=7, progress=False)
+    rest = train(config, _fused_records(), tmp_path / "split", base_model=tiny_model_dir, progress=False)
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert a["sampler"] == b["sampler"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert rest["last_losses"] == whole["last_losses"][-len(rest["last_losses"]) :]
+
+
+def test_bce_weighs_the_positive_by_pos_weight():
+    import torch
+
+    from rerank_engine.training.finetune import _group_loss
+
+    grouped = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.5, -1.0]])
+    sp = torch.nn.functional.softplus
+    by_hand = (3.0 * sp(-grouped[:, 0]).sum() + sp(grouped[:, 1:]).sum()) / grouped.numel()
+    assert float(_group_loss("bce", grouped, pos_weight=3.0)) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(_group_loss("bce", grouped)) < float(_group_loss("bce", grouped, pos_weight=3.0))
+
+
+def test_memoized_tokenizer_gives_the_same_pairs(random_pairs):
+    from rerank_engine.config import TokenizerConfig
+    from rerank_engine.recall import bundled_minilm_dir
+    from rerank_engine.tokenization import PairTokenizer
+
+    bundled = bundled_minilm_dir()
+    queries, passages = random_pairs(40, seed=3)
+    config = TokenizerConfig(max_length=48, max_query_share=0.25)
+    plain = PairTokenizer(bundled, config)
+    memo = PairTokenizer(bundled, config, memoize=True)
+    for _ in range(2):  # the second pass is served from the memo
+        a, b = plain(queries, passages), memo(queries, passages)
+        assert [x.tolist() for x in a.input_ids] == [x.tolist() for x in b.input_ids]
+        assert a.lengths.tolist() == b.lengths.tolist()
+    assert len(memo._memo) == len(set(queries)) + len(set(passages))
+
+
+def test_comparison_figures_pick_the_fusion_weight_and_keep_the_bi_encoder_row():
+    from rerank_engine.training.comparison import markdown, recall_figures, set_figures
+    from rerank_engine.training.finetune import EvalSet
+
+    evalset = EvalSet(
+        queries=["q0", "q1"],
+        candidates=[["a", "b", "c"], ["a", "b", "c"]],
+        candidate_ids=[["d0", "d1", "d2"], ["d3", "d4", "d5"]],
+        relevant=[{"d0"}, {"d5"}],
+        recall_scores=[[0.9, 0.5, 0.1], [0.2, 0.3, 0.8]],  # recall gets both right
+    )
+    logits = [np.array([0.0, 1.0, 0.5]), np.array([1.0, 0.0, 0.5])]  # the logits get both wrong
+    fig = set_figures(logits, evalset, weights=(0.1, 10.0))
+    assert fig["P@1"] == 0.0 and fig["P@1_fused"] == 1.0 and fig["fusion_weight"] == 10.0
+    assert recall_figures(evalset) == {"P@1": 1.0, "NDCG@5": 1.0}
+    row = {"name": "x", "cascade": fig, "pool": fig}
+    table = markdown([{"name": "bi-encoder", "cascade": recall_figures(evalset), "pool": fig}, row])
+    assert "| x | — | — | 0.565 | 1.000 (10) | 0.000 | 1.000 |" in table  # (0.5 + 1 / log2 3) / 2

@@ -1,7 +1,8 @@
 """Fine-tune a one-logit cross-encoder on mined (query, positive, hard negatives) groups.
 
 Two losses over the same groups of 1 positive + n negatives:
-- "bce": pointwise binary cross-entropy on every pair;
+- "bce": pointwise binary cross-entropy on every pair, the positive weighted by `pos_weight`
+  (sentence-transformers sets it to the negatives per positive);
 - "listwise": softmax cross-entropy over the group's logits (the positive is the target).
 
 Fused training (`fusion_weight` w > 0, `fusion_share` a): the job ranks by `logit + w · recall cosine`
@@ -42,6 +43,7 @@ class FinetuneConfig(_Frozen):
     n_random_negatives: int = Field(
         0, ge=0, description="extra negatives per group drawn from other queries' positives (easy)"
     )
+    pos_weight: float = Field(1.0, gt=0, description="bce only: weight of the positive pair's term")
     groups_per_step: int = Field(4, ge=1)
     steps: int = Field(2000, ge=1, description="length of the LR schedule")
     lr: float = Field(3e-5, gt=0)
@@ -121,28 +123,39 @@ def score_pairs(
     return out
 
 
+def evalset_logits(model, tokenizer: PairTokenizer, evalset: EvalSet) -> list[np.ndarray]:
+    """fp32 logits of every query's candidates, one array per query (scored in one bucketed pass)."""
+    flat_q = [q for q, cands in zip(evalset.queries, evalset.candidates, strict=True) for _ in cands]
+    flat_p = [p for cands in evalset.candidates for p in cands]
+    logits = score_pairs(model, tokenizer, flat_q, flat_p).astype(np.float64)
+    bounds = np.cumsum([0, *(len(c) for c in evalset.candidates)])
+    return np.split(logits, bounds[1:-1])
+
+
+def figures(
+    logits: Sequence[np.ndarray], evalset: EvalSet, fusion_weight: float = 0.0, ks=(1, 5, 10)
+) -> dict[str, float]:
+    """Metrics of each query's candidates ranked by logit (+ fusion_weight · recall cosine, if > 0);
+    ties by recall position."""
+    if fusion_weight > 0 and evalset.recall_scores is None:
+        raise ValueError("a fused ranking needs the evaluation set's recall scores")
+    runs = []
+    for row, (ids, rel) in enumerate(zip(evalset.candidate_ids, evalset.relevant, strict=True)):
+        s = logits[row] + (fusion_weight * np.asarray(evalset.recall_scores[row]) if fusion_weight else 0)
+        order = np.lexsort((np.arange(len(ids)), -s))
+        runs.append(([ids[i] for i in order], rel))
+    return mean_metrics(runs, ks=ks)
+
+
 def evaluate(
     model, tokenizer: PairTokenizer, evalset: EvalSet, fusion_weight: float = 0.0
 ) -> dict[str, float]:
     """Rerank each query's candidates; NDCG/P/R/MRR at 1, 5, 10 of the reranked list. With a
     `fusion_weight` and recall scores, also `NDCG@5_fused`: the order of logit + w · cosine."""
-    flat_q = [q for q, cands in zip(evalset.queries, evalset.candidates, strict=True) for _ in cands]
-    flat_p = [p for cands in evalset.candidates for p in cands]
-    logits = score_pairs(model, tokenizer, flat_q, flat_p)
-
-    def ranked(scores_of) -> list:
-        runs, start = [], 0
-        for row, (ids, rel) in enumerate(zip(evalset.candidate_ids, evalset.relevant, strict=True)):
-            s = scores_of(row, logits[start : start + len(ids)].astype(np.float64))
-            start += len(ids)
-            order = np.lexsort((np.arange(len(ids)), -s))
-            runs.append(([ids[i] for i in order], rel))
-        return runs
-
-    metrics = mean_metrics(ranked(lambda row, s: s), ks=(1, 5, 10))
+    logits = evalset_logits(model, tokenizer, evalset)
+    metrics = figures(logits, evalset)
     if fusion_weight > 0 and evalset.recall_scores is not None:
-        fused = ranked(lambda row, s: s + fusion_weight * np.asarray(evalset.recall_scores[row]))
-        metrics["NDCG@5_fused"] = mean_metrics(fused, ks=(5,))["NDCG@5"]
+        metrics["NDCG@5_fused"] = figures(logits, evalset, fusion_weight, ks=(5,))["NDCG@5"]
     return metrics
 
 
@@ -225,7 +238,7 @@ def _bucketed_logits(model, tokenizer: PairTokenizer, queries, passages, device,
     return torch.cat(parts)[torch.from_numpy(inverse).to(device)]
 
 
-def _group_loss(kind: str, grouped):
+def _group_loss(kind: str, grouped, pos_weight: float = 1.0):
     """Loss over (groups × passages) scores whose column 0 is the positive."""
     torch = require("torch", "torch")
     if kind == "listwise":
@@ -233,7 +246,8 @@ def _group_loss(kind: str, grouped):
         return torch.nn.functional.cross_entropy(grouped, target)
     labels = torch.zeros_like(grouped)
     labels[:, 0] = 1.0
-    return torch.nn.functional.binary_cross_entropy_with_logits(grouped, labels)
+    weight = torch.tensor(pos_weight, dtype=grouped.dtype, device=grouped.device)
+    return torch.nn.functional.binary_cross_entropy_with_logits(grouped, labels, pos_weight=weight)
 
 
 def train(
@@ -268,7 +282,9 @@ def train(
 
     model = load_model(base_model, config.seed).to(device)
     tokenizer = PairTokenizer(
-        base_model, TokenizerConfig(max_length=config.max_length, max_query_share=config.max_query_share)
+        base_model,
+        TokenizerConfig(max_length=config.max_length, max_query_share=config.max_query_share),
+        memoize=True,
     )
     no_decay = ("bias", "LayerNorm.weight")
     params = [
@@ -343,11 +359,13 @@ def train(
         passages = [p for g in groups for p in g.passages]
         logits = _bucketed_logits(model, tokenizer, queries, passages, device)
         grouped = logits.view(len(groups), 1 + config.n_negatives + config.n_random_negatives)
-        loss = _group_loss(config.loss, grouped)
+        loss = _group_loss(config.loss, grouped, config.pos_weight)
         if config.fused:
             cos = np.stack([cosine(g.qid, g.doc_ids) for g in groups]).astype(np.float32)
             shifted = grouped + config.fusion_weight * torch.from_numpy(cos).to(device)
-            loss = (1 - config.fusion_share) * loss + config.fusion_share * _group_loss(config.loss, shifted)
+            loss = (1 - config.fusion_share) * loss + config.fusion_share * _group_loss(
+                config.loss, shifted, config.pos_weight
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

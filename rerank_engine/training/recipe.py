@@ -34,6 +34,26 @@ def valid_evalset(recall, n_queries: int, k: int = 20, split: str = "valid") -> 
     )
 
 
+def pool_evalset(recall, n_queries: int, n_negatives: int, split: str = "valid", start: int = 0) -> EvalSet:
+    """InsuranceQA's answer-selection protocol on `split` questions [start, start + n_queries): each
+    question's own pool, its positives + the first `n_negatives` of its 200 retrieval-mined negatives,
+    in answer-id order (so no ranking inherits the positives-first order on ties)."""
+    from rerank_engine.data.insuranceqa import load_answers, load_split
+
+    encoder, _, emb_by_id = recall
+    questions = load_split(split)[start : start + n_queries]
+    answers = load_answers()
+    pools = [sorted({*q.answers, *q.negatives[:n_negatives]}, key=int) for q in questions]  # no order leak
+    q_emb = encoder.encode([q.text for q in questions])
+    return EvalSet(
+        queries=[q.text for q in questions],
+        candidates=[[answers[d] for d in pool] for pool in pools],
+        candidate_ids=pools,
+        relevant=[set(q.answers) for q in questions],
+        recall_scores=[[float(e @ emb_by_id[d]) for d in pool] for e, pool in zip(q_emb, pools, strict=True)],
+    )
+
+
 def train_cosine(recall, cache_dir: str | Path, split: str = "train"):
     """`cosine(qid, doc_ids)`: the bi-encoder's recall cosine of a `split` question to answers, from the
     cached embeddings (the same ones mining used)."""

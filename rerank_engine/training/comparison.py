@@ -1,0 +1,142 @@
+"""Training recipes compared at equal compute on valid: same seed, same steps, same pairs a step.
+
+Each variant names a mined negative set and overrides of a base `FinetuneConfig`; it trains for `steps`
+(resumable: its own run folder and checkpoint), then its final weights are scored once on two valid
+sets — the cascade (each question's bi-encoder top-20 over all answers) and InsuranceQA's pools —
+alone and fused with the recall cosine (`logit + w · cosine`, w picked on the same set from
+`fusion_weights`, as calibration would). The bi-encoder's own figures stand in the first row.
+A finished variant's figures are kept in `<run_dir>/<name>/result.json` and not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rerank_engine.training.finetune import EvalSet, FinetuneConfig, evalset_logits, figures, train
+from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
+
+FUSION_WEIGHTS = (2.0, 5.0, 10.0, 20.0, 40.0)
+
+
+def set_figures(logits: list[np.ndarray], evalset: EvalSet, weights=FUSION_WEIGHTS) -> dict[str, float]:
+    """P@1 and NDCG@5 alone, and fused at the weight (of `weights`) with the best NDCG@5."""
+    alone = figures(logits, evalset, ks=(1, 5))
+    fused = {w: figures(logits, evalset, w, ks=(1, 5)) for w in weights}
+    w = max(weights, key=lambda w: (fused[w]["NDCG@5"], -w))
+    return {
+        "P@1": alone["P@1"],
+        "NDCG@5": alone["NDCG@5"],
+        "P@1_fused": fused[w]["P@1"],
+        "NDCG@5_fused": fused[w]["NDCG@5"],
+        "fusion_weight": w,
+    }
+
+
+def recall_figures(evalset: EvalSet) -> dict[str, float]:
+    """The bi-encoder alone: candidates ranked by their recall cosine."""
+    m = figures([np.asarray(s, dtype=np.float64) for s in evalset.recall_scores], evalset, ks=(1, 5))
+    return {"P@1": m["P@1"], "NDCG@5": m["NDCG@5"]}
+
+
+def model_figures(model, tokenizer, evalsets: dict[str, EvalSet]) -> dict[str, dict]:
+    return {name: set_figures(evalset_logits(model, tokenizer, es), es) for name, es in evalsets.items()}
+
+
+def final_model(base_model, run_dir: Path, config: FinetuneConfig):
+    """The weights of `run_dir/checkpoint.pt` in the base model's architecture."""
+    import torch
+
+    from rerank_engine.training.finetune import load_model
+
+    model = load_model(base_model, config.seed)
+    saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    return model
+
+
+def mined_sets(cfg: dict, recall, log) -> dict[str, list[dict]]:
+    out = {}
+    for name, mining in cfg["mining"].items():
+        path = Path(cfg["run_dir"]) / f"mined_{name}.jsonl"
+        if not path.is_file():
+            _, stats = mine_insuranceqa("train", MiningConfig.build(**mining), cfg["cache_dir"], path, recall)
+            path.with_suffix(".stats.json").write_text(json.dumps(dict(stats), indent=2))
+            log(f"mined {name}: {dict(stats)}")
+        out[name] = read_records(path)
+    return out
+
+
+def run(cfg: dict, log=print) -> list[dict]:
+    """Train and score every variant of `cfg` (see jobs/configs/recipe_comparison.yaml); the rows."""
+    from rerank_engine.config import TokenizerConfig
+    from rerank_engine.data.insuranceqa import answer_recall
+    from rerank_engine.recall import bundled_minilm_dir
+    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.training.recipe import pool_evalset, train_cosine, valid_evalset
+
+    run_dir = Path(cfg["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base_model = cfg.get("base_model") or bundled_minilm_dir()
+    recall = answer_recall(cfg["cache_dir"])
+    mined = mined_sets(cfg, recall, log)
+    evalsets = {
+        "cascade": valid_evalset(recall, cfg["valid_queries"]),
+        "pool": pool_evalset(recall, cfg["pool_queries"], cfg["pool_negatives"]),
+    }
+    cosine = train_cosine(recall, cfg["cache_dir"])
+    rows = [{"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}]
+    for variant in cfg["variants"]:
+        name = variant["name"]
+        out = run_dir / name / "result.json"
+        if out.is_file():
+            rows.append(json.loads(out.read_text()))
+            continue
+        tc = FinetuneConfig.build(**{**cfg["train"], **variant.get("train", {}), "steps": cfg["steps"]})
+        state = train(
+            tc,
+            mined[variant["negatives"]],
+            run_dir / name,
+            base_model=base_model,
+            cosine=cosine if tc.fused else None,
+            log=log,
+        )
+        model = final_model(base_model, run_dir / name, tc)
+        tokenizer = PairTokenizer(base_model, TokenizerConfig(max_length=tc.max_length))
+        row = {
+            "name": name,
+            "negatives": variant["negatives"],
+            "config": tc.model_dump(),
+            "pairs": tc.steps * tc.groups_per_step * (1 + tc.n_negatives + tc.n_random_negatives),
+            "train_seconds_last_sitting": state["seconds_this_sitting"],
+            **model_figures(model, tokenizer, evalsets),
+        }
+        out.write_text(json.dumps(row, indent=2))
+        log(f"{name}: {json.dumps({k: row[k] for k in evalsets})}")
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = (
+        "| recipe | negatives | pairs | cascade NDCG@5 alone | fused (w) | cascade P@1 alone | fused "
+        "| pool P@1 alone | fused (w) | pool NDCG@5 alone | fused |\n" + "|---" * 11 + "|\n"
+    )
+    lines = []
+    for r in rows:
+        c, p = r["cascade"], r["pool"]
+
+        def cell(d, key, w=False):
+            if key not in d:
+                return "—"
+            return f"{d[key]:.3f}" + (f" ({d['fusion_weight']:g})" if w else "")
+
+        lines.append(
+            f"| {r['name']} | {r.get('negatives', '—')} | {r.get('pairs', '—')} | {cell(c, 'NDCG@5')} "
+            f"| {cell(c, 'NDCG@5_fused', True)} | {cell(c, 'P@1')} | {cell(c, 'P@1_fused')} "
+            f"| {cell(p, 'P@1')} | {cell(p, 'P@1_fused', True)} | {cell(p, 'NDCG@5')} "
+            f"| {cell(p, 'NDCG@5_fused')} |"
+        )
+    return head + "\n".join(lines) + "\n"
