@@ -1,17 +1,28 @@
 """Mine hard negatives for InsuranceQA questions from the bi-encoder's own recall.
 
     python -m jobs.mine_hard_negatives --split train --out artifacts/mined/train.jsonl \
-        [--config jobs/configs/finetune_insuranceqa.yaml]
+        [--config jobs/configs/recipe_comparison.yaml --mining clean]
+    python -m jobs.mine_hard_negatives --read artifacts/mined/train.jsonl --sample 30 \
+        --sample-out reports/hard_negatives/paraphrase_sample.md
+
+The first form mines and prints the counts of every guard; the second draws `--sample` answers that the
+paraphrase guard kept out of the negatives, with both questions, for reading by a person.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import yaml
 
-from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa
+from rerank_engine.training.hard_negatives import (
+    MiningConfig,
+    mine_insuranceqa,
+    paraphrase_sample,
+    read_records,
+)
 
 
 def main(argv=None) -> int:
@@ -19,13 +30,32 @@ def main(argv=None) -> int:
         prog="python -m jobs.mine_hard_negatives", description=__doc__.splitlines()[0]
     )
     p.add_argument("--split", default="train", choices=["train", "valid"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--config", default="jobs/configs/finetune_insuranceqa.yaml")
+    p.add_argument("--out")
+    p.add_argument("--config", default="jobs/configs/recipe_comparison.yaml")
+    p.add_argument("--mining", default=None, help="name of a mining block when the config has several")
     p.add_argument("--cache-dir", default=".cache/embeddings")
+    p.add_argument("--read", help="an existing mined JSONL to draw the paraphrase sample from")
+    p.add_argument("--sample", type=int, default=30)
+    p.add_argument("--sample-out", default=None)
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.read:
+        from rerank_engine.data.insuranceqa import load_answers, load_split
+
+        text_of = {q.qid: q.text for q in load_split("train")}
+        md = paraphrase_sample(read_records(args.read), text_of, load_answers(), args.sample, args.seed)
+        if args.sample_out:
+            Path(args.sample_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.sample_out).write_text(md)
+        print(md)
+        return 0
+    if not args.out:
+        p.error("--out is required when mining")
     with open(args.config) as fh:
-        cfg = yaml.safe_load(fh)
-    path, stats = mine_insuranceqa(args.split, MiningConfig.build(**cfg["mining"]), args.cache_dir, args.out)
+        mining = yaml.safe_load(fh)["mining"]
+    if args.mining:
+        mining = mining[args.mining]
+    path, stats = mine_insuranceqa(args.split, MiningConfig.build(**mining), args.cache_dir, args.out)
     print(json.dumps({"out": str(path), **dict(stats)}, indent=2))
     return 0
 

@@ -360,3 +360,18 @@ def test_comparison_figures_pick_the_fusion_weight_and_keep_the_bi_encoder_row()
     row = {"name": "x", "cascade": fig, "pool": fig}
     table = markdown([{"name": "bi-encoder", "cascade": recall_figures(evalset), "pool": fig}, row])
     assert "| x | — | — | 0.565 | 1.000 (10) | 0.000 | 1.000 |" in table  # (0.5 + 1 / log2 3) / 2
+
+
+def test_paraphrase_sample_lists_exclusions_for_reading():
+    from rerank_engine.training.hard_negatives import paraphrase_sample
+
+    records = [
+        {"query": f"question {i}", "paraphrase_excluded": [[f"a{i}", f"train-{i + 100}"]]} for i in range(5)
+    ]
+    questions = {f"train-{i + 100}": f"paraphrase {i}" for i in range(5)}
+    answers = {f"a{i}": "x" * 300 + "|" for i in range(5)}
+    md = paraphrase_sample(records, questions, answers, n=3, seed=1)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3 and "(3 of 5, seed 1)" in md
+    assert all("…" in r and "paraphrase" in r for r in rows)
+    assert md == paraphrase_sample(records, questions, answers, n=3, seed=1)  # reproducible

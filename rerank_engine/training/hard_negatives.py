@@ -200,3 +200,25 @@ def mine_insuranceqa(
         else None,
     )
     return write_records(mined, load_answers(), out), stats
+
+
+def paraphrase_sample(
+    records: Sequence[dict], question_of: Mapping[str, str], answers: Mapping[str, str], n: int, seed: int = 0
+) -> str:
+    """Markdown of `n` exclusions drawn at random from mined records: the question, the paraphrase the
+    rule matched, and the start of the answer kept out of the question's negatives."""
+    pairs = [(r, doc, other) for r in records for doc, other in r.get("paraphrase_excluded", [])]
+    rng = np.random.default_rng(seed)
+    picked = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(n, len(pairs)), replace=False))]
+    lines = [
+        f"# Answers kept out of the negatives as labelled for a paraphrase ({len(picked)} of {len(pairs)}, "
+        f"seed {seed})",
+        "",
+        "| # | question | paraphrase it matched | answer (labelled for the paraphrase) |",
+        "|---|---|---|---|",
+    ]
+    for i, (r, doc, other) in enumerate(picked, start=1):
+        text = answers[doc].replace("|", "/")
+        text = text[:220] + ("…" if len(text) > 220 else "")
+        lines.append(f"| {i} | {r['query']} | {question_of[other]} | {doc}: {text} |")
+    return "\n".join(lines) + "\n"
