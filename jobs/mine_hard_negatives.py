@@ -53,7 +53,10 @@ def main(argv=None) -> int:
         p.error("--out is required when mining")
     with open(args.config) as fh:
         mining = yaml.safe_load(fh)["mining"]
-    if args.mining:
+    named = all(isinstance(v, dict) for v in mining.values())
+    if named and args.mining not in mining:
+        p.error(f"{args.config} has several mining blocks; pass --mining with one of {sorted(mining)}")
+    if named:
         mining = mining[args.mining]
     path, stats = mine_insuranceqa(args.split, MiningConfig.build(**mining), args.cache_dir, args.out)
     print(json.dumps({"out": str(path), **dict(stats)}, indent=2))
