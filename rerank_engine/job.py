@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
+from rerank_engine.files import check_output_apart
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,17 @@ def inspect_query_log(path: str, config: JobConfig):
             )
         n_rows += meta.metadata.num_rows
     return files, filesystem, first_schema, n_rows, logged
+
+
+def job_inputs(config: JobConfig, *, input: str, corpus: str, index: str | None) -> dict:
+    """What a job reads, by role, for `check_output_apart`: no output may touch these."""
+    return {
+        "query log": input,
+        "corpus": corpus,
+        "index": index,
+        "model": config.model if Path(config.model).exists() else None,
+        "score cache": config.score_cache,
+    }
 
 
 def check_model_source(model: str) -> None:
@@ -236,8 +248,9 @@ def run_job(
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     cols = config.columns
 
-    # Whole-file and config problems, before any model is loaded.
+    # Whole-file and config problems, before any model is loaded and before anything is written.
     files, filesystem, input_schema, n_rows, logged = inspect_query_log(input, config)
+    check_output_apart({"output": output}, job_inputs(config, input=input, corpus=corpus, index=index))
     check_model_source(config.model)
     if not Path(corpus).is_file():
         raise InputError(f"corpus {corpus} does not exist (expected a Parquet file with doc_id, text)")

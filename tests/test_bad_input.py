@@ -157,7 +157,9 @@ def test_zero_rows_write_an_empty_output_without_models(tmp_path, corpus):
     pq.write_table(_queries(tenant=["a", "b"], candidates=[["d1"], ["d2"]]).slice(0, 0), inp)
     out = tmp_path / "out"
     # The model folder exists but holds no model: loading one would fail.
-    summary = run_job(JobConfig.build(model=str(tmp_path)), input=str(inp), corpus=corpus, output=str(out))
+    (tmp_path / "no-model").mkdir()
+    config = JobConfig.build(model=str(tmp_path / "no-model"))
+    summary = run_job(config, input=str(inp), corpus=corpus, output=str(out))
     assert summary["queries"] == 0 and summary["pairs"] == 0
     table = pq.read_table(out)
     assert table.num_rows == 0
