@@ -27,6 +27,7 @@ from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
 from rerank_engine.files import check_output_apart
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
+from rerank_engine.inputs import check_corpus, check_index
 
 log = logging.getLogger(__name__)
 THRESHOLD_FILE = "threshold.json"
@@ -254,11 +255,16 @@ def run_job(
     check_model_source(config.model)
     if not Path(corpus).is_file():
         raise InputError(f"corpus {corpus} does not exist (expected a Parquet file with doc_id, text)")
-    schema.check_corpus_schema(
-        pq.read_schema(corpus), schema.CorpusColumns(cols.doc_id, cols.text, cols.title), corpus
-    )
+    corpus_check = check_corpus(corpus, cols)  # its columns, and doc ids unique
     if not logged and index is None:
         raise ConfigError(f"--index is required: {files[0]} has no {cols.candidates!r} column")
+    if not logged:
+        from rerank_engine.recall import RecallIndex
+
+        index_manifest = RecallIndex.read_manifest(
+            index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+        )
+        check_index(index, index_manifest, corpus, corpus_check, config.bi_encoder)
     out = Path(output)
     if out.exists() and any(p for p in out.iterdir() if not p.name.startswith("_staging")):
         if not overwrite:
@@ -278,7 +284,11 @@ def run_job(
         pq.write_table(schema.output_schema(input_schema).empty_table(), out / "part-00000.parquet")
         summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
         summary.update(
-            run_id=run_id, input=input, output=str(out), mode="logged_candidates" if logged else "recall"
+            run_id=run_id,
+            input=input,
+            output=str(out),
+            mode="logged_candidates" if logged else "recall",
+            corpus_duplicate_rows=corpus_check.duplicate_rows,
         )
         (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
@@ -295,11 +305,6 @@ def run_job(
     manifest = read_manifest(export_dir)
     recall_model, shard_bytes = "logged", ()
     if not logged:
-        from rerank_engine.recall import RecallIndex
-
-        index_manifest = RecallIndex.read_manifest(
-            index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
-        )
         recall_model = str(index_manifest.get("model", "unknown"))
         shard_bytes = tuple(
             (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
@@ -399,6 +404,7 @@ def run_job(
         reranker_model=manifest.model_id,
         recall_model=recall_model,
         duplicate_query_ids=len(duplicated),
+        corpus_duplicate_rows=corpus_check.duplicate_rows,  # same doc id and text: one document
         mode="logged_candidates" if logged else "recall",
         recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
         ray_gpus_for_rerank=gpus,

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_engine.config import JobConfig
-from rerank_engine.errors import ConfigError
+from rerank_engine.errors import ConfigError, InputError
 from rerank_engine.job import run_job
 from rerank_engine.nightly import NightlyConfig, run_nightly
 
@@ -157,3 +157,143 @@ def test_nightly_output_touching_the_input_is_refused_before_the_lock(
     with pytest.raises(ConfigError, match=message):
         run_nightly(config, "2026-11-26", overwrite=True, runner=_never_run)
     assert snapshot(tmp_path) == before  # not even the lock file
+
+
+# -- 2. declared relations between inputs, before Ray starts -----------------------------------------------
+
+
+def _corpus(path: Path, docs: dict[str, str] | list[tuple[str, str]]) -> Path:
+    rows = list(docs.items()) if isinstance(docs, dict) else docs
+    pq.write_table(pa.table({"doc_id": [d for d, _ in rows], "text": [t for _, t in rows]}), path)
+    return path
+
+
+def _index(out: Path, corpus: Path | None, doc_ids: list[str], **manifest) -> Path:
+    """A real (exact FAISS) index over random unit vectors, with the manifest fields build_index writes."""
+    import numpy as np
+
+    from rerank_engine.hashing import file_hash
+    from rerank_engine.recall import BiEncoder, RecallIndex
+
+    emb = np.random.default_rng(0).normal(size=(len(doc_ids), 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    fields = {"model": BiEncoder.describe(None), "max_length": 256}
+    if corpus is not None:
+        fields.update(corpus=str(corpus), corpus_hash=file_hash(corpus))
+    RecallIndex.build(emb, doc_ids, **{**fields, **manifest}).save(out)
+    return out
+
+
+@pytest.fixture
+def recall_inputs(tmp_path):
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"query_id": ["q1", "q2"], "query": ["flood", "waiting period"]}), queries)
+    corpus = _corpus(tmp_path / "corpus.parquet", DOCS)
+    return {"queries": queries, "corpus": corpus, "index": _index(tmp_path / "index", corpus, list(DOCS))}
+
+
+def _run(inputs, corpus=None, index=None, config=CONFIG, **kw):
+    return run_job(
+        config,
+        input=str(inputs["queries"]),
+        corpus=str(corpus or inputs["corpus"]),
+        index=str(index or inputs["index"]),
+        output=str(Path(inputs["queries"]).parent / "out"),
+        **kw,
+    )
+
+
+def test_the_index_of_this_corpus_passes_to_ray(recall_inputs, no_ray):
+    with pytest.raises(AssertionError, match="reached Ray"):
+        _run(recall_inputs)
+
+
+def test_an_index_of_another_corpus_with_the_same_ids_is_refused_naming_both(recall_inputs, no_ray, tmp_path):
+    other = _corpus(tmp_path / "other.parquet", {d: f"another text {i}" for i, d in enumerate(DOCS)})
+    with pytest.raises(InputError) as err:
+        _run(recall_inputs, corpus=other)
+    message = str(err.value)
+    assert (
+        f"index {recall_inputs['index'] / 'manifest.json'} was built from {recall_inputs['corpus']}"
+        in message
+    )
+    assert f"not from corpus {other}" in message and "doc ids and count are the same" in message
+
+
+def test_an_index_of_a_bigger_corpus_is_refused_with_the_counts(recall_inputs, no_ray, tmp_path):
+    fewer = _corpus(tmp_path / "fewer.parquet", dict(list(DOCS.items())[:2]))
+    with pytest.raises(
+        InputError,
+        match=r"the index holds 3 documents, the corpus 2; 1 of the index's doc ids are not in the corpus "
+        r"\(e\.g\. \['d3'\]\)",
+    ):
+        _run(recall_inputs, corpus=fewer)
+
+
+def test_an_index_without_a_corpus_hash_is_held_to_its_ids(recall_inputs, no_ray, tmp_path):
+    # built from embeddings made elsewhere (write_embeddings): no hash, so the ids must match
+    index = _index(tmp_path / "index-ext", None, ["d1", "d2", "zz"])
+    with pytest.raises(
+        InputError, match=r"1 of the index's doc ids are not in the corpus \(e\.g\. \['zz'\]\)"
+    ):
+        _run(recall_inputs, index=index)
+    same = _index(tmp_path / "index-same", None, list(DOCS))
+    with pytest.raises(AssertionError, match="reached Ray"):  # same ids: nothing to hold against it
+        _run(recall_inputs, index=same)
+
+
+def test_an_index_built_with_another_bi_encoder_is_refused_before_ray(recall_inputs, no_ray, tmp_path):
+    index = _index(tmp_path / "index-other", recall_inputs["corpus"], list(DOCS), model="other-encoder@0123")
+    with pytest.raises(
+        ConfigError,
+        match=r"index .*index-other/manifest\.json was built with bi-encoder other-encoder@0123, but "
+        r"bi_encoder .* \(the bundled default\) is ",
+    ):
+        _run(recall_inputs, index=index)
+    with pytest.raises(ConfigError, match=r"bi_encoder: .*nowhere is not a model folder"):
+        _run(recall_inputs, config=JobConfig.build(model="unused", bi_encoder=str(tmp_path / "nowhere")))
+
+
+def test_a_doc_id_repeated_with_another_text_is_an_error_naming_it(inputs, no_ray, tmp_path):
+    corpus = _corpus(tmp_path / "dup.parquet", [*DOCS.items(), ("d2", "A different passage.")])
+    with pytest.raises(
+        InputError,
+        match=r"corpus .*dup\.parquet: doc_id 'd2' occurs more than once with different texts "
+        r"\('Critical illness.*' and 'A different passage\.'\)",
+    ):
+        run_job(CONFIG, input=str(inputs["logs"]), corpus=str(corpus), output=str(tmp_path / "out"))
+
+
+def test_a_doc_id_repeated_with_the_same_text_is_collapsed_and_counted(tmp_path):
+    corpus = _corpus(tmp_path / "dup.parquet", [*DOCS.items(), ("d2", DOCS["d2"]), ("d2", DOCS["d2"])])
+    empty = tmp_path / "empty.parquet"  # zero rows: the summary is written without Ray or a model
+    pq.write_table(
+        pa.table({"query_id": pa.array([], pa.string()), "query": pa.array([], pa.string())}), empty
+    )
+    index = _index(tmp_path / "index", corpus, list(DOCS))
+    (tmp_path / "no-model").mkdir()
+    summary = run_job(
+        JobConfig.build(model=str(tmp_path / "no-model")),
+        input=str(empty),
+        corpus=str(corpus),
+        index=str(index),
+        output=str(tmp_path / "out"),
+    )
+    assert summary["corpus_duplicate_rows"] == 2
+
+
+def test_build_index_collapses_identical_repeats_of_a_doc_id(tmp_path):
+    import numpy as np
+
+    from rerank_engine.indexing import load_embeddings, write_embeddings
+
+    vectors = np.eye(4, dtype=np.float32)
+    write_embeddings(tmp_path / "emb", ["b", "a", "b", "c"], vectors, model="m", max_length=8)
+    with pytest.raises(InputError, match=r"doc_id 'b' appears more than once"):
+        load_embeddings(tmp_path / "emb")
+    ids, emb = load_embeddings(tmp_path / "emb", collapse_repeats=True)
+    assert ids == ["a", "b", "c"] and emb.tolist() == [
+        vectors[1].tolist(),
+        vectors[0].tolist(),
+        vectors[3].tolist(),
+    ]
