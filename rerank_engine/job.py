@@ -7,7 +7,6 @@ input query is in the output exactly once, commit, and write the run summary.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
-from rerank_engine.files import check_output_apart
+from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.inputs import check_corpus, check_index
 
@@ -35,33 +34,6 @@ DEFAULT_THRESHOLD = 0.5
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
-
-
-def resolve_files(path: str) -> tuple[list[str], object]:
-    """A file, a folder (its *.parquet files, recursively) or a glob; local or a pyarrow URI."""
-    from pyarrow import fs
-
-    if "://" in path:
-        filesystem, root = fs.FileSystem.from_uri(path)
-        info = filesystem.get_file_info(root)
-        if info.type == fs.FileType.File:
-            return [root], filesystem
-        if info.type == fs.FileType.Directory:
-            found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
-            files = sorted(f.path for f in found if f.is_file and f.path.endswith(".parquet"))
-            if files:
-                return files, filesystem
-        raise InputError(f"input {path} matches no Parquet file")
-    p = Path(path)
-    if p.is_file():
-        files = [str(p)]
-    elif p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith(("_", ".")))
-    else:
-        files = sorted(glob.glob(path, recursive=True))
-    if not files:
-        raise InputError(f"input {path} matches no Parquet file (expected a file, a folder or a glob)")
-    return files, None
 
 
 def inspect_query_log(path: str, config: JobConfig):
@@ -288,6 +260,7 @@ def run_job(
             input=input,
             output=str(out),
             mode="logged_candidates" if logged else "recall",
+            input_files=len(files),
             corpus_duplicate_rows=corpus_check.duplicate_rows,
         )
         (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -396,6 +369,7 @@ def run_job(
     summary.update(
         run_id=run_id,
         input=input,
+        input_files=len(files),  # Parquet files read (what engines leave beside them skipped)
         output=str(out),
         threshold=threshold,
         threshold_source=threshold_source,

@@ -267,6 +267,7 @@ def run_nightly(
         success = {
             "date": date,
             "input": source,
+            "input_files": len(files),
             "output": str(paths.output),
             **aggregate(summaries),
             "chunks": len(plan["chunks"]),

@@ -6,6 +6,7 @@ tripwire (`no_ray`) fails any test whose job would reach Ray."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -297,3 +298,85 @@ def test_build_index_collapses_identical_repeats_of_a_doc_id(tmp_path):
         vectors[0].tolist(),
         vectors[3].tolist(),
     ]
+
+
+# -- 3. a folder is read as pyarrow reads it: what engines leave behind is skipped -------------------------
+
+
+def _rows(ids: list[str]) -> pa.Table:
+    return pa.table(
+        {"query_id": pa.array(ids, pa.string()), "query": pa.array([f"q {i}" for i in ids], pa.string())}
+    )
+
+
+def spark_folder(root: Path, visible_rows: tuple[int, int, int] = (6, 4, 2)) -> Path:
+    """A query log as Spark leaves it: part files, `_SUCCESS`, `.crc` checksums, a `_temporary/` attempt
+    (a retried task's copy of part 0), plus a hidden folder and a visible partition folder."""
+    folder = root / "logs"
+    (folder / "_temporary" / "0" / "_temporary" / "attempt_202611260000_0001_m_000000_1").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    (folder / "region=eu").mkdir()
+    a, b, c = visible_rows
+    pq.write_table(_rows([f"a{i}" for i in range(a)]), folder / "part-00000-x.snappy.parquet")
+    pq.write_table(_rows([f"b{i}" for i in range(b)]), folder / "part-00001-x.snappy.parquet")
+    pq.write_table(_rows([f"c{i}" for i in range(c)]), folder / "region=eu" / "part-00000-y.snappy.parquet")
+    attempt = next((folder / "_temporary" / "0" / "_temporary").iterdir())
+    pq.write_table(_rows([f"a{i}" for i in range(3)]), attempt / "part-00000-x.snappy.parquet")
+    pq.write_table(_rows(["h0"]), folder / ".hidden" / "part-0.parquet")
+    pq.write_table(_rows(["u0"]), folder / "_part-stale.parquet")
+    (folder / "_SUCCESS").write_bytes(b"")
+    (folder / ".part-00000-x.snappy.parquet.crc").write_bytes(b"crc")
+    return folder
+
+
+@pytest.mark.parametrize("form", ["folder", "file-uri", "glob"])
+def test_a_spark_folder_is_read_as_pyarrow_reads_it(tmp_path, form):
+    import pyarrow.dataset as pads
+
+    from rerank_engine.job import inspect_query_log
+
+    folder = spark_folder(tmp_path)
+    expected = pads.dataset(folder, format="parquet", partitioning=None)
+    given = {"folder": str(folder), "file-uri": f"file://{folder}", "glob": f"{folder}/**/*.parquet"}[form]
+    files, _, _, n_rows, _ = inspect_query_log(given, CONFIG)
+    assert sorted(Path(f).name for f in files) == sorted(Path(f).name for f in expected.files)
+    assert len(files) == 3 and n_rows == expected.count_rows() == 12
+
+
+def test_the_summary_says_how_many_files_were_read(tmp_path, no_ray):
+    folder = spark_folder(tmp_path, visible_rows=(0, 0, 0))  # rows only in what must be skipped
+    (tmp_path / "no-model").mkdir()
+    summary = run_job(
+        JobConfig.build(model=str(tmp_path / "no-model")),
+        input=str(folder),
+        corpus=str(_corpus(tmp_path / "corpus.parquet", DOCS)),
+        index=str(_index(tmp_path / "index", tmp_path / "corpus.parquet", list(DOCS))),
+        output=str(tmp_path / "out"),
+    )
+    assert summary["queries"] == 0 and summary["input_files"] == 3
+
+
+def test_nightly_reads_a_spark_partition_once(tmp_path):
+    partition = tmp_path / "spark" / "dt=2026-11-26"
+    partition.parent.mkdir()
+    spark_folder(tmp_path).rename(partition)
+    pq.write_table(pa.table({"doc_id": ["d1"], "text": ["x"]}), tmp_path / "corpus.parquet")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "bert"}')
+
+    def runner(config, *, input, corpus, output, index=None, run_id=None) -> dict:  # one row per row
+        table = pq.read_table(input)
+        Path(output).mkdir(parents=True)
+        pq.write_table(table, Path(output) / "part-0.parquet")
+        summary = {"queries": table.num_rows, "run_id": run_id}
+        (Path(output) / "_run_summary.json").write_text(json.dumps(summary))
+        return summary
+
+    config = NightlyConfig.build(
+        input_template=str(tmp_path / "spark" / "dt={date}"),
+        output_template=str(tmp_path / "out" / "dt={date}"),
+        corpus=str(tmp_path / "corpus.parquet"),
+        job={"model": str(tmp_path / "model")},
+    )
+    summary = run_nightly(config, "2026-11-26", runner=runner)
+    assert summary["rows"] == summary["queries"] == 12 and summary["input_files"] == 3
