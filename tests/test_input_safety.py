@@ -380,3 +380,59 @@ def test_nightly_reads_a_spark_partition_once(tmp_path):
     )
     summary = run_nightly(config, "2026-11-26", runner=runner)
     assert summary["rows"] == summary["queries"] == 12 and summary["input_files"] == 3
+
+
+# -- 4. every input column reaches the output, whatever its name -----------------------------------------
+
+
+def _scored_batch(**extra) -> dict:
+    """One query as the rerank stage hands it to finalize, with the job's working columns."""
+    from rerank_engine import stages
+
+    return {
+        "query_id": ["a"],
+        "query": ["x"],
+        **extra,
+        stages.STATUS: pa.array([None], pa.string()),
+        stages.CAND_IDS: [["d1", "d2"]],
+        stages.RECALL_SCORES: pa.array([None], pa.list_(pa.float32())),
+        stages.RECALL_RANKS: [[1, 2]],
+        stages.LOGITS: pa.array([[0.5, 1.5]], pa.list_(pa.float32())),
+    }
+
+
+def test_finalize_passes_through_columns_whose_names_start_with_an_underscore():
+    from rerank_engine import schema
+    from rerank_engine.stages import finalize
+
+    batch = _scored_batch(_note=["kept"], __private=[7], _status=["mine"])
+    out = finalize(batch, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="r", run_id="x")
+    assert out.column_names == [
+        "query_id",
+        "query",
+        "_note",
+        "__private",
+        "_status",
+        *(f.name for f in schema.OUTPUT_FIELDS),
+    ]
+    row = out.to_pylist()[0]
+    assert (row["_note"], row["__private"], row["_status"]) == ("kept", 7, "mine")
+    assert not any(c.startswith(schema.WORK_PREFIX) for c in out.column_names)
+
+
+def test_the_empty_output_keeps_underscore_columns(tmp_path):
+    from rerank_engine import schema
+
+    inp = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("_note", pa.string())])
+    assert schema.output_schema(inp).names[:3] == ["query_id", "query", "_note"]
+
+
+def test_an_input_column_in_the_jobs_namespace_is_refused_up_front(tmp_path):
+    from rerank_engine.job import inspect_query_log
+
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"query_id": ["a"], "query": ["x"], "__rerank_status": ["mine"]}), path)
+    with pytest.raises(
+        InputError, match=r"q\.parquet: column '__rerank_status' is in the namespace of the job's working"
+    ):
+        inspect_query_log(str(path), CONFIG)
