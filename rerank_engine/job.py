@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +24,13 @@ import pyarrow.parquet as pq
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
-from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
+from rerank_engine.errors import (
+    ConfigError,
+    InputError,
+    JobTimeoutError,
+    RerankEngineError,
+    ScaleMismatchError,
+)
 from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.inputs import check_corpus, check_index
@@ -176,11 +183,14 @@ def serve_at_calibrated_length(config: JobConfig, calibrated: int | None, source
 
 
 @contextmanager
-def deadline(seconds: float):
-    """Fail instead of hanging (a stalled Ray pipeline shows no error of its own)."""
+def deadline(seconds: float, doing: Callable[[], str] = lambda: "running"):
+    """Fail instead of hanging (a stalled Ray pipeline shows no error of its own): JobTimeoutError after
+    `seconds`, naming what the job was `doing()` then."""
 
     def _raise(signum, frame):
-        raise TimeoutError(f"the job ran past its timeout of {seconds:.0f} s (config key timeout_s)")
+        raise JobTimeoutError(
+            f"the job ran past its timeout of {seconds:g} s (config key timeout_s) while {doing()}"
+        )
 
     try:
         previous = signal.signal(signal.SIGALRM, _raise)
@@ -271,6 +281,7 @@ def run_job(
     from rerank_engine.exporting import needed_precisions, resolve_export
     from rerank_engine.manifest import read_manifest
     from rerank_engine.pipeline import PipelineInputs, build_fanout, build_pipeline, rerank_gpus
+    from rerank_engine.watch import running_operators, watch_executions
 
     ray = ensure_ray()
     gpus = rerank_gpus(config)
@@ -328,32 +339,46 @@ def run_job(
     )
     pipeline_started = time.perf_counter()
     distinct = None
-    if config.dedupe_queries:
-        distinct = plan_distinct(files, filesystem, config, logged, staging / "_distinct")
-    with deadline(config.timeout_s):
-        if distinct is not None:  # recall and rerank each distinct query once, then fan out
-            only_distinct = dataclasses.replace(
-                inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
-            )
-            results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
-            ds = build_fanout(config, inp, results, distinct.keys)
-        else:
-            ds = build_pipeline(config, inp)
-        if config.exploded:
-            from rerank_engine.stages import explode
+    step = ["planning the distinct queries"]  # what the job is doing, for the timeout's message
 
-            ds = ds.map_batches(
-                explode,
-                fn_kwargs={"query_id": cols.query_id, "query": cols.query},
-                batch_format="pyarrow",
-                num_cpus=config.resources.io_cpus,
-            )
-        ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
-    pipeline_s = time.perf_counter() - pipeline_started
+    def doing() -> str:
+        ops = running_operators()
+        return step[0] + (f"; Ray Data operators not finished: {', '.join(ops)}" if ops else "")
 
-    written = sorted(str(p) for p in staging.glob("*.parquet"))
-    table = pq.read_table(written, partitioning=None) if written else None  # no columns from `k=v` paths
-    verify_exactly_once(expected, table, cols.query_id, config.exploded)
+    watch_executions()
+    try:  # a timeout, a failed stage or check, Ctrl-C: the unverified output goes with the error
+        with deadline(config.timeout_s, doing):
+            if config.dedupe_queries:
+                distinct = plan_distinct(files, filesystem, config, logged, staging / "_distinct")
+            if distinct is not None:  # recall and rerank each distinct query once, then fan out
+                step[0] = f"scoring the {len(distinct.keys)} distinct queries"
+                only_distinct = dataclasses.replace(
+                    inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
+                )
+                results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
+                step[0] = f"fanning the results out to the {n_rows} input rows and writing them"
+                ds = build_fanout(config, inp, results, distinct.keys)
+            else:
+                step[0] = f"scoring and writing the {n_rows} input rows"
+                ds = build_pipeline(config, inp)
+            if config.exploded:
+                from rerank_engine.stages import explode
+
+                ds = ds.map_batches(
+                    explode,
+                    fn_kwargs={"query_id": cols.query_id, "query": cols.query},
+                    batch_format="pyarrow",
+                    num_cpus=config.resources.io_cpus,
+                )
+            ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
+        pipeline_s = time.perf_counter() - pipeline_started
+
+        written = sorted(str(p) for p in staging.glob("*.parquet"))
+        table = pq.read_table(written, partitioning=None) if written else None  # no `k=v` path columns
+        verify_exactly_once(expected, table, cols.query_id, config.exploded)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for f in written:  # commit: the verified files move out of staging
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)

@@ -7,6 +7,7 @@ tripwire (`no_ray`) fails any test whose job would reach Ray."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -436,3 +437,157 @@ def test_an_input_column_in_the_jobs_namespace_is_refused_up_front(tmp_path):
         InputError, match=r"q\.parquet: column '__rerank_status' is in the namespace of the job's working"
     ):
         inspect_query_log(str(path), CONFIG)
+
+
+# -- 3-5 on a real local Ray: a Spark folder with `_` columns, read once; a stalled job times out cleanly ----
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for this module (2 CPUs); reused if the session already has one."""
+    import logging
+
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+    yield
+    if started:
+        ray.shutdown()
+
+
+def _spark_log(root: Path, repeat: bool) -> Path:
+    """A logged-candidates query log as Spark writes it, with columns named `_note` and `__private`."""
+    folder = spark_folder(root, visible_rows=(0, 0, 0))  # droppings only; the data goes in below
+    for i, name in enumerate(["part-00000-x.snappy.parquet", "part-00001-x.snappy.parquet"]):
+        queries = [f"flood damage {i}", f"waiting period {i}", f"term life {i}", f"hail {i}"]
+        if repeat:
+            queries[3] = queries[0]
+        ids = [f"p{i}q{j}" for j in range(len(queries))]
+        table = pa.table(
+            {
+                "query_id": ids,
+                "query": queries,
+                "candidates": [["d1", "d2", "d3"]] * len(queries),
+                "_note": [f"note {q}" for q in ids],
+                "__private": list(range(len(queries))),
+            }
+        )
+        pq.write_table(table, folder / name)
+    (folder / "region=eu" / "part-00000-y.snappy.parquet").unlink()
+    return folder
+
+
+def _ray_config(tiny_export, **overrides) -> JobConfig:
+    from rerank_engine.config import load_job_config
+
+    repo = Path(__file__).resolve().parents[1]
+    return load_job_config(
+        repo / "jobs/configs/local.yaml",
+        {"model": str(tiny_export), "precision": "fp32", "k_recall": 3, "k_rerank": 2, "threshold": 0.0}
+        | {"timeout_s": 600, **overrides},
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", [False, True], ids=["no-repeats", "repeats"])
+def test_spark_log_with_underscore_columns_comes_out_once_and_whole(local_ray, tiny_export, tmp_path, repeat):
+    folder = _spark_log(tmp_path, repeat)
+    corpus = _corpus(tmp_path / "corpus.parquet", DOCS)
+    out = tmp_path / "out"
+    summary = run_job(_ray_config(tiny_export), input=str(folder), corpus=str(corpus), output=str(out))
+    assert summary["input_files"] == 2 and summary["queries"] == 8
+    assert summary["distinct_queries"] == (6 if repeat else 8)
+    rows = sorted(pq.read_table(out).to_pylist(), key=lambda r: r["query_id"])
+    assert [r["query_id"] for r in rows] == sorted(f"p{i}q{j}" for i in range(2) for j in range(4))
+    assert all(r["_note"] == f"note {r['query_id']}" for r in rows)  # kept whatever the path
+    assert [r["__private"] for r in rows] == [0, 1, 2, 3] * 2
+    assert all(r["status"] == "ok" and r["n_kept"] == 2 for r in rows)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_stalled_job_times_out_naming_the_stage_and_leaves_no_staging(local_ray, tiny_export, tmp_path):
+    from rerank_engine.errors import JobTimeoutError, RerankEngineError
+
+    folder = _spark_log(tmp_path, repeat=False)
+    corpus = _corpus(tmp_path / "corpus.parquet", DOCS)
+    out = tmp_path / "out"
+    # A rerank actor that asks for more CPUs than the cluster has is never placed: the pipeline stalls,
+    # as the issue's cluster of 1-CPU nodes did.
+    config = _ray_config(tiny_export, timeout_s=20, dedupe_queries=False, **{"resources.rerank_cpus": 64})
+    with pytest.raises(JobTimeoutError) as err:
+        run_job(config, input=str(folder), corpus=str(corpus), output=str(out))
+    message = str(err.value)
+    assert isinstance(err.value, RerankEngineError)  # the CLIs print it as a clean error, exit 2
+    assert "timeout of 20 s (config key timeout_s) while scoring and writing the 8 input rows" in message
+    assert "Ray Data operators not finished: " in message and "RerankStage" in message
+    assert not list(out.glob("_staging-*"))
+
+
+# -- 5. every bad config value is a ConfigError naming the key; a timeout is a clean, named failure ---------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "sets", "message"),
+    [
+        ("1: 2\n", [], r"c\.yaml: config keys are names; found the key 1"),
+        ("true: 1\n", [], r"c\.yaml: config keys are names; found the key True"),
+        (
+            "resources: 3\n",
+            ["resources.rerank_actors=2"],
+            r"cannot set resources\.rerank_actors: resources holds 3",
+        ),
+        (
+            "resources: [1]\n",
+            ["resources.rerank_actors=2"],
+            r"cannot set resources\.rerank_actors: resources holds",
+        ),
+        ("k_recall: 20\n", ["k_recall.x=1"], r"cannot set k_recall\.x: k_recall holds 20, not a mapping"),
+        ("resources: {1: 2}\n", [], r"resources\.1: Keys should be strings"),
+        ("", ["timeout_s=.inf"], r"timeout_s: Input should be a finite number"),
+        ("", ["timeout_s=1e300"], r"timeout_s: Input should be less than or equal to 31536000"),
+        ("", ["resources.io_cpus=.inf"], r"resources\.io_cpus: Input should be a finite number"),
+        ("", ["threshold=.nan"], r"threshold: Input should be a finite number"),
+    ],
+)
+def test_bad_config_values_are_config_errors_naming_the_key(tmp_path, capsys, yaml_text, sets, message):
+    from jobs.rerank import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    argv = ["--config", str(config), "--input", "q", "--corpus", "c", "--output", str(tmp_path / "o")]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 2  # not a traceback
+    err = capsys.readouterr().err
+    assert err.startswith("rerank job failed: ") and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_nightly_config_with_a_job_that_is_not_a_mapping(tmp_path):
+    from rerank_engine.nightly import load_nightly_config
+
+    path = tmp_path / "n.yaml"
+    path.write_text("input_template: a/{date}\noutput_template: b/{date}\ncorpus: c\njob: [1]\n")
+    with pytest.raises(ConfigError, match=r"cannot set job\.k_rerank: job holds \[1\], not a mapping"):
+        load_nightly_config(path, {"job.k_rerank": 3})
+
+
+def test_deadline_is_a_clean_error_naming_what_ran():
+    import time
+
+    from rerank_engine.errors import JobTimeoutError, RerankEngineError
+    from rerank_engine.job import deadline
+
+    with (
+        pytest.raises(
+            JobTimeoutError, match=r"timeout of 0\.2 s \(config key timeout_s\) while reading x"
+        ) as err,
+        deadline(0.2, lambda: "reading x"),
+    ):
+        time.sleep(5)
+    assert isinstance(err.value, RerankEngineError) and isinstance(err.value, TimeoutError)
