@@ -252,6 +252,9 @@ def run_job(
         if not overwrite:
             raise InputError(f"output {out} is not empty; choose another folder or pass --overwrite")
         shutil.rmtree(out)
+    for stale in sorted(out.glob("_staging-*")):  # what a killed run of this output left (never committed)
+        log.warning("removing %s, left unfinished by an earlier run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     expected = read_ids(files, filesystem, cols.query_id)
     duplicated = {k: v for k, v in expected.items() if v > 1}
     if duplicated:  # kept: each row is reranked and written, and counted as often as it occurs

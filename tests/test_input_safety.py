@@ -591,3 +591,20 @@ def test_deadline_is_a_clean_error_naming_what_ran():
     ):
         time.sleep(5)
     assert isinstance(err.value, RerankEngineError) and isinstance(err.value, TimeoutError)
+
+
+def test_a_rerun_removes_the_staging_a_killed_run_left(tmp_path):
+    out = tmp_path / "out"
+    (out / "_staging-20261126T000000Z-dead00").mkdir(parents=True)
+    pq.write_table(_rows(["a0"]), out / "_staging-20261126T000000Z-dead00" / "part-0.parquet")
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(_rows([]), empty)
+    (tmp_path / "no-model").mkdir()
+    run_job(
+        JobConfig.build(model=str(tmp_path / "no-model")),
+        input=str(empty),
+        corpus=str(_corpus(tmp_path / "corpus.parquet", DOCS)),
+        index=str(_index(tmp_path / "index", tmp_path / "corpus.parquet", list(DOCS))),
+        output=str(out),
+    )
+    assert not list(out.glob("_staging-*")) and (out / "part-00000.parquet").is_file()
