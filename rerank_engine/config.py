@@ -17,7 +17,9 @@ Provider = Literal["auto", "cpu", "cuda"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: no setting means anything at inf or nan (a timeout of .inf overflowed the
+    # alarm; a CPU share of .inf reached Ray)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     @classmethod
     def build(cls, **values):
@@ -148,7 +150,9 @@ class JobConfig(_Frozen):
     score_cache: str | None = Field(
         None, description="folder of scores from earlier runs (shared by all nodes); None: no cache"
     )
-    timeout_s: float = Field(3600, gt=0, description="the job fails instead of hanging past this")
+    timeout_s: float = Field(
+        3600, gt=0, le=31_536_000, description="the job fails instead of hanging past this (at most a year)"
+    )
 
     @model_validator(mode="after")
     def _k(self):
@@ -170,16 +174,26 @@ def read_yaml_mapping(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, found {type(values).__name__}")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:  # `1:` or `true:` (nested ones are named by validation)
+        raise ConfigError(f"{path}: config keys are names; found the key {bad[0]!r}")
     return values
 
 
 def apply_overrides(values: dict, overrides: dict | None) -> dict:
-    """Set dotted keys ({"resources.rerank_actors": 2}) in a nested mapping, in place; returns it."""
+    """Set dotted keys ({"resources.rerank_actors": 2}) in a nested mapping, in place; returns it.
+    ConfigError naming the key where a parent holds a value that is not a mapping."""
     for dotted, value in (overrides or {}).items():
         node = values
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                parent = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"cannot set {dotted}: {parent} holds {node!r}, not a mapping of keys "
+                    f"(set {parent} itself, or give it a mapping)"
+                )
         node[leaf] = value
     return values
 

@@ -15,6 +15,10 @@ class InputError(RerankEngineError, ValueError):
     """Input data (a file, a column, a pair) is not what the component expects."""
 
 
+class JobTimeoutError(RerankEngineError, TimeoutError):
+    """A job ran past its `timeout_s`; the message names what it was doing."""
+
+
 class ModelNotFoundError(RerankEngineError, FileNotFoundError):
     """A model folder, ONNX file or manifest is missing."""
 

@@ -27,6 +27,7 @@ from rerank_engine import schema
 from rerank_engine.config import ColumnsConfig
 from rerank_engine.errors import ModelNotFoundError
 from rerank_engine.hashing import file_hash
+from rerank_engine.inputs import check_corpus
 
 
 class EmbedStage:
@@ -152,8 +153,10 @@ def write_embeddings(folder: str | Path, doc_ids, embeddings: np.ndarray, **meta
     return meta
 
 
-def load_embeddings(folder: str | Path) -> tuple[list[str], np.ndarray]:
-    """(doc ids sorted, float32 [n, dim] in that order) from an embeddings folder; duplicate ids fail."""
+def load_embeddings(folder: str | Path, *, collapse_repeats: bool = False) -> tuple[list[str], np.ndarray]:
+    """(doc ids sorted, float32 [n, dim] in that order) from an embeddings folder; duplicate ids fail,
+    unless `collapse_repeats` (the corpus repeats them with identical texts, `inputs.check_corpus`): then
+    the first of each is kept."""
     if read_embeddings_meta(folder) is None:
         raise ModelNotFoundError(f"{folder} holds no {EMBEDDINGS_META}; write it with embed_corpus")
     table = pq.ParquetDataset(folder).read(columns=["doc_id", "embedding"])
@@ -162,6 +165,9 @@ def load_embeddings(folder: str | Path) -> tuple[list[str], np.ndarray]:
     ids = np.asarray(table.column("doc_id").to_pylist(), dtype=object)
     order = np.argsort(ids, kind="stable")
     ids, emb = ids[order], emb[order]
+    if collapse_repeats and len(ids) > 1:
+        first = np.concatenate([[True], ids[1:] != ids[:-1]])
+        ids, emb = ids[first], emb[first]
     if len(ids) > 1 and (dup := np.flatnonzero(ids[1:] == ids[:-1])).size:
         raise schema.InputError(f"doc_id {ids[dup[0]]!r} appears more than once; doc ids must be unique")
     return ids.tolist(), emb
@@ -196,7 +202,9 @@ def build_index(
     from rerank_engine.recall import RecallIndex, exact_recall_at_k
 
     emb_dir = Path(embeddings) if embeddings else Path(out) / "embeddings"
-    if corpus is not None:
+    repeats = 0
+    if corpus is not None:  # a doc id repeated with another text fails here, before any embedding
+        repeats = check_corpus(corpus, columns or ColumnsConfig()).duplicate_rows
         emb_meta = embed_corpus(
             corpus, emb_dir, bi_encoder=bi_encoder, max_length=max_length, actors=actors, columns=columns
         )
@@ -220,7 +228,7 @@ def build_index(
         if all(old.get(k) == v for k, v in {**source, **settings}.items()):
             return {**old, "cached": True}
 
-    doc_ids, emb = load_embeddings(emb_dir)
+    doc_ids, emb = load_embeddings(emb_dir, collapse_repeats=bool(repeats))
     rng = np.random.default_rng(seed)
     held_out = rng.choice(len(emb), min(eval_queries, len(emb)), replace=False)
     train_rows = np.setdiff1d(np.arange(len(emb)), held_out)

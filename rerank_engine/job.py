@@ -7,7 +7,6 @@ input query is in the output exactly once, commit, and write the run summary.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,8 +24,16 @@ import pyarrow.parquet as pq
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
-from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
+from rerank_engine.errors import (
+    ConfigError,
+    InputError,
+    JobTimeoutError,
+    RerankEngineError,
+    ScaleMismatchError,
+)
+from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
+from rerank_engine.inputs import check_corpus, check_index
 
 log = logging.getLogger(__name__)
 THRESHOLD_FILE = "threshold.json"
@@ -33,33 +41,6 @@ DEFAULT_THRESHOLD = 0.5
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
-
-
-def resolve_files(path: str) -> tuple[list[str], object]:
-    """A file, a folder (its *.parquet files, recursively) or a glob; local or a pyarrow URI."""
-    from pyarrow import fs
-
-    if "://" in path:
-        filesystem, root = fs.FileSystem.from_uri(path)
-        info = filesystem.get_file_info(root)
-        if info.type == fs.FileType.File:
-            return [root], filesystem
-        if info.type == fs.FileType.Directory:
-            found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
-            files = sorted(f.path for f in found if f.is_file and f.path.endswith(".parquet"))
-            if files:
-                return files, filesystem
-        raise InputError(f"input {path} matches no Parquet file")
-    p = Path(path)
-    if p.is_file():
-        files = [str(p)]
-    elif p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith(("_", ".")))
-    else:
-        files = sorted(glob.glob(path, recursive=True))
-    if not files:
-        raise InputError(f"input {path} matches no Parquet file (expected a file, a folder or a glob)")
-    return files, None
 
 
 def inspect_query_log(path: str, config: JobConfig):
@@ -85,6 +66,17 @@ def inspect_query_log(path: str, config: JobConfig):
             )
         n_rows += meta.metadata.num_rows
     return files, filesystem, first_schema, n_rows, logged
+
+
+def job_inputs(config: JobConfig, *, input: str, corpus: str, index: str | None) -> dict:
+    """What a job reads, by role, for `check_output_apart`: no output may touch these."""
+    return {
+        "query log": input,
+        "corpus": corpus,
+        "index": index,
+        "model": config.model if Path(config.model).exists() else None,
+        "score cache": config.score_cache,
+    }
 
 
 def check_model_source(model: str) -> None:
@@ -191,11 +183,14 @@ def serve_at_calibrated_length(config: JobConfig, calibrated: int | None, source
 
 
 @contextmanager
-def deadline(seconds: float):
-    """Fail instead of hanging (a stalled Ray pipeline shows no error of its own)."""
+def deadline(seconds: float, doing: Callable[[], str] = lambda: "running"):
+    """Fail instead of hanging (a stalled Ray pipeline shows no error of its own): JobTimeoutError after
+    `seconds`, naming what the job was `doing()` then."""
 
     def _raise(signum, frame):
-        raise TimeoutError(f"the job ran past its timeout of {seconds:.0f} s (config key timeout_s)")
+        raise JobTimeoutError(
+            f"the job ran past its timeout of {seconds:g} s (config key timeout_s) while {doing()}"
+        )
 
     try:
         previous = signal.signal(signal.SIGALRM, _raise)
@@ -236,21 +231,30 @@ def run_job(
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     cols = config.columns
 
-    # Whole-file and config problems, before any model is loaded.
+    # Whole-file and config problems, before any model is loaded and before anything is written.
     files, filesystem, input_schema, n_rows, logged = inspect_query_log(input, config)
+    check_output_apart({"output": output}, job_inputs(config, input=input, corpus=corpus, index=index))
     check_model_source(config.model)
     if not Path(corpus).is_file():
         raise InputError(f"corpus {corpus} does not exist (expected a Parquet file with doc_id, text)")
-    schema.check_corpus_schema(
-        pq.read_schema(corpus), schema.CorpusColumns(cols.doc_id, cols.text, cols.title), corpus
-    )
+    corpus_check = check_corpus(corpus, cols)  # its columns, and doc ids unique
     if not logged and index is None:
         raise ConfigError(f"--index is required: {files[0]} has no {cols.candidates!r} column")
+    if not logged:
+        from rerank_engine.recall import RecallIndex
+
+        index_manifest = RecallIndex.read_manifest(
+            index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+        )
+        check_index(index, index_manifest, corpus, corpus_check, config.bi_encoder)
     out = Path(output)
     if out.exists() and any(p for p in out.iterdir() if not p.name.startswith("_staging")):
         if not overwrite:
             raise InputError(f"output {out} is not empty; choose another folder or pass --overwrite")
         shutil.rmtree(out)
+    for stale in sorted(out.glob("_staging-*")):  # what a killed run of this output left (never committed)
+        log.warning("removing %s, left unfinished by an earlier run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     expected = read_ids(files, filesystem, cols.query_id)
     duplicated = {k: v for k, v in expected.items() if v > 1}
     if duplicated:  # kept: each row is reranked and written, and counted as often as it occurs
@@ -265,7 +269,12 @@ def run_job(
         pq.write_table(schema.output_schema(input_schema).empty_table(), out / "part-00000.parquet")
         summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
         summary.update(
-            run_id=run_id, input=input, output=str(out), mode="logged_candidates" if logged else "recall"
+            run_id=run_id,
+            input=input,
+            output=str(out),
+            mode="logged_candidates" if logged else "recall",
+            input_files=len(files),
+            corpus_duplicate_rows=corpus_check.duplicate_rows,
         )
         (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
@@ -275,6 +284,7 @@ def run_job(
     from rerank_engine.exporting import needed_precisions, resolve_export
     from rerank_engine.manifest import read_manifest
     from rerank_engine.pipeline import PipelineInputs, build_fanout, build_pipeline, rerank_gpus
+    from rerank_engine.watch import running_operators, watch_executions
 
     ray = ensure_ray()
     gpus = rerank_gpus(config)
@@ -282,11 +292,6 @@ def run_job(
     manifest = read_manifest(export_dir)
     recall_model, shard_bytes = "logged", ()
     if not logged:
-        from rerank_engine.recall import RecallIndex
-
-        index_manifest = RecallIndex.read_manifest(
-            index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
-        )
         recall_model = str(index_manifest.get("model", "unknown"))
         shard_bytes = tuple(
             (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
@@ -337,32 +342,46 @@ def run_job(
     )
     pipeline_started = time.perf_counter()
     distinct = None
-    if config.dedupe_queries:
-        distinct = plan_distinct(files, filesystem, config, logged, staging / "_distinct")
-    with deadline(config.timeout_s):
-        if distinct is not None:  # recall and rerank each distinct query once, then fan out
-            only_distinct = dataclasses.replace(
-                inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
-            )
-            results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
-            ds = build_fanout(config, inp, results, distinct.keys)
-        else:
-            ds = build_pipeline(config, inp)
-        if config.exploded:
-            from rerank_engine.stages import explode
+    step = ["planning the distinct queries"]  # what the job is doing, for the timeout's message
 
-            ds = ds.map_batches(
-                explode,
-                fn_kwargs={"query_id": cols.query_id, "query": cols.query},
-                batch_format="pyarrow",
-                num_cpus=config.resources.io_cpus,
-            )
-        ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
-    pipeline_s = time.perf_counter() - pipeline_started
+    def doing() -> str:
+        ops = running_operators()
+        return step[0] + (f"; Ray Data operators not finished: {', '.join(ops)}" if ops else "")
 
-    written = sorted(str(p) for p in staging.glob("*.parquet"))
-    table = pq.read_table(written, partitioning=None) if written else None  # no columns from `k=v` paths
-    verify_exactly_once(expected, table, cols.query_id, config.exploded)
+    watch_executions()
+    try:  # a timeout, a failed stage or check, Ctrl-C: the unverified output goes with the error
+        with deadline(config.timeout_s, doing):
+            if config.dedupe_queries:
+                distinct = plan_distinct(files, filesystem, config, logged, staging / "_distinct")
+            if distinct is not None:  # recall and rerank each distinct query once, then fan out
+                step[0] = f"scoring the {len(distinct.keys)} distinct queries"
+                only_distinct = dataclasses.replace(
+                    inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
+                )
+                results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
+                step[0] = f"fanning the results out to the {n_rows} input rows and writing them"
+                ds = build_fanout(config, inp, results, distinct.keys)
+            else:
+                step[0] = f"scoring and writing the {n_rows} input rows"
+                ds = build_pipeline(config, inp)
+            if config.exploded:
+                from rerank_engine.stages import explode
+
+                ds = ds.map_batches(
+                    explode,
+                    fn_kwargs={"query_id": cols.query_id, "query": cols.query},
+                    batch_format="pyarrow",
+                    num_cpus=config.resources.io_cpus,
+                )
+            ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
+        pipeline_s = time.perf_counter() - pipeline_started
+
+        written = sorted(str(p) for p in staging.glob("*.parquet"))
+        table = pq.read_table(written, partitioning=None) if written else None  # no `k=v` path columns
+        verify_exactly_once(expected, table, cols.query_id, config.exploded)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for f in written:  # commit: the verified files move out of staging
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)
@@ -378,6 +397,7 @@ def run_job(
     summary.update(
         run_id=run_id,
         input=input,
+        input_files=len(files),  # Parquet files read (what engines leave beside them skipped)
         output=str(out),
         threshold=threshold,
         threshold_source=threshold_source,
@@ -386,6 +406,7 @@ def run_job(
         reranker_model=manifest.model_id,
         recall_model=recall_model,
         duplicate_query_ids=len(duplicated),
+        corpus_duplicate_rows=corpus_check.duplicate_rows,  # same doc id and text: one document
         mode="logged_candidates" if logged else "recall",
         recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
         ray_gpus_for_rerank=gpus,

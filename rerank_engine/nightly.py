@@ -48,7 +48,8 @@ from pydantic import Field, field_validator
 
 from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
-from rerank_engine.job import inspect_query_log, read_ids, run_job, verify_exactly_once
+from rerank_engine.files import check_output_apart
+from rerank_engine.job import inspect_query_log, job_inputs, read_ids, run_job, verify_exactly_once
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,10 @@ def run_nightly(
     paths = NightlyPaths.for_output(config.output_template.replace(DATE_FIELD, date))
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
+    check_output_apart(  # before the lock file: nothing is written beside an input either
+        {"output": paths.output, "nightly work folder": paths.work.parent},
+        job_inputs(config.job, input=source, corpus=config.corpus, index=config.index),
+    )
     with exclusive(paths.lock):
         if (paths.output / SUCCESS).is_file() and not overwrite:
             shutil.rmtree(paths.work, ignore_errors=True)  # left by a run killed right after its commit
@@ -262,6 +267,7 @@ def run_nightly(
         success = {
             "date": date,
             "input": source,
+            "input_files": len(files),
             "output": str(paths.output),
             **aggregate(summaries),
             "chunks": len(plan["chunks"]),

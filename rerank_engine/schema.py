@@ -34,6 +34,10 @@ RESULT_TYPE = pa.struct(
     ]
 )
 
+# The namespace of the job's working columns between stages (rerank_engine.stages): never in the output,
+# and an input column in it is refused (check_query_schema), so no input column can collide with one.
+WORK_PREFIX = "__rerank_"
+
 # Columns the job adds; everything else in the input is passed through unchanged.
 OUTPUT_FIELDS = [
     pa.field("results", pa.list_(RESULT_TYPE)),
@@ -94,6 +98,12 @@ def check_query_schema(schema: pa.Schema, cols: QueryColumns, where: str) -> boo
     for reserved in (f.name for f in OUTPUT_FIELDS):
         if reserved in names:
             raise InputError(f"{where}: column {reserved!r} is written by the job; rename it in the input")
+    for name in names:
+        if name.startswith(WORK_PREFIX):
+            raise InputError(
+                f"{where}: column {name!r} is in the namespace of the job's working columns "
+                f"({WORK_PREFIX}*); rename it in the input"
+            )
     if cols.candidates in names:
         ctype = schema.field(cols.candidates).type
         if not (pa.types.is_list(ctype) or pa.types.is_large_list(ctype)) or not (
@@ -118,5 +128,5 @@ def check_corpus_schema(schema: pa.Schema, cols: CorpusColumns, where: str) -> N
 
 
 def output_schema(input_schema: pa.Schema, drop: Sequence[str] = ()) -> pa.Schema:
-    kept = [f for f in input_schema if f.name not in drop and not f.name.startswith("_")]
+    kept = [f for f in input_schema if f.name not in drop]
     return pa.schema(kept + OUTPUT_FIELDS)

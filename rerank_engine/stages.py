@@ -2,7 +2,9 @@
 
 Each takes and returns a `pyarrow.Table` with one row per query (candidates as list columns), checks the
 columns it needs on entry, and knows nothing of Ray or resources, so a test can call it on a hand-made
-table. Intermediate columns start with "_" and are dropped by `finalize`.
+table. The working columns between stages (STATUS, CAND_IDS, ... below) live in a namespace of their own,
+`schema.WORK_PREFIX` ("__rerank_"): `finalize` drops them, and an input column in it is refused up front,
+so every other input column, whatever its name, is passed through.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ from rerank_engine.tokenization import TokenizedPairs
 from rerank_engine.validation import EMPTY_TEXT, text_problem
 
 _STATUS_OF_PROBLEM = {EMPTY_TEXT: schema.EMPTY_QUERY}
+
+# The working columns (in schema.WORK_PREFIX's namespace): recall → tokenize → rerank → finalize.
+STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS = (
+    schema.WORK_PREFIX + n for n in ("status", "cand_ids", "recall_scores", "recall_ranks")
+)
+QUERY_EMB, CAND_ROWS = schema.WORK_PREFIX + "query_emb", schema.WORK_PREFIX + "cand_rows"  # shard stages
+N_UNKNOWN, IDS_FLAT, TYPES_FLAT, LENGTHS = (
+    schema.WORK_PREFIX + n for n in ("n_unknown", "ids_flat", "types_flat", "lengths")
+)
+CACHED_LOGITS, PAIR_KEYS, LOGITS = (schema.WORK_PREFIX + n for n in ("cached_logits", "pair_keys", "logits"))
 
 
 def _table(batch) -> pa.Table:
@@ -76,6 +88,11 @@ def _with(batch: pa.Table, **columns) -> pa.Table:
     return batch
 
 
+def _with_work(batch: pa.Table, **columns) -> pa.Table:
+    """Set working columns by their short names (`status=` sets STATUS)."""
+    return _with(batch, **{schema.WORK_PREFIX + name: values for name, values in columns.items()})
+
+
 # -- candidates -----------------------------------------------------------------------------------------
 
 
@@ -111,17 +128,17 @@ def _recall_columns(batch: pa.Table, status, ids: list[list[str]], scores: list[
     """The recall stage's output columns; a searchable query for which nothing was found (an approximate
     index can find fewer than k) gets `no_candidates`."""
     status = [schema.NO_CANDIDATES if s is None and not ids[i] else s for i, s in enumerate(status)]
-    return _with(
+    return _with_work(
         batch,
-        _status=pa.array(status, pa.string()),
-        _cand_ids=pa.array(ids, pa.list_(pa.string())),
-        _recall_scores=pa.array(scores, pa.list_(pa.float32())),
-        _recall_ranks=pa.array([list(range(1, len(r) + 1)) for r in ids], pa.list_(pa.int32())),
+        status=pa.array(status, pa.string()),
+        cand_ids=pa.array(ids, pa.list_(pa.string())),
+        recall_scores=pa.array(scores, pa.list_(pa.float32())),
+        recall_ranks=pa.array([list(range(1, len(r) + 1)) for r in ids], pa.list_(pa.int32())),
     )
 
 
 class RecallStage:
-    """Bi-encoder + FAISS top-k: `_cand_ids`, `_recall_scores`, `_recall_ranks`."""
+    """Bi-encoder + FAISS top-k: `CAND_IDS`, `RECALL_SCORES`, `RECALL_RANKS`."""
 
     def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
         from rerank_engine.recall import RecallIndex
@@ -156,7 +173,7 @@ class RecallStage:
 
 
 class QueryEmbedStage:
-    """Embeds the queries for the shard stages: `_status`, `_query_emb`, and an empty running top-k."""
+    """Embeds the queries for the shard stages: `STATUS`, `QUERY_EMB`, and an empty running top-k."""
 
     def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
         from rerank_engine.recall import RecallIndex
@@ -169,13 +186,13 @@ class QueryEmbedStage:
         full = np.zeros((len(status), emb.shape[1]), dtype=np.float32)
         full[ok] = emb
         empty = [[] for _ in status]
-        return _with(
+        return _with_work(
             batch,
-            _status=pa.array(status, pa.string()),
-            _query_emb=pa.FixedSizeListArray.from_arrays(pa.array(full.ravel()), emb.shape[1]),
-            _cand_ids=pa.array(empty, pa.list_(pa.string())),
-            _recall_scores=pa.array(empty, pa.list_(pa.float32())),
-            _cand_rows=pa.array(empty, pa.list_(pa.int64())),
+            status=pa.array(status, pa.string()),
+            query_emb=pa.FixedSizeListArray.from_arrays(pa.array(full.ravel()), emb.shape[1]),
+            cand_ids=pa.array(empty, pa.list_(pa.string())),
+            recall_scores=pa.array(empty, pa.list_(pa.float32())),
+            cand_rows=pa.array(empty, pa.list_(pa.int64())),
         )
 
 
@@ -193,17 +210,15 @@ class ShardSearchStage:
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
-        require_columns(
-            batch, ["_status", "_query_emb", "_cand_ids", "_recall_scores", "_cand_rows"], "shard"
-        )
-        status = batch.column("_status").to_pylist()
+        require_columns(batch, [STATUS, QUERY_EMB, CAND_IDS, RECALL_SCORES, CAND_ROWS], "shard")
+        status = batch.column(STATUS).to_pylist()
         ok = [i for i, s in enumerate(status) if s is None]
-        ids = batch.column("_cand_ids").to_pylist()
-        scores = batch.column("_recall_scores").to_pylist()
-        rows = batch.column("_cand_rows").to_pylist()
+        ids = batch.column(CAND_IDS).to_pylist()
+        scores = batch.column(RECALL_SCORES).to_pylist()
+        rows = batch.column(CAND_ROWS).to_pylist()
         if ok:
-            dim = batch.schema.field("_query_emb").type.list_size
-            emb = batch.column("_query_emb").combine_chunks().flatten().to_numpy().reshape(-1, dim)[ok]
+            dim = batch.schema.field(QUERY_EMB).type.list_size
+            emb = batch.column(QUERY_EMB).combine_chunks().flatten().to_numpy().reshape(-1, dim)[ok]
             s, r = self.index.search_rows(emb, self.config.k_recall)
             for row, i in enumerate(ok):
                 hits = [
@@ -225,12 +240,12 @@ class ShardSearchStage:
                     [h[2] for h in merged],
                 )
         if self.last:
-            return _recall_columns(batch.drop_columns(["_query_emb", "_cand_rows"]), status, ids, scores)
-        return _with(
+            return _recall_columns(batch.drop_columns([QUERY_EMB, CAND_ROWS]), status, ids, scores)
+        return _with_work(
             batch,
-            _cand_ids=pa.array(ids, pa.list_(pa.string())),
-            _recall_scores=pa.array(scores, pa.list_(pa.float32())),
-            _cand_rows=pa.array(rows, pa.list_(pa.int64())),
+            cand_ids=pa.array(ids, pa.list_(pa.string())),
+            recall_scores=pa.array(scores, pa.list_(pa.float32())),
+            cand_rows=pa.array(rows, pa.list_(pa.int64())),
         )
 
 
@@ -250,12 +265,12 @@ def logged_candidates(batch, *, config: JobConfig) -> pa.Table:
             status[i] = schema.NO_CANDIDATES
         ids.append(list(kept) if status[i] is None else [])
         ranks.append(list(kept.values()) if status[i] is None else [])
-    return _with(
+    return _with_work(
         batch,
-        _status=pa.array(status, pa.string()),
-        _cand_ids=pa.array(ids, pa.list_(pa.string())),
-        _recall_scores=pa.array([None] * len(ids), pa.list_(pa.float32())),
-        _recall_ranks=pa.array(ranks, pa.list_(pa.int32())),
+        status=pa.array(status, pa.string()),
+        cand_ids=pa.array(ids, pa.list_(pa.string())),
+        recall_scores=pa.array([None] * len(ids), pa.list_(pa.float32())),
+        recall_ranks=pa.array(ranks, pa.list_(pa.int32())),
     )
 
 
@@ -278,12 +293,12 @@ def load_corpus(path: str, config: JobConfig) -> dict[str, str]:
 
 
 class TokenizeStage:
-    """Join passage text and tokenize every (query, candidate) pair: `_ids_flat`, `_types_flat`, `_lengths`.
+    """Join passage text and tokenize every (query, candidate) pair: `IDS_FLAT`, `TYPES_FLAT`, `LENGTHS`.
 
-    Candidates absent from the corpus are dropped (counted in `_n_unknown`); a query left with none
+    Candidates absent from the corpus are dropped (counted in `N_UNKNOWN`); a query left with none
     gets status `unknown_candidates`. With a score cache, pairs scored on earlier runs are not tokenized:
-    `_cached_logits` holds their logits (NaN for the pairs still to score, which alone are tokenized) and
-    `_pair_keys` the keys of those, for the rerank stage to add to the cache.
+    `CACHED_LOGITS` holds their logits (NaN for the pairs still to score, which alone are tokenized) and
+    `PAIR_KEYS` the keys of those, for the rerank stage to add to the cache.
     """
 
     def __init__(
@@ -305,12 +320,12 @@ class TokenizeStage:
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
         qcol = self.config.columns.query
-        require_columns(batch, [qcol, "_status", "_cand_ids", "_recall_scores", "_recall_ranks"], "tokenize")
-        status = batch.column("_status").to_pylist()
+        require_columns(batch, [qcol, STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS], "tokenize")
+        status = batch.column(STATUS).to_pylist()
         queries = column_texts(batch.column(qcol))
-        cand_ids = batch.column("_cand_ids").to_pylist()
-        rscores = batch.column("_recall_scores").to_pylist()
-        rranks = batch.column("_recall_ranks").to_pylist()
+        cand_ids = batch.column(CAND_IDS).to_pylist()
+        rscores = batch.column(RECALL_SCORES).to_pylist()
+        rranks = batch.column(RECALL_RANKS).to_pylist()
         flat_q, flat_p = [], []
         n_unknown = []
         for i, ids in enumerate(cand_ids):
@@ -356,18 +371,18 @@ class TokenizeStage:
                 else np.zeros(0, np.int8)
             )
             len_rows.append(pairs.lengths[sl].astype(np.int32))
-        return _with(
+        return _with_work(
             batch,
-            _status=pa.array(status, pa.string()),
-            _cand_ids=pa.array(cand_ids, pa.list_(pa.string())),
-            _recall_scores=pa.array(rscores, pa.list_(pa.float32())),
-            _recall_ranks=pa.array(rranks, pa.list_(pa.int32())),
-            _n_unknown=pa.array(n_unknown, pa.int32()),
-            _ids_flat=pa.array(ids_rows, pa.list_(pa.int32())),
-            _types_flat=pa.array(types_rows, pa.list_(pa.int8())),
-            _lengths=pa.array(len_rows, pa.list_(pa.int32())),
-            _cached_logits=pa.array(_split(cached, np.asarray(counts)), pa.list_(pa.float32())),
-            _pair_keys=(
+            status=pa.array(status, pa.string()),
+            cand_ids=pa.array(cand_ids, pa.list_(pa.string())),
+            recall_scores=pa.array(rscores, pa.list_(pa.float32())),
+            recall_ranks=pa.array(rranks, pa.list_(pa.int32())),
+            n_unknown=pa.array(n_unknown, pa.int32()),
+            ids_flat=pa.array(ids_rows, pa.list_(pa.int32())),
+            types_flat=pa.array(types_rows, pa.list_(pa.int8())),
+            lengths=pa.array(len_rows, pa.list_(pa.int32())),
+            cached_logits=pa.array(_split(cached, np.asarray(counts)), pa.list_(pa.float32())),
+            pair_keys=(
                 _key_lists(keys, counts_todo)
                 if keys is not None
                 else pa.nulls(len(counts), pa.list_(pa.binary(KEY_BYTES)))
@@ -379,7 +394,7 @@ class TokenizeStage:
 
 
 class RerankStage:
-    """Score every pair of the batch with the engine (bucketed across the whole batch): `_logits`.
+    """Score every pair of the batch with the engine (bucketed across the whole batch): `LOGITS`.
 
     Pairs the tokenize stage found in the score cache keep their cached logit (`n_cached` counts them);
     the newly scored ones are added to the cache."""
@@ -418,10 +433,10 @@ class RerankStage:
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
-        require_columns(batch, ["_ids_flat", "_types_flat", "_lengths"], "rerank")
-        flat_ids, _ = _list_values(batch.column("_ids_flat"))
-        flat_types, _ = _list_values(batch.column("_types_flat"))
-        lengths, per_row = _list_values(batch.column("_lengths"))
+        require_columns(batch, [IDS_FLAT, TYPES_FLAT, LENGTHS], "rerank")
+        flat_ids, _ = _list_values(batch.column(IDS_FLAT))
+        flat_types, _ = _list_values(batch.column(TYPES_FLAT))
+        lengths, per_row = _list_values(batch.column(LENGTHS))
         pairs = TokenizedPairs(
             input_ids=[x.astype(np.int64) for x in _split(flat_ids, lengths)],
             token_type_ids=[x.astype(np.int64) for x in _split(flat_types, lengths)],
@@ -437,12 +452,12 @@ class RerankStage:
             real = np.bincount(row_of_pair, weights=lengths, minlength=len(per_row)).astype(np.int64)
             padded_share = real / result.padding_efficiency
         n_cached = np.zeros(len(per_row), dtype=np.int32)
-        if "_cached_logits" in batch.column_names:
-            cached, per_row_all = _list_values(batch.column("_cached_logits"))
+        if CACHED_LOGITS in batch.column_names:
+            cached, per_row_all = _list_values(batch.column(CACHED_LOGITS))
             cached = cached.astype(np.float32)  # a writable copy
             todo = np.isnan(cached)
             if self.cache is not None and len(logits):
-                self.cache.add(as_numpy_keys(batch.column("_pair_keys").combine_chunks().flatten()), logits)
+                self.cache.add(as_numpy_keys(batch.column(PAIR_KEYS).combine_chunks().flatten()), logits)
             cached[todo] = logits
             logits, per_row = cached, per_row_all
             n_cached = np.bincount(
@@ -450,8 +465,7 @@ class RerankStage:
             ).astype(np.int32)
         provider = self.engine.providers[0]
         return _with(
-            batch,
-            _logits=pa.array(_split(logits, per_row), pa.list_(pa.float32())),
+            _with_work(batch, logits=pa.array(_split(logits, per_row), pa.list_(pa.float32()))),
             n_cached=pa.array(n_cached, pa.int32()),
             n_tokens=pa.array(real, pa.int64()),
             n_padded_tokens=pa.array(padded_share, pa.float64()),
@@ -482,15 +496,15 @@ def finalize(
     fused = Fusion(model_id=reranker_model, recall_model=recall_model, **fusion) if fusion else None
 
     batch = _table(batch)
-    require_columns(batch, ["_status", "_cand_ids", "_recall_scores", "_recall_ranks", "_logits"], "finalize")
-    status = batch.column("_status").to_pylist()
+    require_columns(batch, [STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS, LOGITS], "finalize")
+    status = batch.column(STATUS).to_pylist()
     results, n_cands, n_kept = [], [], []
     for i, (ids, logits, rscores, rranks) in enumerate(
         zip(
-            batch.column("_cand_ids").to_pylist(),
-            batch.column("_logits").to_pylist(),
-            batch.column("_recall_scores").to_pylist(),
-            batch.column("_recall_ranks").to_pylist(),
+            batch.column(CAND_IDS).to_pylist(),
+            batch.column(LOGITS).to_pylist(),
+            batch.column(RECALL_SCORES).to_pylist(),
+            batch.column(RECALL_RANKS).to_pylist(),
             strict=True,
         )
     ):
@@ -540,7 +554,7 @@ def finalize(
         if field.name not in out.column_names:
             out = out.append_column(field, pa.nulls(n, field.type))
     written = {f.name for f in schema.OUTPUT_FIELDS}
-    passed = [c for c in out.column_names if not c.startswith("_") and c not in written]
+    passed = [c for c in out.column_names if not c.startswith(schema.WORK_PREFIX) and c not in written]
     return out.select(passed + [f.name for f in schema.OUTPUT_FIELDS])
 
 

@@ -157,7 +157,9 @@ def test_zero_rows_write_an_empty_output_without_models(tmp_path, corpus):
     pq.write_table(_queries(tenant=["a", "b"], candidates=[["d1"], ["d2"]]).slice(0, 0), inp)
     out = tmp_path / "out"
     # The model folder exists but holds no model: loading one would fail.
-    summary = run_job(JobConfig.build(model=str(tmp_path)), input=str(inp), corpus=corpus, output=str(out))
+    (tmp_path / "no-model").mkdir()
+    config = JobConfig.build(model=str(tmp_path / "no-model"))
+    summary = run_job(config, input=str(inp), corpus=corpus, output=str(out))
     assert summary["queries"] == 0 and summary["pairs"] == 0
     table = pq.read_table(out)
     assert table.num_rows == 0
@@ -282,7 +284,7 @@ def test_pass_through_survives_bad_rows(bad_rows_output):
 def test_one_mb_query_is_capped_by_the_tokenizer(bad_rows_output, row_config):
     _, tokenized, out = bad_rows_output
     i = [r[0] for r in ROWS].index("one-mb")
-    lengths = tokenized.column("_lengths").to_pylist()[i]
+    lengths = tokenized.column("__rerank_lengths").to_pylist()[i]
     assert len(lengths) == 3 and max(lengths) <= row_config.tokenizer.max_length
     assert out.column("n_kept").to_pylist()[i] == 3
 
@@ -362,11 +364,11 @@ def test_nonfinite_logits_are_flagged_never_written():
     batch = {
         "query_id": ["nan", "inf", "-inf", "fine"],
         "query": ["x"] * 4,
-        "_status": pa.array([None] * 4, pa.string()),
-        "_cand_ids": [["a", "b"]] * 4,
-        "_recall_scores": pa.array([None] * 4, pa.list_(pa.float32())),
-        "_recall_ranks": [[1, 2]] * 4,
-        "_logits": pa.array(
+        "__rerank_status": pa.array([None] * 4, pa.string()),
+        "__rerank_cand_ids": [["a", "b"]] * 4,
+        "__rerank_recall_scores": pa.array([None] * 4, pa.list_(pa.float32())),
+        "__rerank_recall_ranks": [[1, 2]] * 4,
+        "__rerank_logits": pa.array(
             [[float("nan"), 1.0], [2.0, float("inf")], [float("-inf"), 0.0], [1.0, 0.0]],
             pa.list_(pa.float32()),
         ),

@@ -146,11 +146,11 @@ def test_finalize_orders_and_thresholds_the_fused_score():
     batch = pa.table(
         {
             "query_id": ["q"],
-            "_status": pa.array([None], pa.string()),
-            "_cand_ids": [["a", "b", "c", "d"]],
-            "_recall_scores": pa.array([cos], pa.list_(pa.float32())),
-            "_recall_ranks": [[1, 2, 3, 4]],
-            "_logits": pa.array([logits], pa.list_(pa.float32())),
+            "__rerank_status": pa.array([None], pa.string()),
+            "__rerank_cand_ids": [["a", "b", "c", "d"]],
+            "__rerank_recall_scores": pa.array([cos], pa.list_(pa.float32())),
+            "__rerank_recall_ranks": [[1, 2, 3, 4]],
+            "__rerank_logits": pa.array([logits], pa.list_(pa.float32())),
         }
     )
     weights = {"recall_weight": 10.0, "scale": 0.5, "bias": -4.0}

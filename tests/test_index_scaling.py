@@ -231,12 +231,12 @@ def test_recall_stage_keeps_only_found_candidates_and_takes_nprobe(ivf_index_dir
     narrow = RecallStage(JobConfig.build(k_recall=20, k_rerank=5), ivf_index_dir)(batch)
     wide = RecallStage(JobConfig.build(k_recall=20, k_rerank=5, recall={"nprobe": 8}), ivf_index_dir)(batch)
     for ids, scores in zip(
-        narrow["_cand_ids"].to_pylist(), narrow["_recall_scores"].to_pylist(), strict=True
+        narrow["__rerank_cand_ids"].to_pylist(), narrow["__rerank_recall_scores"].to_pylist(), strict=True
     ):
         assert 0 < len(ids) < 20 and len(scores) == len(ids)
         assert all(d.startswith("p") for d in ids) and np.isfinite(scores).all()
-    assert narrow["_status"].to_pylist() == [None, None]
-    assert [len(ids) for ids in wide["_cand_ids"].to_pylist()] == [20, 20]  # all 8 lists probed
+    assert narrow["__rerank_status"].to_pylist() == [None, None]
+    assert [len(ids) for ids in wide["__rerank_cand_ids"].to_pylist()] == [20, 20]  # all 8 lists probed
 
 
 def test_job_rejects_a_search_parameter_the_index_lacks(tmp_path):
@@ -283,12 +283,13 @@ def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
     in_process = RecallStage(config, str(sharded))(batch)
     assert out.column_names == in_process.column_names
     assert out.to_pylist() == in_process.to_pylist()
-    assert out["_status"].to_pylist() == [None, "empty_query", None]
+    assert out["__rerank_status"].to_pylist() == [None, "empty_query", None]
 
     unsharded = RecallStage(config, str(whole))(batch)
     for got, want in zip(out.to_pylist(), unsharded.to_pylist(), strict=True):
-        np.testing.assert_allclose(got["_recall_scores"], want["_recall_scores"], atol=1e-6)
+        np.testing.assert_allclose(got["__rerank_recall_scores"], want["__rerank_recall_scores"], atol=1e-6)
         text_of = dict(zip(ids, texts, strict=True))
-        assert [text_of[d] for d in got["_cand_ids"]] == [text_of[d] for d in want["_cand_ids"]]
-    top = in_process["_recall_scores"].to_pylist()[2]
+        got_texts = [text_of[d] for d in got["__rerank_cand_ids"]]
+        assert got_texts == [text_of[d] for d in want["__rerank_cand_ids"]]
+    top = in_process["__rerank_recall_scores"].to_pylist()[2]
     assert len(set(np.round(top, 5))) < len(top)  # the third query's top-10 holds ties

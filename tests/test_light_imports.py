@@ -16,6 +16,8 @@ LIGHT = [
     "rerank_engine.metrics",
     "rerank_engine.schema",
     "rerank_engine.hashing",
+    "rerank_engine.files",
+    "rerank_engine.inputs",
     "rerank_engine.bm25",
     "rerank_engine.evaluation",
     "rerank_engine.nightly",

@@ -106,10 +106,11 @@ def test_stages_reuse_cached_scores_and_score_only_new_pairs(tmp_path, corpus, t
     }
     second = run_stages(config, corpus, tiny_export, day2, "ns")
     assert second.column("n_cached").to_pylist() == [2, 2, 0]
-    assert [len(x) for x in second.column("_lengths").to_pylist()] == [1, 0, 0]  # only (c, d3) tokenized
+    tokenized = [len(x) for x in second.column("__rerank_lengths").to_pylist()]
+    assert tokenized == [1, 0, 0]  # only (c, d3) tokenized
     want = run_stages(config.model_copy(update={"score_cache": None}), corpus, tiny_export, day2, None)
     for got_row, want_row in zip(
-        second.column("_logits").to_pylist(), want.column("_logits").to_pylist(), strict=True
+        second.column("__rerank_logits").to_pylist(), want.column("__rerank_logits").to_pylist(), strict=True
     ):
         np.testing.assert_allclose(got_row, want_row, rtol=0, atol=1e-5)
     assert ScoreCache(config.score_cache, "ns").compact("day2") == 5  # 4 from day 1 + (c, d3)

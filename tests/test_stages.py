@@ -48,24 +48,24 @@ def scored(config, corpus, tiny_export):
 
 def test_logged_candidates_statuses_and_dedupe(scored):
     stage_in, _, _ = scored
-    assert stage_in.column("_status").to_pylist() == [
+    assert stage_in.column("__rerank_status").to_pylist() == [
         None,
         schema.EMPTY_QUERY,
         schema.NO_CANDIDATES,
         None,
         None,
     ]
-    assert stage_in.column("_cand_ids").to_pylist()[0] == ["d1", "d2", "d3"]  # repeat of d1 dropped
-    assert stage_in.column("_recall_ranks").to_pylist()[0] == [1, 2, 4]  # logged positions kept
+    assert stage_in.column("__rerank_cand_ids").to_pylist()[0] == ["d1", "d2", "d3"]  # repeat of d1 dropped
+    assert stage_in.column("__rerank_recall_ranks").to_pylist()[0] == [1, 2, 4]  # logged positions kept
 
 
 def test_tokenize_drops_unknown_docs_and_flags_rows(scored):
     _, tokenized, _ = scored
-    assert tokenized.column("_status").to_pylist()[3] == schema.UNKNOWN_CANDIDATES
-    assert tokenized.column("_cand_ids").to_pylist()[4] == ["d4"]
-    assert tokenized.column("_n_unknown").to_pylist() == [0, 0, 0, 2, 1]
-    lengths = tokenized.column("_lengths").to_pylist()
-    ids = tokenized.column("_ids_flat").to_pylist()
+    assert tokenized.column("__rerank_status").to_pylist()[3] == schema.UNKNOWN_CANDIDATES
+    assert tokenized.column("__rerank_cand_ids").to_pylist()[4] == ["d4"]
+    assert tokenized.column("__rerank_n_unknown").to_pylist() == [0, 0, 0, 2, 1]
+    lengths = tokenized.column("__rerank_lengths").to_pylist()
+    ids = tokenized.column("__rerank_ids_flat").to_pylist()
     assert [len(x) for x in lengths] == [3, 0, 0, 0, 1]
     assert [sum(x) for x in lengths] == [len(x) for x in ids]
 
@@ -76,9 +76,9 @@ def test_rerank_scores_equal_the_engine(scored, config, tiny_export):
 
     engine = CrossEncoderEngine(EngineConfig.build(model_dir=tiny_export, precision="fp32"))
     query = tokenized.column("query").to_pylist()[0]
-    docs = tokenized.column("_cand_ids").to_pylist()[0]
+    docs = tokenized.column("__rerank_cand_ids").to_pylist()[0]
     want = engine.score([query] * len(docs), [DOCS[d] for d in docs]).logits
-    got = np.asarray(reranked.column("_logits").to_pylist()[0], dtype=np.float32)
+    got = np.asarray(reranked.column("__rerank_logits").to_pylist()[0], dtype=np.float32)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert reranked.column("provider").to_pylist()[0] == "CPUExecutionProvider"
     assert reranked.column("n_tokens").to_pylist()[1] == 0
@@ -109,11 +109,11 @@ def test_finalize_breaks_ties_by_doc_id_and_flags_nan():
     batch = {
         "query_id": ["a", "b"],
         "query": ["x", "y"],
-        "_status": pa.array([None, None], pa.string()),
-        "_cand_ids": [["z", "b", "a"], ["p", "q"]],
-        "_recall_scores": pa.array([None, None], pa.list_(pa.float32())),
-        "_recall_ranks": [[1, 2, 3], [1, 2]],
-        "_logits": pa.array([[0.5, 0.5, 0.5], [float("nan"), 1.0]], pa.list_(pa.float32())),
+        "__rerank_status": pa.array([None, None], pa.string()),
+        "__rerank_cand_ids": [["z", "b", "a"], ["p", "q"]],
+        "__rerank_recall_scores": pa.array([None, None], pa.list_(pa.float32())),
+        "__rerank_recall_ranks": [[1, 2, 3], [1, 2]],
+        "__rerank_logits": pa.array([[0.5, 0.5, 0.5], [float("nan"), 1.0]], pa.list_(pa.float32())),
     }
     out = finalize(batch, k_rerank=3, threshold=0.1, reranker_model="m", recall_model="r", run_id="x")
     rows = out.to_pylist()
@@ -132,5 +132,5 @@ def test_explode_one_row_per_kept_pair_and_one_for_empty(scored):
 
 
 def test_stage_names_missing_columns(config, corpus, tiny_export):
-    with pytest.raises(InputError, match=r"stage tokenize: missing columns \['_status'"):
+    with pytest.raises(InputError, match=r"stage tokenize: missing columns \['__rerank_status'"):
         TokenizeStage(config, corpus, tiny_export)({"query": ["x"]})
