@@ -166,12 +166,13 @@ def export_model(
         wanted = list(dict.fromkeys([*existing.variants, *wanted]))  # rebuild, keeping what was there
 
     started = time.perf_counter()
-    torch_model, tokenizer = _load_torch(src_dir, trust_remote_code)
+    torch_model, tokenizer = _load_torch(src_dir, trust_remote_code, model)
     num_labels = int(torch_model.config.num_labels)
     if num_labels not in (1, 2):
         raise ModelFormatError(
             f"{model}: num_labels={num_labels}; a cross-encoder needs 1 (sigmoid) or 2 (softmax[:, 1]) logits"
         )
+    declared = declared_activation(src_dir, num_labels, model)
     max_len = _max_length(torch_model.config, tokenizer, max_length)
 
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
@@ -225,6 +226,7 @@ def export_model(
             max_length=max_len,
             num_labels=num_labels,
             activation="sigmoid" if num_labels == 1 else "softmax",
+            declared_activation=declared,
             inputs=inputs,
             variants=variants,
             tool_versions=versions,
@@ -263,17 +265,120 @@ def _install(work: Path, out: Path) -> None:
     shutil.move(str(work / MANIFEST_NAME), out / MANIFEST_NAME)
 
 
-def _load_torch(src_dir: Path, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+# The model types whose export, pair template and score scale tests/test_families.py proves, with an
+# example hub id each (README "Supported model families"). Anything else is refused by name.
+SUPPORTED_MODEL_TYPES = {
+    "bert": "cross-encoder/ms-marco-MiniLM-L6-v2",
+    "distilbert": "(a DistilBertForSequenceClassification cross-encoder)",
+    "electra": "cross-encoder/ms-marco-electra-base",
+    "xlm-roberta": "BAAI/bge-reranker-v2-m3",
+    "deberta-v2": "mixedbread-ai/mxbai-rerank-base-v1",
+    "modernbert": "Alibaba-NLP/gte-reranker-modernbert-base",
+}
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(src_dir), torch_dtype=torch.float32, trust_remote_code=trust_remote_code
-    ).eval()
+
+def _unsupported(model, model_type: str, why: str) -> ModelFormatError:
+    return ModelFormatError(
+        f"{model}: model type {model_type!r} is not supported ({why}); supported model types: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+def _load_torch(src_dir: Path, trust_remote_code: bool, model=None):
+    """The checkpoint as a sequence-classification model, refused unless every weight of it, the
+    classification head included, comes from the checkpoint (transformers would fill a missing head with
+    random weights and only log a warning: every score would be noise)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    model = model or src_dir
+    try:
+        config = AutoConfig.from_pretrained(str(src_dir), trust_remote_code=trust_remote_code)
+    except (KeyError, ValueError) as exc:
+        model_type = _config_value(src_dir, "model_type")
+        raise _unsupported(model, model_type, f"transformers does not know it: {exc}") from None
+    try:
+        torch_model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(src_dir),
+            torch_dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        why = "transformers has no sequence-classification model for it"
+        raise _unsupported(model, config.model_type, why) from None
+    fresh = sorted(info["missing_keys"])
+    if fresh:
+        raise ModelFormatError(head_missing_message(model, config, fresh))
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise _unsupported(model, config.model_type, "its export and pair template are untested")
     tokenizer = AutoTokenizer.from_pretrained(
         str(src_dir), use_fast=True, trust_remote_code=trust_remote_code
     )
-    return model, tokenizer
+    return torch_model.eval(), tokenizer
+
+
+def head_missing_message(model, config, missing: Sequence[str]) -> str:
+    """What to tell the user whose checkpoint lacks weights of the classification model."""
+    architectures = ", ".join(getattr(config, "architectures", None) or ["unknown"])
+    hint = (
+        "point `model` at a trained cross-encoder (a *ForSequenceClassification checkpoint with its head), "
+        "or fine-tune one from this checkpoint first (rerank_engine.training, `base_model:` in the "
+        "jobs/finetune_reranker.py config)"
+    )
+    if "ForCausalLM" in architectures:
+        hint = (
+            f"it is a causal LM ({architectures}): LLM rerankers that score the logits of yes/no tokens "
+            f"are not supported; {hint}"
+        )
+    return (
+        f"{model}: the checkpoint ({architectures}) has no trained sequence-classification head: "
+        f"{', '.join(missing)} would be newly initialised with random values and every score would be "
+        f"noise; {hint}"
+    )
+
+
+# sentence-transformers' CrossEncoder stores the activation its predict() applies to the logits; these
+# are the ones the engine's output reproduces ("sigmoid" / "softmax": the `score` column, the
+# probability; "identity": the `logit` column, which is what predict returns then).
+_ST_ACTIVATIONS = {
+    1: {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.modules.linear.Identity": "identity"},
+    2: {"torch.nn.modules.activation.Softmax": "softmax", "torch.nn.modules.linear.Identity": "identity"},
+}
+
+
+def declared_activation(src_dir: Path, num_labels: int, model=None) -> str | None:
+    """The activation a sentence-transformers CrossEncoder checkpoint declares, looked up where
+    sentence-transformers looks (config_sentence_transformers.json, then config.json's
+    `sentence_transformers.activation_fn`, then the pre-v4 `sbert_ce_default_activation_function`);
+    None for a plain transformers checkpoint. One the engine cannot reproduce is a ModelFormatError."""
+    path = None
+    st_file = Path(src_dir) / "config_sentence_transformers.json"
+    if st_file.is_file():
+        path = json.loads(st_file.read_text()).get("activation_fn")
+    if path is None:
+        config = json.loads((Path(src_dir) / "config.json").read_text())
+        path = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
+            "sbert_ce_default_activation_function"
+        )
+    if path is None:
+        return None
+    known = _ST_ACTIVATIONS[num_labels]
+    if path not in known:
+        raise ModelFormatError(
+            f"{model or src_dir}: its sentence-transformers config declares the activation {path!r}, which "
+            f"the engine does not reproduce for {num_labels} logit(s); expected one of {sorted(known)}"
+        )
+    return known[path]
+
+
+def _config_value(src_dir: Path, key: str) -> str:
+    try:
+        return str(json.loads((Path(src_dir) / "config.json").read_text()).get(key))
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
 
 
 def _max_length(config, tokenizer, requested: int | None) -> int:

@@ -39,6 +39,8 @@ class Manifest(BaseModel):
     max_length: int
     num_labels: Literal[1, 2]
     activation: Literal["sigmoid", "softmax"]
+    # what a sentence-transformers CrossEncoder config declares predict() applies; None: no such config
+    declared_activation: Literal["sigmoid", "softmax", "identity"] | None = None
     score_scale: Literal["probability"] = "probability"
     inputs: list[str]
     output: str = "logits"

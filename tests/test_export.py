@@ -266,3 +266,100 @@ def test_calibration_files_beside_the_weights_keep_the_model_id(tmp_path, tiny_m
         assert content_hash(folder) == before, name
     (folder / "config.json").write_text((folder / "config.json").read_text().replace("}", ', "x": 1}', 1))
     assert content_hash(folder) != before  # a real model file still counts
+
+
+# -- checkpoints that are not cross-encoders ---------------------------------------------------------
+
+
+def _tiny_bert_config(vocab_size: int, **kw):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def bare_encoder_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    """A bare BertModel checkpoint (what `bert-base-uncased` is): no classification head."""
+    from transformers import BertModel
+
+    out = tmp_path_factory.mktemp("bare-bert")
+    BertModel(_tiny_bert_config(bundled_tokenizer.vocab_size)).save_pretrained(out)
+    bundled_tokenizer.save_pretrained(out)
+    return out
+
+
+def test_a_checkpoint_without_a_trained_head_is_refused(bare_encoder_dir, tmp_path):
+    """transformers would load it as BertForSequenceClassification with a random `classifier` (a warning
+    only): every score would be noise. The export and the job's resolve_export refuse it by name."""
+    from rerank_engine.exporting import export_model, resolve_export
+
+    with pytest.raises(
+        ModelFormatError, match=r"classifier\.bias, classifier\.weight would be newly"
+    ) as info:
+        export_model(bare_encoder_dir, tmp_path / "out")
+    assert "BertModel" in str(info.value) and "fine-tune" in str(info.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(ModelFormatError, match=r"classifier\.weight"):
+        resolve_export(bare_encoder_dir)  # what the job and its rerank actors call
+
+
+def test_cli_refuses_a_checkpoint_without_a_head(bare_encoder_dir, tmp_path):
+    proc = _run_cli("--model", str(bare_encoder_dir), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "classifier.weight" in proc.stderr and "no trained sequence-classification head" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_causal_lm_checkpoint_is_refused(tmp_path, bundled_tokenizer):
+    """The shape of Qwen/Qwen3-Reranker-0.6B: a Qwen3ForCausalLM, which transformers would load as
+    Qwen3ForSequenceClassification with a newly initialised `score.weight`."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from rerank_engine.exporting import export_model
+
+    config = Qwen3Config(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        pad_token_id=0,
+    )  # fmt: skip
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "qwen3")
+    bundled_tokenizer.save_pretrained(tmp_path / "qwen3")
+    with pytest.raises(ModelFormatError, match=r"score\.weight would be newly initialised") as info:
+        export_model(tmp_path / "qwen3", tmp_path / "out")
+    assert "causal LM (Qwen3ForCausalLM)" in str(info.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_an_unsupported_model_type_names_itself_and_the_supported_ones(tmp_path, bundled_tokenizer):
+    from transformers import GPT2Config, GPT2ForSequenceClassification, ViTConfig
+
+    from rerank_engine.exporting import SUPPORTED_MODEL_TYPES, export_model
+
+    supported = ", ".join(SUPPORTED_MODEL_TYPES)
+    assert {"bert", "xlm-roberta", "deberta-v2", "modernbert", "electra"} <= set(SUPPORTED_MODEL_TYPES)
+    # a trained head, but a family whose export and pair template no test proves
+    gpt2 = GPT2Config(vocab_size=bundled_tokenizer.vocab_size, n_embd=32, n_layer=1, n_head=2, num_labels=1)
+    GPT2ForSequenceClassification(gpt2).save_pretrained(tmp_path / "gpt2")
+    bundled_tokenizer.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ModelFormatError, match="model type 'gpt2' is not supported") as info:
+        export_model(tmp_path / "gpt2", tmp_path / "out")
+    assert supported in str(info.value)
+    # a model type with no sequence-classification model at all
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ModelFormatError, match="model type 'vit' is not supported") as info:
+        export_model(tmp_path / "vit", tmp_path / "out")
+    assert supported in str(info.value)
+    # a model type transformers does not know
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
+    with pytest.raises(ModelFormatError, match="model type 'not-a-model' is not supported") as info:
+        export_model(tmp_path / "odd", tmp_path / "out")
+    assert supported in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -197,3 +197,30 @@ def test_evaluate_reports_the_fused_order(tiny_model_dir):
     expected = mean_metrics(list(zip(ids, relevant, strict=True)), ks=(5,))["NDCG@5"]
     assert metrics["NDCG@5_fused"] == pytest.approx(expected)
     assert "NDCG@5_fused" not in evaluate(model, tokenizer, evalset)
+
+
+def test_load_model_says_when_it_starts_from_a_fresh_head(
+    tmp_path, tiny_model_dir, bundled_tokenizer, caplog
+):
+    """Training may start from a checkpoint without a classification head (the export refuses one), and
+    its log says which weights it drew fresh."""
+    import logging
+
+    from transformers import BertConfig, BertModel
+
+    from rerank_engine.training.finetune import load_model
+
+    config = BertConfig(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "bare")
+    with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
+        model = load_model(tmp_path / "bare", seed=0)
+    assert model.config.num_labels == 1
+    fresh = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
+    assert fresh and "classifier.bias, classifier.weight" in fresh[0] and "seed 0" in fresh[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
+        load_model(tiny_model_dir, seed=0)  # a trained head: nothing to say
+    assert not [r for r in caplog.records if "newly initialised" in r.getMessage()]
