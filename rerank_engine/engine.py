@@ -94,11 +94,9 @@ class CrossEncoderEngine:
                 f"(missing {missing}, unknown {unknown}); expected {list(KNOWN_INPUTS[:2])} "
                 "and optionally token_type_ids"
             )
-        if config.tokenizer.max_length > self.manifest.max_length:
-            raise ModelFormatError(
-                f"tokenizer.max_length {config.tokenizer.max_length} exceeds the model's "
-                f"max_length {self.manifest.max_length} ({config.model_dir})"
-            )
+        tokenizer = config.tokenizer.served_by(self.manifest.max_length, config.model_dir)
+        if tokenizer is not config.tokenizer:
+            self.config = config = config.model_copy(update={"tokenizer": tokenizer})
         self._tokenizer: PairTokenizer | None = None
         pad = pad_token_id(config.model_dir)
         self.pad_id = pad if pad is not None else self.tokenizer.pad_id
