@@ -182,6 +182,8 @@ def export_model(
         fp32_path = work / VARIANT_FILES["fp32"]
         if optimize:
             _optimize(fp32_path, torch_model.config)
+        if external_data_files(fp32_path):  # a graph over 2 GB keeps its weights beside it
+            log.info("%s: the fp32 graph keeps its weights in ONNX external data", model)
         probe = ProbeSet(tokenizer, inputs, max_len)
         ref = probe.torch_logits(torch_model)
         variants = {
@@ -190,6 +192,7 @@ def export_model(
                 precision="fp32",
                 optimized=optimize,
                 validation=validate_fp32(torch_model, fp32_path, inputs),
+                external_data=external_data_files(fp32_path),
             )
         }
         if "fp16" in wanted:
@@ -204,6 +207,7 @@ def export_model(
                     precision=precision,
                     optimized=optimize,
                     validation=agreement,
+                    external_data=external_data_files(work / VARIANT_FILES[precision]),
                     **({"recipe": INT8_RECIPE.describe()} if precision == "int8" else {}),
                 )
                 if agreement["top5_overlap_mean"] < min_top5_overlap:
@@ -247,7 +251,7 @@ def _cached(out: Path, key: str) -> Manifest | None:
         return None
     if manifest.cache_key != key:
         return None
-    if not all((out / v.file).is_file() for v in manifest.variants.values()):
+    if not all((out / f).is_file() for v in manifest.variants.values() for f in [v.file, *v.external_data]):
         return None
     return manifest
 
@@ -412,6 +416,17 @@ def _graph_inputs(path: Path) -> list[str]:
     return names
 
 
+def external_data_files(path: Path) -> list[str]:
+    """The external-data files the ONNX graph at `path` keeps tensors in, relative to its folder: a
+    protobuf file cannot exceed 2 GB, so bigger graphs (bge-reranker-v2-m3 in fp32) keep their weights
+    beside it. optimum writes them so above 2 GB (or with FORCE_ONNX_EXTERNAL_DATA=1)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(graph) if uses_external_data(t)})
+
+
 def _opset_of(path: Path) -> int:
     import onnx
 
@@ -423,6 +438,7 @@ def _optimize(path: Path, config) -> None:
     """ORT transformer optimizer (attention / LayerNorm / GELU fusion), in place."""
     from onnxruntime.transformers import optimizer
 
+    before = external_data_files(path)
     opt = optimizer.optimize_model(
         str(path),
         model_type="bert",
@@ -431,7 +447,9 @@ def _optimize(path: Path, config) -> None:
         opt_level=1,
         use_gpu=False,
     )
-    opt.save_model_to_file(str(path))
+    opt.save_model_to_file(str(path), use_external_data_format=bool(before))
+    for stale in set(before) - set(external_data_files(path)):
+        (path.parent / stale).unlink()
 
 
 def _to_fp16(fp32_path: Path, out: Path) -> None:
@@ -439,11 +457,15 @@ def _to_fp16(fp32_path: Path, out: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    external = bool(external_data_files(fp32_path))
     model = onnx.load(str(fp32_path))
     model16 = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=["LayerNormalization", "SkipLayerNormalization"]
     )
-    onnx.save(model16, str(out))
+    if external:  # half of a graph over 2 GB may still be over it
+        onnx.save(model16, str(out), save_as_external_data=True, location=f"{out.name}_data")
+    else:
+        onnx.save(model16, str(out))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -539,6 +561,7 @@ def quantize_int8(fp32_path: Path, out: Path, recipe: Int8Recipe = INT8_RECIPE, 
         reduce_range=recipe.reduce_range,
         nodes_to_exclude=sorted(set(exclude)) or None,
         extra_options=extra,
+        use_external_data_format=bool(external_data_files(fp32_path)),
     )
 
 

@@ -27,6 +27,7 @@ class Variant(BaseModel):
     precision: Literal["fp32", "fp16", "int8"]
     optimized: bool = False
     validation: dict = {}
+    external_data: list[str] = []  # files beside `file` holding its tensors (graphs over 2 GB)
 
 
 class Manifest(BaseModel):

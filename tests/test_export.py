@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rerank_engine.batching import pad_rows
 from rerank_engine.config import EngineConfig
 from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
@@ -363,3 +364,54 @@ def test_an_unsupported_model_type_names_itself_and_the_supported_ones(tmp_path,
         export_model(tmp_path / "odd", tmp_path / "out")
     assert supported in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
+    tiny_model_dir, tiny_torch_model, tmp_path, monkeypatch, copy_export, random_pairs, reference
+):
+    """bge-reranker-v2-m3 is ~2.2 GB in fp32, over protobuf's 2 GB: its graph keeps the weights in ONNX
+    external data. The tiny BERT is forced through that path with optimum's own switch; every variant
+    built from it (optimized fp32 and int8; fp16 from the plain graph: fp16 of an optimized graph fails
+    on its own) is listed with its data files and loads back from a copy of the folder with PyTorch's
+    scores."""
+    from rerank_engine.exporting import _run, _session, export_model
+
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    queries, passages = random_pairs(24, seed=9)
+    for optimize, precisions in ((True, ["fp32", "int8"]), (False, ["fp32", "fp16"])):
+        src = tmp_path / f"export-{optimize}"
+        export_model(tiny_model_dir, src, precisions=precisions, optimize=optimize, min_top5_overlap=0.0)
+        manifest = read_manifest(src)
+        # optimum names it model.onnx_data; onnxruntime's optimizer rewrites it as model.onnx.data
+        assert manifest.variants["fp32"].external_data == [
+            "model.onnx.data" if optimize else "model.onnx_data"
+        ]
+        listed = {
+            "manifest.json",
+            *(f for v in manifest.variants.values() for f in [v.file, *v.external_data]),
+        }
+        assert {p.name for p in src.glob("*.onnx*")} <= listed  # no stale data file left behind
+        for variant in manifest.variants.values():
+            assert variant.external_data, variant.precision
+            data = sum((src / f).stat().st_size for f in variant.external_data)
+            assert (src / variant.file).stat().st_size < 0.1 * data  # the weights are outside the graph
+        folder = copy_export(src, f"moved-{optimize}")  # data found relative to the graph, wherever it lies
+        engine = CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="fp32"))
+        pairs = engine.tokenize(queries, passages)
+        ref = reference(tiny_torch_model, pairs)[:, 0]
+        assert np.max(np.abs(engine.score(queries, passages).logits - ref)) <= 1e-4
+        other = precisions[1]
+        if other == "int8":
+            got = CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="int8")).score(
+                queries, passages
+            )
+            assert np.max(np.abs(got.logits - ref)) <= 5e-2
+        else:  # fp16 runs on CUDA only in the engine: load it with onnxruntime directly
+            ids, mask = pad_rows(pairs.input_ids, int(pairs.lengths.max()), engine.pad_id)
+            types, _ = pad_rows(pairs.token_type_ids, int(pairs.lengths.max()), 0)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            got = _run(_session(folder / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]
+            assert np.max(np.abs(got - ref)) <= 1e-2
+    (folder / "model.onnx_data").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"model\.onnx_data \(external data of model\.onnx\)"):
+        CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="fp32"))
