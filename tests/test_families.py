@@ -16,8 +16,6 @@ and max_length comes from the model, capped by our configured default.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -40,180 +38,16 @@ EXPECTED_MAX_LENGTH = {
 }
 
 
-def _texts() -> list[str]:
-    """A few hundred short texts to train the tokenizers on."""
-    rng = np.random.default_rng(0)
-    words = " ".join(QUERIES + PASSAGES).split()
-    return QUERIES + PASSAGES + [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(300)]
-
-
-def _unigram(specials: list[str], unk: str):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.train_from_iterator(
-        _texts(), trainers.UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token=unk)
-    )
-    return tok
-
-
-def _xlmr_tokenizer():
-    from tokenizers import processors
-    from transformers import XLMRobertaTokenizerFast
-
-    tok = _unigram(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<unk>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    # no model_max_length: as on some hub tokenizers, the limit must come from the learned positions
-    return XLMRobertaTokenizerFast(
-        tokenizer_object=tok,
-        **dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>"),
-        **dict(unk_token="<unk>", pad_token="<pad>", mask_token="<mask>"),
-    )
-
-
-def _deberta_tokenizer():
-    from tokenizers import processors
-    from transformers import DebertaV2TokenizerFast
-
-    tok = _unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], "[UNK]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
-    )
-    return DebertaV2TokenizerFast(
-        tokenizer_object=tok,
-        **dict(bos_token="[CLS]", eos_token="[SEP]", sep_token="[SEP]", cls_token="[CLS]"),
-        **dict(unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]", model_max_length=512),
-    )
-
-
-def _modernbert_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_texts(), trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        **dict(
-            unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]"
-        ),
-        model_max_length=8192,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-
-
-def _electra_tokenizer():
-    from transformers import ElectraTokenizerFast
-
-    from rerank_engine.recall import bundled_minilm_dir
-
-    return ElectraTokenizerFast(vocab_file=str(bundled_minilm_dir() / "vocab.txt"), model_max_length=512)
-
-
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-
-
-def _build(family: str, out: Path) -> Path:
-    """Save a tiny random `family` cross-encoder and its tokenizer into `out`."""
-    import torch
-    import transformers as tf
-
-    if family == "xlm-roberta":
-        tokenizer = _xlmr_tokenizer()
-        config = tf.XLMRobertaConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-            bos_token_id=0, eos_token_id=2, num_labels=1, **SMALL,
-        )  # fmt: skip
-        model_cls = tf.XLMRobertaForSequenceClassification
-    elif family == "deberta-v2":
-        tokenizer = _deberta_tokenizer()
-        config = tf.DebertaV2Config(  # the DeBERTa-v3 layout: relative attention, no absolute positions
-            vocab_size=len(tokenizer), max_position_embeddings=512, type_vocab_size=0,
-            relative_attention=True, position_buckets=64, pos_att_type=["p2c", "c2p"],
-            position_biased_input=False, pad_token_id=0, num_labels=1, **SMALL,
-        )  # fmt: skip
-        model_cls = tf.DebertaV2ForSequenceClassification
-    elif family == "modernbert":
-        tokenizer = _modernbert_tokenizer()
-        ids = {
-            k: tokenizer.convert_tokens_to_ids(t)
-            for k, t in [("pad", "[PAD]"), ("cls", "[CLS]"), ("sep", "[SEP]")]
-        }
-        config = tf.ModernBertConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=8192, pad_token_id=ids["pad"],
-            cls_token_id=ids["cls"], sep_token_id=ids["sep"], bos_token_id=ids["cls"],
-            eos_token_id=ids["sep"],
-            global_attn_every_n_layers=2, local_attention=16, num_labels=1, **SMALL,
-        )  # fmt: skip
-        model_cls = tf.ModernBertForSequenceClassification
-    elif family == "electra":
-        tokenizer = _electra_tokenizer()
-        config = tf.ElectraConfig(
-            vocab_size=len(tokenizer), embedding_size=16, max_position_embeddings=512, num_labels=1, **SMALL
-        )
-        model_cls = tf.ElectraForSequenceClassification
-    elif family == "bert-2":
-        from rerank_engine.recall import bundled_minilm_dir
-
-        tokenizer = tf.AutoTokenizer.from_pretrained(str(bundled_minilm_dir()))
-        config = tf.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=2, **SMALL)
-        model_cls = tf.BertForSequenceClassification
-    else:
-        raise ValueError(family)
-    config.initializer_range = 0.2  # logits far enough from 0 that a padding or position bug shows
-    torch.manual_seed(0)
-    model_cls(config).eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory):
-    """`family_dirs(name) -> (model dir, export dir)`, each built and exported once per module."""
-    from rerank_engine.exporting import export_model
-
-    built: dict[str, tuple[Path, Path]] = {}
-
-    def get(family: str) -> tuple[Path, Path]:
-        if family not in built:
-            src = _build(family, tmp_path_factory.mktemp(f"tiny-{family}"))
-            out = export_model(
-                src, tmp_path_factory.mktemp(f"tiny-{family}-onnx") / "export", precisions=["fp32"]
-            )
-            built[family] = (src, out)
-        return built[family]
-
-    return get
-
-
 def _words(rng, n: int) -> str:
     words = " ".join(PASSAGES).split()
     return " ".join(rng.choice(words, size=n).tolist())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pair_ids_equal_autotokenizer_truncation_included(family, family_dirs):
+def test_pair_ids_equal_autotokenizer_truncation_included(family, family_model):
     from transformers import AutoTokenizer
 
-    src, _ = family_dirs(family)
+    src = family_model(family)
     auto = AutoTokenizer.from_pretrained(str(src))
     config = TokenizerConfig(max_length=48)  # the query is capped at 12 tokens
     ours = PairTokenizer(src, config)
@@ -327,32 +161,19 @@ def test_max_length_from_the_model_capped_by_the_configured_default(family, fami
     assert engine.tokenize(["query"], [long]).lengths[0] == min(default, manifest.max_length)
 
 
-def test_a_model_shorter_than_the_default_is_served_at_its_own_length(tmp_path):
+def test_a_model_shorter_than_the_default_is_served_at_its_own_length(tmp_path, build_family):
     """An XLM-R with 130 learned positions serves 128 tokens (130 − pad id 1 − 1) when max_length is left
     at its default (256), and refuses a max_length set beyond that."""
-    import torch
-    import transformers as tf
-
     from rerank_engine.errors import ConfigError
     from rerank_engine.exporting import export_model
 
-    tokenizer = _xlmr_tokenizer()
-    config = tf.XLMRobertaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=130,
-        type_vocab_size=1,
-        pad_token_id=1,
-        num_labels=1,
-        **SMALL,
-    )
-    torch.manual_seed(0)
-    tf.XLMRobertaForSequenceClassification(config).save_pretrained(tmp_path / "src")
-    tokenizer.save_pretrained(tmp_path / "src")
-    out = export_model(tmp_path / "src", tmp_path / "out")
+    src = build_family("xlm-roberta", tmp_path / "src", max_position_embeddings=130)
+    out = export_model(src, tmp_path / "out")
     assert read_manifest(out).max_length == 128
     engine = CrossEncoderEngine(EngineConfig.build(model_dir=out))
-    assert engine.tokenize(["q"], [" ".join(["flood"] * 500)]).lengths[0] == 128
-    assert np.isfinite(engine.score(["q"], [" ".join(["flood"] * 500)]).scores).all()  # position 129 exists
+    long = " ".join(["flood"] * 500)
+    assert engine.tokenize(["q"], [long]).lengths[0] == 128
+    assert np.isfinite(engine.score(["q"], [long]).scores).all()  # the last position exists
     with pytest.raises(ConfigError, match="exceeds the model's max_length 128"):
         CrossEncoderEngine(EngineConfig.build(model_dir=out, tokenizer={"max_length": 256}))
 
