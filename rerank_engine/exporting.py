@@ -30,7 +30,9 @@ from rerank_engine.probe_pairs import probe_groups
 
 log = logging.getLogger(__name__)
 
-EXPORT_CODE_VERSION = "1"
+# "2": exports refuse a newly initialised head and unsupported model types, and list external data; a
+# cached export made before (perhaps of a checkpoint without a head) is rebuilt through those checks
+EXPORT_CODE_VERSION = "2"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 
 

@@ -415,3 +415,24 @@ def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
     (folder / "model.onnx_data").unlink()
     with pytest.raises(ModelNotFoundError, match=r"model\.onnx_data \(external data of model\.onnx\)"):
         CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="fp32"))
+
+
+def test_an_export_cached_before_the_head_check_is_rebuilt_through_it(
+    bare_encoder_dir, tiny_export, copy_export
+):
+    """An export the old code made of a headless checkpoint (with a random head) sits in the cache under
+    the old export-code version: asking again must not serve it but refuse the checkpoint."""
+    from rerank_engine.exporting import cache_key, export_model, tool_versions
+
+    stale = copy_export(tiny_export, "stale")  # stands for the old export of bare_encoder_dir
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["cache_key"] = cache_key(
+        content_hash(bare_encoder_dir),
+        opset=None,
+        max_length=None,
+        optimize=False,
+        versions={**tool_versions(), "export_code": "1"},
+    )
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError, match=r"classifier\.weight"):
+        export_model(bare_encoder_dir, stale, precisions=["fp32", "int8"])
