@@ -1,5 +1,5 @@
 """The encoder families the export serves (exporting.SUPPORTED_MODEL_TYPES), each as a tiny random model
-with a tokenizer of its own kind trained here with the `tokenizers` library (no hub downloads):
+with a tokenizer of its own kind trained offline with the `tokenizers` library (conftest.py):
 
 - xlm-roberta (bge-reranker-v2-m3, bge-reranker-base): Unigram with SentencePiece's ▁ pre-tokenizer,
   `<s> q </s></s> p </s>`, pad id 1, learned positions that start after the padding index;
