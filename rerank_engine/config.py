@@ -43,6 +43,18 @@ class TokenizerConfig(_Frozen):
         0.25, gt=0.0, lt=1.0, description="the query is capped at this share of max_length"
     )
 
+    def served_by(self, model_max_length: int, model: str | Path) -> TokenizerConfig:
+        """These settings for a model of `model_max_length` tokens (its export manifest's max_length):
+        max_length left at its default is capped at the model's; one set beyond it is a ConfigError."""
+        if self.max_length <= model_max_length:
+            return self
+        if "max_length" in self.model_fields_set:
+            raise ConfigError(
+                f"tokenizer.max_length {self.max_length} exceeds the model's max_length {model_max_length} "
+                f"({model})"
+            )
+        return self.model_copy(update={"max_length": int(model_max_length)})
+
 
 class BatchingConfig(_Frozen):
     """Length bucketing: sort by true token length, cut by a padded-token budget."""

@@ -21,7 +21,7 @@ import numpy as np
 from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
-from rerank_engine.manifest import Manifest, read_manifest
+from rerank_engine.manifest import Manifest, Variant, read_manifest
 from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, pad_token_id
 from rerank_engine.validation import check_pairs
 
@@ -94,11 +94,9 @@ class CrossEncoderEngine:
                 f"(missing {missing}, unknown {unknown}); expected {list(KNOWN_INPUTS[:2])} "
                 "and optionally token_type_ids"
             )
-        if config.tokenizer.max_length > self.manifest.max_length:
-            raise ModelFormatError(
-                f"tokenizer.max_length {config.tokenizer.max_length} exceeds the model's "
-                f"max_length {self.manifest.max_length} ({config.model_dir})"
-            )
+        tokenizer = config.tokenizer.served_by(self.manifest.max_length, config.model_dir)
+        if tokenizer is not config.tokenizer:
+            self.config = config = config.model_copy(update={"tokenizer": tokenizer})
         self._tokenizer: PairTokenizer | None = None
         pad = pad_token_id(config.model_dir)
         self.pad_id = pad if pad is not None else self.tokenizer.pad_id
@@ -127,7 +125,7 @@ class CrossEncoderEngine:
         want_cuda = cfg.provider == "cuda" or (cfg.provider == "auto" and cuda_driver_present())
         if want_cuda and CUDA in ort.get_available_providers():
             precision = self._pick(["fp16", "fp32"] if cfg.precision == "auto" else [cfg.precision])
-            session = self._session(ort, variants[precision].file, [CUDA, CPU])
+            session = self._session(ort, variants[precision], [CUDA, CPU])
             if session.get_providers()[0] == CUDA:
                 return session, precision
             log.warning("CUDA provider asked for but not available; falling back to %s", CPU)
@@ -138,7 +136,7 @@ class CrossEncoderEngine:
         # auto on CPU is fp32 (exporting.auto_precision); int8 runs only when asked for
         cpu_order = {"auto": ["fp32"], "fp16": ["fp32"]}.get(cfg.precision, [cfg.precision])
         precision = self._pick(cpu_order)
-        return self._session(ort, variants[precision].file, [CPU]), precision
+        return self._session(ort, variants[precision], [CPU]), precision
 
     def _pick(self, order: list[str]) -> str:
         for precision in order:
@@ -149,7 +147,8 @@ class CrossEncoderEngine:
             f"{sorted(self.manifest.variants)}); export it with `python -m export --precision {order[0]}`"
         )
 
-    def _session(self, ort, file: str, providers: list[str]):
+    def _session(self, ort, variant: Variant, providers: list[str]):
+        file = variant.file
         path = Path(self.config.model_dir) / file
         if not path.resolve().is_relative_to(Path(self.config.model_dir).resolve()):
             raise ModelFormatError(
@@ -157,6 +156,11 @@ class CrossEncoderEngine:
             )
         if not path.is_file():
             raise ModelNotFoundError(f"{path} is listed in the manifest but missing")
+        for data in variant.external_data:
+            if not (path.parent / data).is_file():
+                raise ModelNotFoundError(
+                    f"{path.parent / data} (external data of {file}) is listed in the manifest but missing"
+                )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

@@ -30,7 +30,9 @@ from rerank_engine.probe_pairs import probe_groups
 
 log = logging.getLogger(__name__)
 
-EXPORT_CODE_VERSION = "1"
+# "2": exports refuse a newly initialised head and unsupported model types, and list external data; a
+# cached export made before (perhaps of a checkpoint without a head) is rebuilt through those checks
+EXPORT_CODE_VERSION = "2"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 
 
@@ -166,12 +168,13 @@ def export_model(
         wanted = list(dict.fromkeys([*existing.variants, *wanted]))  # rebuild, keeping what was there
 
     started = time.perf_counter()
-    torch_model, tokenizer = _load_torch(src_dir, trust_remote_code)
+    torch_model, tokenizer = _load_torch(src_dir, trust_remote_code, model)
     num_labels = int(torch_model.config.num_labels)
     if num_labels not in (1, 2):
         raise ModelFormatError(
             f"{model}: num_labels={num_labels}; a cross-encoder needs 1 (sigmoid) or 2 (softmax[:, 1]) logits"
         )
+    declared = declared_activation(src_dir, num_labels, model)
     max_len = _max_length(torch_model.config, tokenizer, max_length)
 
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
@@ -181,6 +184,8 @@ def export_model(
         fp32_path = work / VARIANT_FILES["fp32"]
         if optimize:
             _optimize(fp32_path, torch_model.config)
+        if external_data_files(fp32_path):  # a graph over 2 GB keeps its weights beside it
+            log.info("%s: the fp32 graph keeps its weights in ONNX external data", model)
         probe = ProbeSet(tokenizer, inputs, max_len)
         ref = probe.torch_logits(torch_model)
         variants = {
@@ -189,6 +194,7 @@ def export_model(
                 precision="fp32",
                 optimized=optimize,
                 validation=validate_fp32(torch_model, fp32_path, inputs),
+                external_data=external_data_files(fp32_path),
             )
         }
         if "fp16" in wanted:
@@ -203,6 +209,7 @@ def export_model(
                     precision=precision,
                     optimized=optimize,
                     validation=agreement,
+                    external_data=external_data_files(work / VARIANT_FILES[precision]),
                     **({"recipe": INT8_RECIPE.describe()} if precision == "int8" else {}),
                 )
                 if agreement["top5_overlap_mean"] < min_top5_overlap:
@@ -225,6 +232,7 @@ def export_model(
             max_length=max_len,
             num_labels=num_labels,
             activation="sigmoid" if num_labels == 1 else "softmax",
+            declared_activation=declared,
             inputs=inputs,
             variants=variants,
             tool_versions=versions,
@@ -245,7 +253,7 @@ def _cached(out: Path, key: str) -> Manifest | None:
         return None
     if manifest.cache_key != key:
         return None
-    if not all((out / v.file).is_file() for v in manifest.variants.values()):
+    if not all((out / f).is_file() for v in manifest.variants.values() for f in [v.file, *v.external_data]):
         return None
     return manifest
 
@@ -263,17 +271,113 @@ def _install(work: Path, out: Path) -> None:
     shutil.move(str(work / MANIFEST_NAME), out / MANIFEST_NAME)
 
 
-def _load_torch(src_dir: Path, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+# The model types whose export, pair template and score scale the tests prove (tests/test_families.py;
+# the README's model-family table). Anything else is refused by name.
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "electra", "xlm-roberta", "deberta-v2", "modernbert")
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(src_dir), torch_dtype=torch.float32, trust_remote_code=trust_remote_code
-    ).eval()
+
+def _unsupported(model, model_type: str, why: str) -> ModelFormatError:
+    return ModelFormatError(
+        f"{model}: model type {model_type!r} is not supported ({why}); supported model types: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+def _load_torch(src_dir: Path, trust_remote_code: bool, model=None):
+    """The checkpoint as a sequence-classification model, refused unless every weight of it, the
+    classification head included, comes from the checkpoint (transformers would fill a missing head with
+    random weights and only log a warning: every score would be noise)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    model = model or src_dir
+    try:
+        config = AutoConfig.from_pretrained(str(src_dir), trust_remote_code=trust_remote_code)
+    except (KeyError, ValueError) as exc:
+        model_type = _config_value(src_dir, "model_type")
+        raise _unsupported(model, model_type, f"transformers does not know it: {exc}") from None
+    try:
+        torch_model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(src_dir),
+            torch_dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        why = "transformers has no sequence-classification model for it"
+        raise _unsupported(model, config.model_type, why) from None
+    fresh = sorted(info["missing_keys"])
+    if fresh:
+        raise ModelFormatError(head_missing_message(model, config, fresh))
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise _unsupported(model, config.model_type, "its export and pair template are untested")
     tokenizer = AutoTokenizer.from_pretrained(
         str(src_dir), use_fast=True, trust_remote_code=trust_remote_code
     )
-    return model, tokenizer
+    return torch_model.eval(), tokenizer
+
+
+def head_missing_message(model, config, missing: Sequence[str]) -> str:
+    """What to tell the user whose checkpoint lacks weights of the classification model."""
+    architectures = ", ".join(getattr(config, "architectures", None) or ["unknown"])
+    hint = (
+        "point `model` at a trained cross-encoder (a *ForSequenceClassification checkpoint with its head), "
+        "or fine-tune one from this checkpoint first (rerank_engine.training, `base_model:` in the "
+        "jobs/finetune_reranker.py config)"
+    )
+    if "ForCausalLM" in architectures:
+        hint = (
+            f"it is a causal LM ({architectures}): LLM rerankers that score the logits of yes/no tokens "
+            f"are not supported; {hint}"
+        )
+    return (
+        f"{model}: the checkpoint ({architectures}) has no trained sequence-classification head: "
+        f"{', '.join(missing)} would be newly initialised with random values and every score would be "
+        f"noise; {hint}"
+    )
+
+
+# sentence-transformers' CrossEncoder stores the activation its predict() applies to the logits; these
+# are the ones the engine's output reproduces ("sigmoid" / "softmax": the `score` column, the
+# probability; "identity": the `logit` column, which is what predict returns then).
+_ST_ACTIVATIONS = {
+    1: {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.modules.linear.Identity": "identity"},
+    2: {"torch.nn.modules.activation.Softmax": "softmax", "torch.nn.modules.linear.Identity": "identity"},
+}
+
+
+def declared_activation(src_dir: Path, num_labels: int, model=None) -> str | None:
+    """The activation a sentence-transformers CrossEncoder checkpoint declares, looked up where
+    sentence-transformers looks (config_sentence_transformers.json, then config.json's
+    `sentence_transformers.activation_fn`, then the pre-v4 `sbert_ce_default_activation_function`);
+    None for a plain transformers checkpoint. One the engine cannot reproduce is a ModelFormatError."""
+    path = None
+    st_file = Path(src_dir) / "config_sentence_transformers.json"
+    if st_file.is_file():
+        path = json.loads(st_file.read_text()).get("activation_fn")
+    if path is None:
+        config = json.loads((Path(src_dir) / "config.json").read_text())
+        path = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
+            "sbert_ce_default_activation_function"
+        )
+    if path is None:
+        return None
+    known = _ST_ACTIVATIONS[num_labels]
+    if path not in known:
+        raise ModelFormatError(
+            f"{model or src_dir}: its sentence-transformers config declares the activation {path!r}, which "
+            f"the engine does not reproduce for {num_labels} logit(s); expected one of {sorted(known)}"
+        )
+    return known[path]
+
+
+def _config_value(src_dir: Path, key: str) -> str:
+    try:
+        return str(json.loads((Path(src_dir) / "config.json").read_text()).get(key))
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
 
 
 def _max_length(config, tokenizer, requested: int | None) -> int:
@@ -307,6 +411,17 @@ def _graph_inputs(path: Path) -> list[str]:
     return names
 
 
+def external_data_files(path: Path) -> list[str]:
+    """The external-data files the ONNX graph at `path` keeps tensors in, relative to its folder: a
+    protobuf file cannot exceed 2 GB, so bigger graphs (bge-reranker-v2-m3 in fp32) keep their weights
+    beside it. optimum writes them so above 2 GB (or with FORCE_ONNX_EXTERNAL_DATA=1)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(graph) if uses_external_data(t)})
+
+
 def _opset_of(path: Path) -> int:
     import onnx
 
@@ -318,6 +433,7 @@ def _optimize(path: Path, config) -> None:
     """ORT transformer optimizer (attention / LayerNorm / GELU fusion), in place."""
     from onnxruntime.transformers import optimizer
 
+    before = external_data_files(path)
     opt = optimizer.optimize_model(
         str(path),
         model_type="bert",
@@ -326,7 +442,9 @@ def _optimize(path: Path, config) -> None:
         opt_level=1,
         use_gpu=False,
     )
-    opt.save_model_to_file(str(path))
+    opt.save_model_to_file(str(path), use_external_data_format=bool(before))
+    for stale in set(before) - set(external_data_files(path)):
+        (path.parent / stale).unlink()
 
 
 def _to_fp16(fp32_path: Path, out: Path) -> None:
@@ -334,11 +452,15 @@ def _to_fp16(fp32_path: Path, out: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    external = bool(external_data_files(fp32_path))
     model = onnx.load(str(fp32_path))
     model16 = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=["LayerNormalization", "SkipLayerNormalization"]
     )
-    onnx.save(model16, str(out))
+    if external:  # half of a graph over 2 GB may still be over it
+        onnx.save(model16, str(out), save_as_external_data=True, location=f"{out.name}_data")
+    else:
+        onnx.save(model16, str(out))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -434,6 +556,7 @@ def quantize_int8(fp32_path: Path, out: Path, recipe: Int8Recipe = INT8_RECIPE, 
         reduce_range=recipe.reduce_range,
         nodes_to_exclude=sorted(set(exclude)) or None,
         extra_options=extra,
+        use_external_data_format=bool(external_data_files(fp32_path)),
     )
 
 

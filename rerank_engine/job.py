@@ -311,6 +311,9 @@ def run_job(
         calibrated_max_length(config.model, fusion),
         str(Path(config.model) / (FUSION_FILE if fusion is not None else THRESHOLD_FILE)),
     )
+    config = config.model_copy(
+        update={"tokenizer": config.tokenizer.served_by(manifest.max_length, config.model)}
+    )
 
     cache = None
     if config.score_cache:

@@ -27,6 +27,7 @@ class Variant(BaseModel):
     precision: Literal["fp32", "fp16", "int8"]
     optimized: bool = False
     validation: dict = {}
+    external_data: list[str] = []  # files beside `file` holding its tensors (graphs over 2 GB)
 
 
 class Manifest(BaseModel):
@@ -39,6 +40,8 @@ class Manifest(BaseModel):
     max_length: int
     num_labels: Literal[1, 2]
     activation: Literal["sigmoid", "softmax"]
+    # what a sentence-transformers CrossEncoder config declares predict() applies; None: no such config
+    declared_activation: Literal["sigmoid", "softmax", "identity"] | None = None
     score_scale: Literal["probability"] = "probability"
     inputs: list[str]
     output: str = "logits"

@@ -6,6 +6,7 @@ so a long passage never squeezes the query out and a long query never squeezes o
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.config import TokenizerConfig
+from rerank_engine.errors import ModelFormatError
 
 
 @dataclass(frozen=True)
@@ -44,55 +46,72 @@ def pad_token_id(tokenizer_dir: str | Path) -> int | None:
 
 
 class PairTokenizer:
-    """Wraps a Hugging Face fast tokenizer (through AutoTokenizer, so the files' fixed padding is ignored)."""
+    """Wraps a Hugging Face fast tokenizer (through AutoTokenizer, so the files' fixed padding is ignored).
+
+    The pair is assembled by the tokenizer's own post-processor (its `tokenizer.json` template), the step
+    `AutoTokenizer(query, passage)` runs: a family whose tokenizer class has no pair rule of its own
+    (ModernBERT's plain PreTrainedTokenizerFast) still gets its [CLS] q [SEP] p [SEP]."""
 
     def __init__(
         self, tokenizer_dir: str | Path, config: TokenizerConfig | None = None, *, memoize: bool = False
     ):
-        """`memoize`: keep every text's token ids, so a text seen again (training's next epoch, an
+        """`memoize`: keep every text's encoding, so a text seen again (training's next epoch, an
         evaluation set scored at every checkpoint) is not tokenized again."""
+        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         self.config = config or TokenizerConfig()
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelFormatError(
+                f"{tokenizer_dir}: {type(self.tokenizer).__name__} is not a fast tokenizer; the engine needs "
+                "one (a tokenizer.json); save the tokenizer with a recent transformers to convert it"
+            )
+        # A copy of the backend for assembling pairs: the wrapped one keeps whatever truncation the last
+        # call set, which post_process would apply again.
+        self._pairs = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self._pairs.no_truncation()
+        self._pairs.no_padding()
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self._n_special = self.tokenizer.num_special_tokens_to_add(pair=True)
         if self.config.max_length <= self._n_special + 1:
             raise ValueError(f"max_length {self.config.max_length} leaves no room for text")
         self.query_cap = max(1, int(self.config.max_length * self.config.max_query_share))
-        self._memo: dict[tuple[str, int], list[int]] | None = {} if memoize else None
+        self._memo: dict[tuple[str, int], object] | None = {} if memoize else None
 
     def __call__(self, queries: Sequence[str], passages: Sequence[str]) -> TokenizedPairs:
         max_length = self.config.max_length
         unique = list(dict.fromkeys(queries))  # each distinct query is tokenized once
-        q_ids = dict(
+        q_enc = dict(
             zip(
                 unique,
                 self._encode(unique, min(self.query_cap, max_length - self._n_special - 1)),
                 strict=True,
             )
         )
-        p_ids = self._encode(list(passages), max_length)
-        build = self.tokenizer.build_inputs_with_special_tokens
-        types = self.tokenizer.create_token_type_ids_from_sequences
         ids_out, types_out = [], []
-        for query, passage in zip(queries, p_ids, strict=True):
-            q = q_ids[query]
-            p = passage[: max(1, max_length - self._n_special - len(q))]
-            ids_out.append(np.asarray(build(q, p), dtype=np.int64))
-            types_out.append(np.asarray(types(q, p), dtype=np.int64))
+        for query, passage in zip(queries, self._encode(list(passages), max_length), strict=True):
+            q = q_enc[query]
+            budget = max(1, max_length - self._n_special - len(q))
+            if len(passage) > budget:
+                if self._memo is not None:  # the memo's encoding stays whole for the next query
+                    passage = copy.deepcopy(passage)
+                passage.truncate(budget)
+            pair = self._pairs.post_process(q, passage, add_special_tokens=True)
+            ids_out.append(np.asarray(pair.ids, dtype=np.int64))
+            types_out.append(np.asarray(pair.type_ids, dtype=np.int64))
         lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
         return TokenizedPairs(ids_out, types_out, lengths)
 
-    def _encode(self, texts: list[str], limit: int) -> list[list[int]]:
+    def _encode(self, texts: list[str], limit: int) -> list:
+        """The tokenizers `Encoding` of each text, without special tokens, cut to `limit` tokens."""
         if self._memo is None:
             return self._tokenize(texts, limit)
         new = list(dict.fromkeys(t for t in texts if (t, limit) not in self._memo))
-        self._memo.update(((t, limit), ids) for t, ids in zip(new, self._tokenize(new, limit), strict=True))
+        self._memo.update(((t, limit), e) for t, e in zip(new, self._tokenize(new, limit), strict=True))
         return [self._memo[(t, limit)] for t in texts]
 
-    def _tokenize(self, texts: list[str], limit: int) -> list[list[int]]:
+    def _tokenize(self, texts: list[str], limit: int) -> list:
         if not texts:
             return []
-        enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit)
-        return enc["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit).encodings

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rerank_engine.batching import pad_rows
+from rerank_engine.probe_pairs import PASSAGES, QUERIES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,3 +209,194 @@ def torch_logits(model, pairs, pad_id: int = 0) -> np.ndarray:
 def reference():
     """`reference(model, tokenized_pairs) -> raw logits [n, num_labels]` (the PyTorch ground truth)."""
     return torch_logits
+
+
+# -- the encoder families (tests/test_families.py), each with a tokenizer of its kind trained here -------
+#
+# xlm-roberta: Unigram with SentencePiece's ▁ pre-tokenizer, `<s> q </s></s> p </s>`, pad id 1, learned
+# positions after the padding index; deberta-v2 (a DeBERTa-v3): Unigram, `[CLS] q [SEP] p [SEP]`, no token
+# types; modernbert: byte-level BPE behind a plain PreTrainedTokenizerFast (the pair template lives only in
+# tokenizer.json), 8,192 positions; electra: the bundled WordPiece; bert-2: BERT with two logits.
+
+
+def _texts() -> list[str]:
+    """A few hundred short texts to train the tokenizers on."""
+    rng = np.random.default_rng(0)
+    words = " ".join(QUERIES + PASSAGES).split()
+    return QUERIES + PASSAGES + [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(300)]
+
+
+def _unigram(specials: list[str], unk: str):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.train_from_iterator(
+        _texts(), trainers.UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token=unk)
+    )
+    return tok
+
+
+def _xlmr_tokenizer():
+    from tokenizers import processors
+    from transformers import XLMRobertaTokenizerFast
+
+    tok = _unigram(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<unk>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    # no model_max_length: as on some hub tokenizers, the limit must come from the learned positions
+    return XLMRobertaTokenizerFast(
+        tokenizer_object=tok,
+        **dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>"),
+        **dict(unk_token="<unk>", pad_token="<pad>", mask_token="<mask>"),
+    )
+
+
+def _deberta_tokenizer():
+    from tokenizers import processors
+    from transformers import DebertaV2TokenizerFast
+
+    tok = _unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], "[UNK]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
+    )
+    return DebertaV2TokenizerFast(
+        tokenizer_object=tok,
+        **dict(bos_token="[CLS]", eos_token="[SEP]", sep_token="[SEP]", cls_token="[CLS]"),
+        **dict(unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]", model_max_length=512),
+    )
+
+
+def _modernbert_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_texts(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        **dict(
+            unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]"
+        ),
+        model_max_length=8192,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def _electra_tokenizer():
+    from transformers import ElectraTokenizerFast
+
+    from rerank_engine.recall import bundled_minilm_dir
+
+    return ElectraTokenizerFast(vocab_file=str(bundled_minilm_dir() / "vocab.txt"), model_max_length=512)
+
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def _build_family(family: str, out: Path, **overrides) -> Path:
+    """Save a tiny random `family` cross-encoder (config `overrides` applied) and its tokenizer into `out`."""
+    import torch
+    import transformers as tf
+
+    if family == "xlm-roberta":
+        tokenizer = _xlmr_tokenizer()
+        config = tf.XLMRobertaConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+            bos_token_id=0, eos_token_id=2, num_labels=1, **SMALL,
+        )  # fmt: skip
+        model_cls = tf.XLMRobertaForSequenceClassification
+    elif family == "deberta-v2":
+        tokenizer = _deberta_tokenizer()
+        config = tf.DebertaV2Config(  # the DeBERTa-v3 layout: relative attention, no absolute positions
+            vocab_size=len(tokenizer), max_position_embeddings=512, type_vocab_size=0,
+            relative_attention=True, position_buckets=64, pos_att_type=["p2c", "c2p"],
+            position_biased_input=False, pad_token_id=0, num_labels=1, **SMALL,
+        )  # fmt: skip
+        model_cls = tf.DebertaV2ForSequenceClassification
+    elif family == "modernbert":
+        tokenizer = _modernbert_tokenizer()
+        ids = {
+            k: tokenizer.convert_tokens_to_ids(t)
+            for k, t in [("pad", "[PAD]"), ("cls", "[CLS]"), ("sep", "[SEP]")]
+        }
+        config = tf.ModernBertConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=8192, pad_token_id=ids["pad"],
+            cls_token_id=ids["cls"], sep_token_id=ids["sep"], bos_token_id=ids["cls"],
+            eos_token_id=ids["sep"],
+            global_attn_every_n_layers=2, local_attention=16, num_labels=1, **SMALL,
+        )  # fmt: skip
+        model_cls = tf.ModernBertForSequenceClassification
+    elif family == "electra":
+        tokenizer = _electra_tokenizer()
+        config = tf.ElectraConfig(
+            vocab_size=len(tokenizer), embedding_size=16, max_position_embeddings=512, num_labels=1, **SMALL
+        )
+        model_cls = tf.ElectraForSequenceClassification
+    elif family == "bert-2":
+        from rerank_engine.recall import bundled_minilm_dir
+
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(bundled_minilm_dir()))
+        config = tf.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=2, **SMALL)
+        model_cls = tf.BertForSequenceClassification
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    config.initializer_range = 0.2  # logits far enough from 0 that a padding or position bug shows
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model_cls(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def build_family():
+    """`build_family(name, out, **config_overrides) -> out`: a tiny random cross-encoder of a family."""
+    return _build_family
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """`family_model(name) -> model dir`, each built once per session."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = _build_family(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, family_model):
+    """`family_dirs(name) -> (model dir, export dir)`, each exported once per session."""
+    from rerank_engine.exporting import export_model
+
+    exported: dict[str, Path] = {}
+
+    def get(family: str) -> tuple[Path, Path]:
+        src = family_model(family)
+        if family not in exported:
+            out = tmp_path_factory.mktemp(f"tiny-{family}-onnx") / "export"
+            exported[family] = export_model(src, out, precisions=["fp32"])
+        return src, exported[family]
+
+    return get

@@ -12,7 +12,7 @@ import pytest
 from rerank_engine.batching import plan_batches
 from rerank_engine.config import EngineConfig
 from rerank_engine.engine import CrossEncoderEngine, sigmoid
-from rerank_engine.errors import InputError, ModelFormatError, ModelNotFoundError
+from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError
 
 
 def make_engine(model_dir, **values) -> CrossEncoderEngine:
@@ -322,8 +322,10 @@ def test_max_length_beyond_the_model(tiny_export, copy_export):
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     manifest["max_length"] = 128
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelFormatError, match="exceeds the model's max_length 128"):
-        make_engine(folder)
+    # left at its default (256), max_length is capped at the model's; set beyond it, it is an error
+    assert make_engine(folder).tokenizer.config.max_length == 128
+    with pytest.raises(ConfigError, match="exceeds the model's max_length 128"):
+        make_engine(folder, tokenizer={"max_length": 256})
     assert make_engine(folder, tokenizer={"max_length": 128}).tokenizer.config.max_length == 128
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rerank_engine.batching import pad_rows
 from rerank_engine.config import EngineConfig
 from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
@@ -266,3 +267,172 @@ def test_calibration_files_beside_the_weights_keep_the_model_id(tmp_path, tiny_m
         assert content_hash(folder) == before, name
     (folder / "config.json").write_text((folder / "config.json").read_text().replace("}", ', "x": 1}', 1))
     assert content_hash(folder) != before  # a real model file still counts
+
+
+# -- checkpoints that are not cross-encoders ---------------------------------------------------------
+
+
+def _tiny_bert_config(vocab_size: int, **kw):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def bare_encoder_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    """A bare BertModel checkpoint (what `bert-base-uncased` is): no classification head."""
+    from transformers import BertModel
+
+    out = tmp_path_factory.mktemp("bare-bert")
+    BertModel(_tiny_bert_config(bundled_tokenizer.vocab_size)).save_pretrained(out)
+    bundled_tokenizer.save_pretrained(out)
+    return out
+
+
+def test_a_checkpoint_without_a_trained_head_is_refused(bare_encoder_dir, tmp_path):
+    """transformers would load it as BertForSequenceClassification with a random `classifier` (a warning
+    only): every score would be noise. The export and the job's resolve_export refuse it by name."""
+    from rerank_engine.exporting import export_model, resolve_export
+
+    with pytest.raises(
+        ModelFormatError, match=r"classifier\.bias, classifier\.weight would be newly"
+    ) as info:
+        export_model(bare_encoder_dir, tmp_path / "out")
+    assert "BertModel" in str(info.value) and "fine-tune" in str(info.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(ModelFormatError, match=r"classifier\.weight"):
+        resolve_export(bare_encoder_dir)  # what the job and its rerank actors call
+
+
+def test_cli_refuses_a_checkpoint_without_a_head(bare_encoder_dir, tmp_path):
+    proc = _run_cli("--model", str(bare_encoder_dir), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "classifier.weight" in proc.stderr and "no trained sequence-classification head" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_causal_lm_checkpoint_is_refused(tmp_path, bundled_tokenizer):
+    """The shape of Qwen/Qwen3-Reranker-0.6B: a Qwen3ForCausalLM, which transformers would load as
+    Qwen3ForSequenceClassification with a newly initialised `score.weight`."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from rerank_engine.exporting import export_model
+
+    config = Qwen3Config(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        pad_token_id=0,
+    )  # fmt: skip
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "qwen3")
+    bundled_tokenizer.save_pretrained(tmp_path / "qwen3")
+    with pytest.raises(ModelFormatError, match=r"score\.weight would be newly initialised") as info:
+        export_model(tmp_path / "qwen3", tmp_path / "out")
+    assert "causal LM (Qwen3ForCausalLM)" in str(info.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_an_unsupported_model_type_names_itself_and_the_supported_ones(tmp_path, bundled_tokenizer):
+    from transformers import GPT2Config, GPT2ForSequenceClassification, ViTConfig
+
+    from rerank_engine.exporting import SUPPORTED_MODEL_TYPES, export_model
+
+    supported = ", ".join(SUPPORTED_MODEL_TYPES)
+    assert {"bert", "xlm-roberta", "deberta-v2", "modernbert", "electra"} <= set(SUPPORTED_MODEL_TYPES)
+    # a trained head, but a family whose export and pair template no test proves
+    gpt2 = GPT2Config(vocab_size=bundled_tokenizer.vocab_size, n_embd=32, n_layer=1, n_head=2, num_labels=1)
+    GPT2ForSequenceClassification(gpt2).save_pretrained(tmp_path / "gpt2")
+    bundled_tokenizer.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ModelFormatError, match="model type 'gpt2' is not supported") as info:
+        export_model(tmp_path / "gpt2", tmp_path / "out")
+    assert supported in str(info.value)
+    # a model type with no sequence-classification model at all
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ModelFormatError, match="model type 'vit' is not supported") as info:
+        export_model(tmp_path / "vit", tmp_path / "out")
+    assert supported in str(info.value)
+    # a model type transformers does not know
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
+    with pytest.raises(ModelFormatError, match="model type 'not-a-model' is not supported") as info:
+        export_model(tmp_path / "odd", tmp_path / "out")
+    assert supported in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
+    tiny_model_dir, tiny_torch_model, tmp_path, monkeypatch, copy_export, random_pairs, reference
+):
+    """bge-reranker-v2-m3 is ~2.2 GB in fp32, over protobuf's 2 GB: its graph keeps the weights in ONNX
+    external data. The tiny BERT is forced through that path with optimum's own switch; every variant
+    built from it (optimized fp32 and int8; fp16 from the plain graph: fp16 of an optimized graph fails
+    on its own) is listed with its data files and loads back from a copy of the folder with PyTorch's
+    scores."""
+    from rerank_engine.exporting import _run, _session, export_model
+
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    queries, passages = random_pairs(24, seed=9)
+    for optimize, precisions in ((True, ["fp32", "int8"]), (False, ["fp32", "fp16"])):
+        src = tmp_path / f"export-{optimize}"
+        export_model(tiny_model_dir, src, precisions=precisions, optimize=optimize, min_top5_overlap=0.0)
+        manifest = read_manifest(src)
+        # optimum names it model.onnx_data; onnxruntime's optimizer rewrites it as model.onnx.data
+        assert manifest.variants["fp32"].external_data == [
+            "model.onnx.data" if optimize else "model.onnx_data"
+        ]
+        listed = {
+            "manifest.json",
+            *(f for v in manifest.variants.values() for f in [v.file, *v.external_data]),
+        }
+        assert {p.name for p in src.glob("*.onnx*")} <= listed  # no stale data file left behind
+        for variant in manifest.variants.values():
+            assert variant.external_data, variant.precision
+            data = sum((src / f).stat().st_size for f in variant.external_data)
+            assert (src / variant.file).stat().st_size < 0.1 * data  # the weights are outside the graph
+        folder = copy_export(src, f"moved-{optimize}")  # data found relative to the graph, wherever it lies
+        engine = CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="fp32"))
+        pairs = engine.tokenize(queries, passages)
+        ref = reference(tiny_torch_model, pairs)[:, 0]
+        assert np.max(np.abs(engine.score(queries, passages).logits - ref)) <= 1e-4
+        other = precisions[1]
+        if other == "int8":
+            got = CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="int8")).score(
+                queries, passages
+            )
+            assert np.max(np.abs(got.logits - ref)) <= 5e-2
+        else:  # fp16 runs on CUDA only in the engine: load it with onnxruntime directly
+            ids, mask = pad_rows(pairs.input_ids, int(pairs.lengths.max()), engine.pad_id)
+            types, _ = pad_rows(pairs.token_type_ids, int(pairs.lengths.max()), 0)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            got = _run(_session(folder / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]
+            assert np.max(np.abs(got - ref)) <= 1e-2
+    (folder / "model.onnx_data").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"model\.onnx_data \(external data of model\.onnx\)"):
+        CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="fp32"))
+
+
+def test_an_export_cached_before_the_head_check_is_rebuilt_through_it(
+    bare_encoder_dir, tiny_export, copy_export
+):
+    """An export the old code made of a headless checkpoint (with a random head) sits in the cache under
+    the old export-code version: asking again must not serve it but refuse the checkpoint."""
+    from rerank_engine.exporting import cache_key, export_model, tool_versions
+
+    stale = copy_export(tiny_export, "stale")  # stands for the old export of bare_encoder_dir
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["cache_key"] = cache_key(
+        content_hash(bare_encoder_dir),
+        opset=None,
+        max_length=None,
+        optimize=False,
+        versions={**tool_versions(), "export_code": "1"},
+    )
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError, match=r"classifier\.weight"):
+        export_model(bare_encoder_dir, stale, precisions=["fp32", "int8"])

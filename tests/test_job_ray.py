@@ -402,3 +402,43 @@ def test_rerank_actor_killed_mid_run_every_query_once(data, tiny_export, tmp_pat
     assert got.num_rows == n and len(set(got.column("query_id").to_pylist())) == n  # lost 0, duplicated 0
     assert summary["queries"] == n and summary["ok"] == n
     print(f"killed rerank actor pid {killed[0][0]} after {killed[0][1]} staged files; {n} rows, 0 lost")
+
+
+def test_xlm_roberta_reranker_end_to_end(data, family_dirs):
+    """The seed's family (bge-reranker-v2-m3 is an XLM-R): a tiny random XLM-R with its own Unigram
+    tokenizer (`<s> q </s></s> p </s>`, pad id 1) through the whole job; every row as the bare engine
+    ranks it."""
+    from rerank_engine.recall import RecallIndex
+
+    root, docs = data
+    _, export = family_dirs("xlm-roberta")
+    summary = _run(
+        {"model": str(export), "precision": "fp32", "k_recall": 8, "k_rerank": 3, "threshold": 0.0},
+        root,
+        root / "out-xlmr",
+        input=str(root / "queries.parquet"),
+        index=str(root / "index"),
+    )
+    out = pq.read_table(root / "out-xlmr").to_pylist()
+    inp = pq.read_table(root / "queries.parquet").to_pylist()
+    assert sorted(r["query_id"] for r in out) == sorted(r["query_id"] for r in inp)
+    assert summary["queries"] == len(inp) and summary["max_length"] == 256
+    _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, export)
+
+
+def test_the_job_refuses_a_checkpoint_without_a_head(data, tmp_path, bundled_tokenizer):
+    from transformers import BertConfig, BertModel
+
+    from rerank_engine.errors import ModelFormatError
+
+    root, _ = data
+    config = BertConfig(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "bare")
+    bundled_tokenizer.save_pretrained(tmp_path / "bare")
+    with pytest.raises(ModelFormatError, match=r"classifier\.bias, classifier\.weight would be newly"):
+        _run({"model": str(tmp_path / "bare")}, root, tmp_path / "out", input=str(root / "queries.parquet"),
+             index=str(root / "index"))  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.parquet"))

@@ -375,3 +375,30 @@ def test_paraphrase_sample_lists_exclusions_for_reading():
     assert len(rows) == 3 and "(3 of 5, seed 1)" in md
     assert all("…" in r and "paraphrase" in r for r in rows)
     assert md == paraphrase_sample(records, questions, answers, n=3, seed=1)  # reproducible
+
+
+def test_load_model_says_when_it_starts_from_a_fresh_head(
+    tmp_path, tiny_model_dir, bundled_tokenizer, caplog
+):
+    """Training may start from a checkpoint without a classification head (the export refuses one), and
+    its log says which weights it drew fresh."""
+    import logging
+
+    from transformers import BertConfig, BertModel
+
+    from rerank_engine.training.finetune import load_model
+
+    config = BertConfig(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "bare")
+    with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
+        model = load_model(tmp_path / "bare", seed=0)
+    assert model.config.num_labels == 1
+    fresh = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
+    assert fresh and "classifier.bias, classifier.weight" in fresh[0] and "seed 0" in fresh[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
+        load_model(tiny_model_dir, seed=0)  # a trained head: nothing to say
+    assert not [r for r in caplog.records if "newly initialised" in r.getMessage()]

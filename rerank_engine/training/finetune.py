@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from rerank_engine.config import TokenizerConfig, _Frozen
 from rerank_engine.errors import require
 from rerank_engine.metrics import mean_metrics
 from rerank_engine.tokenization import PairTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class FinetuneConfig(_Frozen):
@@ -87,10 +90,19 @@ def load_model(base_model: str | Path, seed: int):
     torch = require("torch", "torch")
     from transformers import AutoModelForSequenceClassification
 
-    torch.manual_seed(seed)  # the new classification head is drawn from this seed
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(base_model), num_labels=1, torch_dtype=torch.float32
+    torch.manual_seed(seed)  # a new classification head is drawn from this seed
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(base_model), num_labels=1, torch_dtype=torch.float32, output_loading_info=True
     )
+    fresh = sorted(info["missing_keys"])
+    if fresh:  # training may start from a fresh head (an export of it is refused); say so
+        log.warning(
+            "%s has no trained classification head: starting from newly initialised %s (seed %d)",
+            base_model,
+            ", ".join(fresh),
+            seed,
+        )
+    return model
 
 
 def score_pairs(
