@@ -20,12 +20,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.compare_recipes", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="jobs/configs/recipe_comparison.yaml")
     p.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    p.add_argument(
+        "--report-only", action="store_true", help="write the table of the variants finished so far"
+    )
     args = p.parse_args(argv)
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh)
     if args.only:
         cfg["variants"] = [v for v in cfg["variants"] if v["name"] in args.only]
-    rows = comparison.run(cfg)
+    rows = comparison.run(cfg, train_missing=not args.report_only)
     out = Path(cfg["report_dir"])
     out.mkdir(parents=True, exist_ok=True)
     table = comparison.markdown(rows)

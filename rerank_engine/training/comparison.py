@@ -69,8 +69,9 @@ def mined_sets(cfg: dict, recall, log) -> dict[str, list[dict]]:
     return out
 
 
-def run(cfg: dict, log=print) -> list[dict]:
-    """Train and score every variant of `cfg` (see jobs/configs/recipe_comparison.yaml); the rows."""
+def run(cfg: dict, log=print, train_missing: bool = True) -> list[dict]:
+    """Train and score every variant of `cfg` (see jobs/configs/recipe_comparison.yaml); the rows.
+    With `train_missing=False`, only the bi-encoder row and the variants already finished."""
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.data.insuranceqa import answer_recall
     from rerank_engine.recall import bundled_minilm_dir
@@ -81,7 +82,7 @@ def run(cfg: dict, log=print) -> list[dict]:
     run_dir.mkdir(parents=True, exist_ok=True)
     base_model = cfg.get("base_model") or bundled_minilm_dir()
     recall = answer_recall(cfg["cache_dir"])
-    mined = mined_sets(cfg, recall, log)
+    mined = mined_sets(cfg, recall, log) if train_missing else {}
     evalsets = {
         "cascade": valid_evalset(recall, cfg["valid_queries"]),
         "pool": pool_evalset(recall, cfg["pool_queries"], cfg["pool_negatives"]),
@@ -93,6 +94,9 @@ def run(cfg: dict, log=print) -> list[dict]:
         out = run_dir / name / "result.json"
         if out.is_file():
             rows.append(json.loads(out.read_text()))
+            continue
+        if not train_missing:
+            log(f"{name}: not finished yet, left out")
             continue
         tc = FinetuneConfig.build(**{**cfg["train"], **variant.get("train", {}), "steps": cfg["steps"]})
         state = train(
