@@ -20,14 +20,13 @@ are cached under `--cache-dir`, so a rerun with other settings (`--target-precis
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rerank_engine import evaluation, plots
+from rerank_engine import cli, evaluation, plots
 from rerank_engine.exporting import resolve_export
 from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
@@ -180,8 +179,11 @@ def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=print
     return fusion
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.calibrate", description=__doc__.splitlines()[0])
+EXAMPLE = "--model models/insurance-minilm-l6-ce --split valid --queries 500 --max-length 128"
+
+
+def main(argv=None, prog: str = "python -m jobs.calibrate") -> int:
+    p = cli.command_parser(prog, __doc__, EXAMPLE)
     p.add_argument("--model", default="models/insurance-minilm-l6-ce", help="local model folder")
     p.add_argument("--split", default="valid", choices=["valid"], help="never test")
     p.add_argument("--queries", type=int, default=None, help="first N questions of the split (all)")
@@ -205,7 +207,10 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=".cache/scores")
     p.add_argument("--force", action="store_true", help="recalibrate even when threshold.json is up to date")
     args = p.parse_args(argv)
+    return cli.run_main("calibrate", args, lambda: run(args))
 
+
+def run(args) -> int:
     from rerank_engine.data.insuranceqa import DATA_VERSION, answer_recall, load_answers, load_split
     from rerank_engine.recall import BiEncoder
 
