@@ -10,7 +10,6 @@ import dataclasses
 import glob
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rerank_engine import schema
+from rerank_engine import progress, schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError, ScaleMismatchError
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
@@ -218,7 +217,8 @@ def ensure_ray():
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
         from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = bool(os.environ.get("RERANK_PROGRESS"))
+        # on where stderr is a terminal, off in CI and logs; --progress / --no-progress force it
+        DataContext.get_current().enable_progress_bars = progress.enabled()
     return ray
 
 
