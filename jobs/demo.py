@@ -5,19 +5,18 @@
 1. builds the sample (InsuranceQA test questions + a small corpus) unless present;
 2. builds the recall index (cached by corpus hash and bi-encoder);
 3. runs the batch job on a local Ray (the ONNX export of the default model is cached);
-4. prints the run summary and an evaluation of the output against the gold answer ids, next to the
-   bi-encoder's own top-5 (the recall-only baseline).
+4. prints the run summary as a table and an evaluation of the output against the gold answer ids, next
+   to the bi-encoder's own top-5 (the recall-only baseline).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from rerank_engine import cli
 from rerank_engine.config import load_job_config
 from rerank_engine.errors import RerankEngineError
 from rerank_engine.metrics import mean_metrics, noise_ratio
@@ -65,43 +64,60 @@ def threshold_hint(evaluation: dict) -> str | None:
     )
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
+def evaluation_table(evaluation: dict) -> str:
+    """`evaluate_output`'s two rows side by side, one column per figure."""
+    names = list(next(iter(evaluation.values())))
+    width = max(map(len, evaluation))
+    head = f"  {'':<{width}}  " + "  ".join(f"{n:>{max(len(n), 5)}}" for n in names)
+    rows = [
+        f"  {label:<{width}}  " + "  ".join(f"{block[n]:>{max(len(n), 5)}}" for n in names)
+        for label, block in evaluation.items()
+    ]
+    return "\n".join([head, *rows])
+
+
+def main(argv=None, prog: str = "python -m jobs.demo") -> int:
+    p = cli.command_parser(prog, __doc__, "--out sample --queries 300", with_progress=True)
     p.add_argument("--out", default="sample")
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--config", default="jobs/configs/local.yaml")
     args = p.parse_args(argv)
+    return cli.run_main("demo", args, lambda: run(args))
+
+
+def run(args) -> int:
     from jobs.make_sample import make_sample
     from rerank_engine.indexing import build_index
     from rerank_engine.job import run_job
 
     root = Path(args.out)
-    try:
-        config = load_job_config(args.config)
-        if not Path(config.model).exists():
-            raise RerankEngineError(
-                f"default model {config.model} is missing; train it with "
-                "`python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml --ship`"
-            )
-        if not (root / "queries.parquet").is_file():
-            print("sample:", json.dumps(make_sample(root, args.queries)))
-        print("index:", json.dumps(build_index(str(root / "corpus.parquet"), str(root / "index"))))
-        summary = run_job(
-            config,
-            input=str(root / "queries.parquet"),
-            corpus=str(root / "corpus.parquet"),
-            index=str(root / "index"),
-            output=str(root / "output"),
-            overwrite=True,
+    config = load_job_config(args.config)
+    if not Path(config.model).exists():
+        raise RerankEngineError(
+            f"default model {config.model} is missing; train it with "
+            "`python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml --ship`"
         )
-    except RerankEngineError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 2
-    print("run summary:", json.dumps(summary, indent=2, sort_keys=True))
+    if not (root / "queries.parquet").is_file():
+        print("sample:", json.dumps(make_sample(root, args.queries)))
+    index = build_index(str(root / "corpus.parquet"), str(root / "index"))
+    print(
+        f"index: {root / 'index'} ({index['count']:,} passages, {index['index_type']}, "
+        f"{index['model']}{', cached' if index.get('cached') else ''})\n"
+    )
+    summary = run_job(
+        config,
+        input=str(root / "queries.parquet"),
+        corpus=str(root / "corpus.parquet"),
+        index=str(root / "index"),
+        output=str(root / "output"),
+        overwrite=True,
+    )
+    cli.print_summary(summary)
     evaluation = evaluate_output(root / "output", root / "index", root / "queries.parquet")
-    print("evaluation against gold answers:", json.dumps(evaluation, indent=2))
+    print("\nevaluation against the gold answers:")
+    print(evaluation_table(evaluation))
     if hint := threshold_hint(evaluation):
-        print(hint)
+        print("\n" + hint)
     return 0
 
 

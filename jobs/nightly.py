@@ -8,12 +8,11 @@ it committed.
 
 `--date` defaults to yesterday (UTC); it fills `{date}` in the config's `input_template` and
 `output_template`. Starts a local Ray when none is reachable; under `ray job submit` it joins that
-cluster. Prints the committed summary (the `_SUCCESS` marker's content) with `skipped`.
+cluster. Prints the committed summary (the `_SUCCESS` marker's content, with `skipped`) as a table, or
+as JSON with `--json`.
 """
 
 from __future__ import annotations
-
-import json
 
 from rerank_engine import cli
 from rerank_engine.nightly import load_nightly_config, run_nightly
@@ -28,6 +27,7 @@ def main(argv=None, prog: str = "python -m jobs.nightly") -> int:
         EXAMPLE,
         overrides="override a config key, e.g. --set job.k_rerank=3 --set chunk_rows=50000",
         with_progress=True,
+        with_summary=True,
     )
     p.add_argument("--config", required=True, help="nightly YAML (jobs/configs/nightly_local.yaml)")
     p.add_argument("--date", default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
@@ -46,7 +46,7 @@ def main(argv=None, prog: str = "python -m jobs.nightly") -> int:
         summary = run_nightly(
             config, args.date, overwrite=args.overwrite, fail_after_chunks=args.fail_after_chunks
         )
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        cli.print_summary(summary, args.json)
         return 0
 
     return cli.run_main("nightly job", args, body)

@@ -5,12 +5,10 @@
 
 `--index` may be omitted when the input has a `candidates` column (logged-candidates mode). Starts a
 local Ray when none is reachable; under `ray job submit` it joins that cluster. Prints the run summary
-and writes it, with the resolved config, beside the output.
+as a table (`--json`: as JSON) and writes it, with the resolved config, beside the output.
 """
 
 from __future__ import annotations
-
-import json
 
 from rerank_engine import cli
 from rerank_engine.config import load_job_config
@@ -29,6 +27,7 @@ def main(argv=None, prog: str = "python -m jobs.rerank") -> int:
         EXAMPLE,
         overrides="override a config key, e.g. --set k_rerank=3 --set resources.rerank_actors=2",
         with_progress=True,
+        with_summary=True,
     )
     p.add_argument("--config", default=None, help="YAML job config (jobs/configs/local.yaml)")
     p.add_argument("--input", required=True, help="query log: Parquet file, folder, glob or URI")
@@ -50,7 +49,7 @@ def main(argv=None, prog: str = "python -m jobs.rerank") -> int:
             run_id=args.run_id,
             overwrite=args.overwrite,
         )
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        cli.print_summary(summary, args.json)
         return 0
 
     return cli.run_main("rerank job", args, body)

@@ -55,10 +55,12 @@ def command_parser(
     *,
     overrides: str | None = None,
     with_progress: bool = False,
+    with_summary: bool = False,
 ) -> argparse.ArgumentParser:
     """The parser of one command: `doc`'s first line as description, `prog example` as the example shown
     by --help, `--log-level`; `--progress/--no-progress` where the command runs Ray Data; `--set KEY=VALUE`
-    (into `args.overrides`) where it takes a config, `overrides` being its help text."""
+    (into `args.overrides`) where it takes a config, `overrides` being its help text; `--json` where it
+    prints a run summary (`print_summary`)."""
     p = argparse.ArgumentParser(
         prog=prog,
         description=doc.strip().splitlines()[0],
@@ -77,6 +79,10 @@ def command_parser(
             action=argparse.BooleanOptionalAction,
             default=None,
             help="Ray Data's progress bars (default: on when stderr is a terminal)",
+        )
+    if with_summary:
+        p.add_argument(
+            "--json", action="store_true", help="print the run summary as JSON instead of the table"
         )
     if overrides is not None:
         p.add_argument(
@@ -99,6 +105,18 @@ def parse_overrides(items: list[str]) -> dict:
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: {value!r} is not a YAML value: {exc}") from None
     return out
+
+
+def print_summary(summary: dict, as_json: bool = False) -> None:
+    """A run summary on stdout: the table (`rerank_engine.summary`), or the JSON itself with --json."""
+    if as_json:
+        import json
+
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        from rerank_engine.summary import format_summary
+
+        print(format_summary(summary))
 
 
 def setup(args: argparse.Namespace) -> None:

@@ -427,6 +427,7 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
                 "n_padded_tokens",
                 "provider",
                 "n_cached",
+                "n_unknown",
             ]
         ).aggregate([])
     statuses = Counter(table.column("status").to_pylist())
@@ -440,6 +441,7 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
         "pairs_per_s": round(pairs / pipeline_s, 1) if pipeline_s else None,
         "pairs_cached": cached,  # taken from the score cache instead of scored
         "pairs_scored": pairs - cached,
+        "candidates_unknown": int(pa.compute.sum(table.column("n_unknown")).as_py() or 0),
         "kept": int(pa.compute.sum(table.column("n_kept")).as_py() or 0),
         "ok": statuses.get(schema.OK, 0),
         "no_relevant": statuses.get(schema.NO_RELEVANT, 0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -340,7 +341,10 @@ def test_ray_job_submit_round_trip(data, tiny_export, ray_head):
     assert sorted(table.column("query_id").to_pylist()) == sorted(
         pq.read_table(root / "queries.parquet").column("query_id").to_pylist()
     )
-    assert '"queries": 11' in done.stdout
+    assert re.search(r"\n  queries +11\n", done.stdout)  # the summary table, streamed back by Ray
+    assert re.search(r"\n  full summary +\S+/out-submitted/_run_summary.json", done.stdout)
+    logs = done.stdout + done.stderr  # the driver's output is a log, not a terminal: no progress bars
+    assert "row/s" not in logs and "Total Progress" not in logs
 
 
 def test_rerank_actor_killed_mid_run_every_query_once(data, tiny_export, tmp_path):
