@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,8 @@ from rerank_engine.exporting import resolve_export
 from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
 from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+
+_log_info = logging.getLogger(__name__).info
 
 THRESHOLD_FILE = "threshold.json"  # the name rerank_engine.job reads
 CRITERION = "best F1 pooled over the rerank top-k (recall = relevant kept / relevant in the top-k)"
@@ -53,7 +56,7 @@ def calibrate(
     plots_dir: str | Path | None = None,
     cache_dir: str | Path = ".cache/scores",
     force: bool = False,
-    log=print,
+    log=_log_info,
 ) -> dict:
     """Choose and write the threshold for `model` (a local model folder) on the given questions.
 
@@ -149,7 +152,7 @@ def calibrate(
     return threshold.to_dict()
 
 
-def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=print) -> Fusion:
+def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=_log_info) -> Fusion:
     """Fit the score fusion of the reranker with the recall cosine (`rerank_engine.fusion`) on the same
     questions, calibrate its threshold (best F1, as for the plain score) and write `path`."""
     fusion = fit(

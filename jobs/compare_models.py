@@ -14,6 +14,7 @@ reporting the model chosen.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from jobs.evaluate import model_fusion
 from rerank_engine import cli, evaluation
 from rerank_engine.fusion import calibrated_max_length
 from rerank_engine.metrics import ndcg_at_k
+
+_log_info = logging.getLogger(__name__).info
 
 K = 5
 
@@ -51,7 +54,7 @@ def compare(
     k_recall: int = 20,
     precision: str = "fp32",
     cache_dir: str | Path = ".cache/scores",
-    log=print,
+    log=_log_info,
 ) -> dict:
     """The two models on the same questions' recall top-`k_recall`, and their paired difference."""
     candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)

@@ -121,9 +121,8 @@ def print_summary(summary: dict, as_json: bool = False) -> None:
 
 def setup(args: argparse.Namespace) -> None:
     """Apply the scaffold's options: the log level (the library logs through `logging`) and progress."""
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a stderr handler, unless one exists
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper()))
     if getattr(args, "progress", None) is not None:
         progress.force(args.progress)
 

@@ -219,7 +219,17 @@ def ensure_ray():
 
         # on where stderr is a terminal, off in CI and logs; --progress / --no-progress force it
         DataContext.get_current().enable_progress_bars = progress.enabled()
+        quiet_ray_data_console()
     return ray
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data's console lines (execution plans, "Dataset ... finished") at this process's log level
+    (warning unless --log-level says otherwise); its own log file under the Ray session keeps them all."""
+    level = logging.getLogger().getEffectiveLevel()
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":  # the name Ray Data's logging config gives it
+            handler.setLevel(max(level, logging.INFO))
 
 
 def run_job(

@@ -86,3 +86,52 @@ def test_the_installed_console_script_runs_from_any_folder(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert all(line.startswith(str(target)) for line in done.stdout.split()), done.stdout
+
+
+def _commands():
+    """Every job module with a command line: jobs/*.py with a main, and export."""
+    names = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if "def main(" in p.read_text())
+    return [f"jobs.{n}" for n in names] + ["export.__main__"]
+
+
+@pytest.mark.parametrize("module", _commands())
+def test_every_command_has_the_scaffold_options(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(module).main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--log-level {debug,info,warning,error}" in out and "\nexample:\n  python -m " in out
+
+
+def test_the_library_never_prints():
+    """Library code logs through `logging` (quiet unless --log-level asks); only the command line
+    (rerank_engine/cli.py) writes a command's output."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "rerank_engine").rglob("*.py")):
+        if path.name == "cli.py" and path.parent.name == "rerank_engine":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name) and node.id == "print":
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == []
+
+
+@pytest.mark.parametrize(("level", "shown"), [("warning", False), ("info", True)])
+def test_log_level_decides_what_the_library_logs(level, shown):
+    code = (
+        "import logging\n"
+        "from rerank_engine import cli\n"
+        "p = cli.command_parser('x', 'doc', '--x')\n"
+        f"cli.setup(p.parse_args(['--log-level', {level!r}]))\n"
+        "logging.getLogger('rerank_engine.evaluation').info('scored 10 pairs')\n"
+        "logging.getLogger('rerank_engine.job').warning('a duplicated id')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert ("INFO rerank_engine.evaluation: scored 10 pairs" in done.stderr) is shown
+    assert "WARNING rerank_engine.job: a duplicated id" in done.stderr

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from rerank_engine.config import TokenizerConfig, _Frozen
 from rerank_engine.errors import require
 from rerank_engine.metrics import mean_metrics
 from rerank_engine.tokenization import PairTokenizer
+
+_log_info = logging.getLogger(__name__).info
 
 
 class FinetuneConfig(_Frozen):
@@ -246,7 +249,7 @@ def train(
     cosine=None,
     stop_at: int | None = None,
     progress: bool = True,
-    log=print,
+    log=_log_info,
 ) -> dict:
     """Train (or resume) until `stop_at` (default: config.steps). Returns the run state summary.
 
