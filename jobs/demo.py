@@ -68,9 +68,14 @@ def evaluation_table(evaluation: dict) -> str:
     """`evaluate_output`'s two rows side by side, one column per figure."""
     names = list(next(iter(evaluation.values())))
     width = max(map(len, evaluation))
+
+    def cell(value, name):
+        text = f"{value:.3f}" if isinstance(value, float) else f"{value:,}"
+        return f"{text:>{max(len(name), 5)}}"
+
     head = f"  {'':<{width}}  " + "  ".join(f"{n:>{max(len(n), 5)}}" for n in names)
     rows = [
-        f"  {label:<{width}}  " + "  ".join(f"{block[n]:>{max(len(n), 5)}}" for n in names)
+        f"  {label:<{width}}  " + "  ".join(cell(block[n], n) for n in names)
         for label, block in evaluation.items()
     ]
     return "\n".join([head, *rows])

@@ -403,6 +403,9 @@ def run_job(
     )
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    from rerank_engine import ray_metrics
+
+    ray_metrics.record(summary)
     return summary
 
 
@@ -441,6 +444,11 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
             ]
         ).aggregate([])
     statuses = Counter(table.column("status").to_pylist())
+    ranked = pa.compute.is_in(table.column("status"), pa.array([schema.OK, schema.NO_RELEVANT]))
+    top_k = pa.compute.min_element_wise(table.column("n_candidates"), config.k_rerank)
+    below = pa.compute.subtract(
+        pa.compute.filter(top_k, ranked), pa.compute.filter(table.column("n_kept"), ranked)
+    )
     pairs = int(pa.compute.sum(table.column("n_candidates")).as_py() or 0)
     cached = int(pa.compute.sum(table.column("n_cached")).as_py() or 0)
     tokens = int(pa.compute.sum(table.column("n_tokens")).as_py() or 0)
@@ -453,6 +461,9 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
         "pairs_scored": pairs - cached,
         "candidates_unknown": int(pa.compute.sum(table.column("n_unknown")).as_py() or 0),
         "kept": int(pa.compute.sum(table.column("n_kept")).as_py() or 0),
+        "passages_below_threshold": int(
+            pa.compute.sum(below).as_py() or 0
+        ),  # in a top-k, under the threshold
         "ok": statuses.get(schema.OK, 0),
         "no_relevant": statuses.get(schema.NO_RELEVANT, 0),
         "errors": {k: v for k, v in statuses.items() if k not in (schema.OK, schema.NO_RELEVANT)},

@@ -330,6 +330,7 @@ SUMMED = (  # run summary counts that add up over chunks
     "pairs_scored",
     "candidates_unknown",
     "kept",
+    "passages_below_threshold",
     "ok",
     "no_relevant",
 )

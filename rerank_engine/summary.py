@@ -41,6 +41,7 @@ def _rows(s: dict) -> list[tuple[str, str]]:
         ("pairs/s", _pairs_per_s(s)),
         ("padding efficiency", NONE if padding is None else f"{padding:.1%}"),
         ("passages kept", _n(s.get("kept"))),
+        ("passages under threshold", _n(s.get("passages_below_threshold"))),
         ("queries ok", _n(s.get("ok")) + _share(s.get("ok"), queries)),
         ("queries no_relevant", _n(s.get("no_relevant")) + _share(s.get("no_relevant"), queries)),
         (

@@ -31,16 +31,16 @@ def output(tiny_export, tmp_path_factory):
     tokenized = TokenizeStage(config, str(corpus), tiny_export)(logged_candidates(batch, config=config))
     reranked = RerankStage(config, tiny_export, threads=1)(tokenized)
     out = finalize(reranked, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
-    return config, out
+    return config, out, reranked
 
 
 def test_finalize_writes_the_unknown_candidates_per_row(output):
-    _, out = output
+    _, out, _ = output
     assert out.column("n_unknown").to_pylist() == [0, 0, 0, 2, 2]
 
 
 def _job_summary(output) -> dict:
-    config, out = output
+    config, out, _ = output
     summary = summarize(out, config, pipeline_s=2.0, wall_s=9.5)
     summary.update(  # as run_job completes it
         distinct_queries=4, run_id="r1", output="out/", mode="logged_candidates", threshold=0.0, fusion=None
@@ -62,6 +62,7 @@ def test_the_table_holds_every_figure_of_a_job_summary(output):
     assert rows["padding efficiency"] == f"{summary['padding_efficiency']:.1%}"
     assert 0 < summary["padding_efficiency"] <= 1
     assert rows["passages kept"] == "3"  # threshold 0: q1 keeps its top 2, q5 its one
+    assert rows["passages under threshold"] == "0"
     assert rows["queries ok"] == "2 (40.0%)"
     assert rows["queries no_relevant"] == "0 (0.0%)"
     assert rows["rows by error status"] == "empty_query 1, no_candidates 1, unknown_candidates 1"
@@ -69,6 +70,14 @@ def test_the_table_holds_every_figure_of_a_job_summary(output):
     assert rows["wall time"] == "9.5 s (pipeline 2.0 s)"
     assert rows["providers"] == "CPUExecutionProvider"
     assert rows["full summary"] == "out/_run_summary.json"
+
+
+def test_passages_under_the_threshold_are_those_of_a_top_k_not_kept(output):
+    config, _, reranked = output
+    out = finalize(reranked, k_rerank=2, threshold=1.0, reranker_model="m", recall_model="logged", run_id="r")
+    summary = summarize(out, config, pipeline_s=1.0, wall_s=1.0)
+    assert summary["kept"] == 0 and summary["no_relevant"] == 2
+    assert summary["passages_below_threshold"] == 3  # q1's top 2 of its 3, q5's one
 
 
 def test_a_nightly_summary_sums_its_chunks(output):
