@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_terminal_turns_them_on_a_file_off(tmp_path, monkeypatch):
-    monkeypatch.delenv(progress.ENV, raising=False)
+    monkeypatch.setenv(progress.ENV, "")  # so that teardown restores it, whatever the test sets
+    monkeypatch.delenv(progress.ENV)
     master, slave = pty.openpty()
     try:
         with os.fdopen(slave, "w") as tty:
@@ -47,7 +48,8 @@ def test_the_environment_forces_them_either_way(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("flag", "value"), [("--progress", "1"), ("--no-progress", "0")])
 def test_the_flags_set_it_for_this_process_and_its_children(flag, value, monkeypatch):
-    monkeypatch.delenv(progress.ENV, raising=False)
+    monkeypatch.setenv(progress.ENV, "")  # so that teardown restores it, whatever the test sets
+    monkeypatch.delenv(progress.ENV)
     args = cli.command_parser("x", "doc", "--x", with_progress=True).parse_args([flag])
     cli.setup(args)
     assert os.environ[progress.ENV] == value

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +18,8 @@ import pytest
 from rerank_engine import ray_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
 
 DOCS = {f"d{i}": text for i, text in enumerate(["Flood damage is excluded.", "A 90 day wait.", "Term life."])}
 
@@ -65,12 +71,24 @@ def test_counters_in_the_scraped_metrics_equal_the_runs(tmp_path, start_ray_head
         timeout_s=600,
     )
     with start_ray_head(tmp_path, "--num-gpus=0") as head:
-        first = run_job(config, input=str(queries), corpus=str(corpus), output=str(tmp_path / "out1"))
-        second = run_job(config, input=str(queries), corpus=str(corpus), output=str(tmp_path / "out2"))
+        first = run_job(config, input=str(queries), corpus=str(corpus), output=str(tmp_path / "o1"))
+        # the second as `ray job submit` or cron runs it: a driver process of its own, which exits at once
+        sets = [f"--set={k}={v}" for k, v in config.model_dump(mode="json", exclude_defaults=True).items()]
+        argv = ["--input", str(queries), "--corpus", str(corpus), "--json", "--output", str(tmp_path / "o2")]
+        done = subprocess.run(
+            [sys.executable, "-m", "jobs.rerank", *argv, *sets],
+            cwd=REPO,
+            env={**head["env"], "RAY_ADDRESS": head["address"]},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        second = json.loads(done.stdout)
         want = expected([first, second])
 
         # the summary's figures are the output's: read back row by row
-        rows = pq.read_table(tmp_path / "out1").to_pylist()
+        rows = pq.read_table(tmp_path / "o1").to_pylist()
         ranked = [r for r in rows if r["status"] in ("ok", "no_relevant")]
         top_k = sum(min(r["n_candidates"], 2) for r in ranked)  # the passages the threshold decides on
         assert first["kept"] == sum(r["n_kept"] for r in rows)
