@@ -1,22 +1,24 @@
 """Export a cross-encoder to ONNX, validated against PyTorch.
 
-python -m export --model <hub id or local dir> --out <dir> [--precision fp32|fp16|int8 ...] [--optimize]
+    python -m export --model <hub id or local dir> --out <dir> [--precision fp32|fp16|int8 ...] [--optimize]
+
+Prints the export folder, the model id and each variant's validation figures as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 
-from rerank_engine.errors import RerankEngineError
+from rerank_engine import cli
 from rerank_engine.exporting import CONTRACT, export_model
 from rerank_engine.manifest import read_manifest
 
+EXAMPLE = "--model models/insurance-minilm-l6-ce --out artifacts/export --precision fp32 int8"
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.strip().splitlines()[0])
+
+def main(argv: list[str] | None = None, prog: str = "python -m export") -> int:
+    parser = cli.command_parser(prog, __doc__, EXAMPLE)
     parser.add_argument("--model", required=True, help="Hugging Face hub id or local model folder")
     parser.add_argument("--out", default=None, help="output folder (default: the content-keyed cache)")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
@@ -27,22 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-top5-overlap", type=float, default=CONTRACT.min_top5_overlap)
     parser.add_argument("--trust-remote-code", action="store_true", help="off unless you ask for it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = export_model(
-            args.model,
-            args.out,
-            precisions=args.precision,
-            optimize=args.optimize,
-            opset=args.opset,
-            max_length=args.max_length,
-            revision=args.revision,
-            trust_remote_code=args.trust_remote_code,
-            min_top5_overlap=args.min_top5_overlap,
-        )
-    except RerankEngineError as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 2
+    return cli.run_main("export", args, lambda: run(args))
+
+
+def run(args) -> int:
+    out = export_model(
+        args.model,
+        args.out,
+        precisions=args.precision,
+        optimize=args.optimize,
+        opset=args.opset,
+        max_length=args.max_length,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        min_top5_overlap=args.min_top5_overlap,
+    )
     manifest = read_manifest(out)
     print(
         json.dumps(

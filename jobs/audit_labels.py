@@ -19,14 +19,13 @@ judgements.json: a list, one {"A": true|false, "B": true|false} per item, in the
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from rerank_engine import evaluation
+from rerank_engine import cli, evaluation
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.label_audit import blind_items, items_markdown, paired, paraphrase_positives, tally
 from rerank_engine.metrics import mean_metrics
@@ -40,8 +39,8 @@ CRITERION = (
 RECALL, FUSED = "bi-encoder (recall top-20)", "fused rerank"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.audit_labels", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m jobs.audit_labels") -> int:
+    p = cli.command_parser(prog, __doc__, "--split test --queries 1000 --out reports/insuranceqa_label_audit")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--model", default="models/insurance-minilm-l6-ce")
     p.add_argument("--queries", type=int, default=1000, help="first N questions")
@@ -51,6 +50,10 @@ def main(argv=None) -> int:
     p.add_argument("--judgements", default=None, help="verdicts on blind_items.md (JSON list)")
     p.add_argument("--out", default="reports/insuranceqa_label_audit")
     args = p.parse_args(argv)
+    return cli.run_main("label audit", args, lambda: run(args))
+
+
+def run(args) -> int:
     started = time.perf_counter()
 
     from rerank_engine.data.insuranceqa import SPLITS, answer_recall, load_answers, load_split

@@ -15,16 +15,16 @@ no-op.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from rerank_engine.errors import RerankEngineError
+from rerank_engine import cli
 from rerank_engine.indexing import build_index
 
+EXAMPLE = "--corpus sample/corpus.parquet --out sample/index --index-factory Flat"
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.build_index", description=__doc__.splitlines()[0])
+
+def main(argv=None, prog: str = "python -m jobs.build_index") -> int:
+    p = cli.command_parser(prog, __doc__, EXAMPLE, with_progress=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--corpus", help="Parquet with doc_id, text (optionally title)")
     src.add_argument("--from-embeddings", help="embeddings folder written by an earlier build (no corpus)")
@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--k-eval", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         manifest = build_index(
             args.corpus,
             args.out,
@@ -63,11 +64,10 @@ def main(argv=None) -> int:
             max_length=args.max_length,
             actors=args.actors,
         )
-    except RerankEngineError as exc:
-        print(f"build_index failed: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(manifest, indent=2))
-    return 0
+        print(json.dumps(manifest, indent=2))
+        return 0
+
+    return cli.run_main("build_index", args, body)
 
 
 if __name__ == "__main__":

@@ -20,18 +20,20 @@ are cached under `--cache-dir`, so a rerun with other settings (`--target-precis
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rerank_engine import evaluation, plots
+from rerank_engine import cli, evaluation, plots
 from rerank_engine.exporting import resolve_export
 from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
 from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+
+_log_info = logging.getLogger(__name__).info
 
 THRESHOLD_FILE = "threshold.json"  # the name rerank_engine.job reads
 CRITERION = "best F1 pooled over the rerank top-k (recall = relevant kept / relevant in the top-k)"
@@ -54,7 +56,7 @@ def calibrate(
     plots_dir: str | Path | None = None,
     cache_dir: str | Path = ".cache/scores",
     force: bool = False,
-    log=print,
+    log=_log_info,
 ) -> dict:
     """Choose and write the threshold for `model` (a local model folder) on the given questions.
 
@@ -150,7 +152,7 @@ def calibrate(
     return threshold.to_dict()
 
 
-def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=print) -> Fusion:
+def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=_log_info) -> Fusion:
     """Fit the score fusion of the reranker with the recall cosine (`rerank_engine.fusion`) on the same
     questions, calibrate its threshold (best F1, as for the plain score) and write `path`."""
     fusion = fit(
@@ -180,8 +182,11 @@ def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=print
     return fusion
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.calibrate", description=__doc__.splitlines()[0])
+EXAMPLE = "--model models/insurance-minilm-l6-ce --split valid --queries 500 --max-length 128"
+
+
+def main(argv=None, prog: str = "python -m jobs.calibrate") -> int:
+    p = cli.command_parser(prog, __doc__, EXAMPLE)
     p.add_argument("--model", default="models/insurance-minilm-l6-ce", help="local model folder")
     p.add_argument("--split", default="valid", choices=["valid"], help="never test")
     p.add_argument("--queries", type=int, default=None, help="first N questions of the split (all)")
@@ -205,7 +210,10 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=".cache/scores")
     p.add_argument("--force", action="store_true", help="recalibrate even when threshold.json is up to date")
     args = p.parse_args(argv)
+    return cli.run_main("calibrate", args, lambda: run(args))
 
+
+def run(args) -> int:
     from rerank_engine.data.insuranceqa import DATA_VERSION, answer_recall, load_answers, load_split
     from rerank_engine.recall import BiEncoder
 

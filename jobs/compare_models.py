@@ -13,16 +13,18 @@ reporting the model chosen.
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from jobs.evaluate import model_fusion
-from rerank_engine import evaluation
+from rerank_engine import cli, evaluation
 from rerank_engine.fusion import calibrated_max_length
 from rerank_engine.metrics import ndcg_at_k
+
+_log_info = logging.getLogger(__name__).info
 
 K = 5
 
@@ -52,7 +54,7 @@ def compare(
     k_recall: int = 20,
     precision: str = "fp32",
     cache_dir: str | Path = ".cache/scores",
-    log=print,
+    log=_log_info,
 ) -> dict:
     """The two models on the same questions' recall top-`k_recall`, and their paired difference."""
     candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)
@@ -75,8 +77,11 @@ def compare(
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.compare_models", description=__doc__.splitlines()[0])
+EXAMPLE = "--candidate artifacts/candidate/insurance-minilm-l6-ce --split valid --queries 500"
+
+
+def main(argv=None, prog: str = "python -m jobs.compare_models") -> int:
+    p = cli.command_parser(prog, __doc__, EXAMPLE)
     p.add_argument("--baseline", default="models/insurance-minilm-l6-ce", help="local model folder")
     p.add_argument("--candidate", required=True, help="local model folder")
     p.add_argument("--split", default="valid", choices=["valid", "test"], help="choose on valid")
@@ -86,7 +91,10 @@ def main(argv=None) -> int:
     p.add_argument("--embeddings-cache", default=".cache/embeddings")
     p.add_argument("--scores-cache", default=".cache/scores")
     args = p.parse_args(argv)
+    return cli.run_main("compare", args, lambda: run(args))
 
+
+def run(args) -> int:
     from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
 
     result = compare(

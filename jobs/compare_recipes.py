@@ -7,23 +7,27 @@ Writes <report_dir>/table.md and results.json. Rerun the same command after an i
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import yaml
 
+from rerank_engine import cli
 from rerank_engine.training import comparison
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.compare_recipes", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m jobs.compare_recipes") -> int:
+    p = cli.command_parser(prog, __doc__, "--config jobs/configs/recipe_comparison.yaml")
     p.add_argument("--config", default="jobs/configs/recipe_comparison.yaml")
     p.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     p.add_argument(
         "--report-only", action="store_true", help="write the table of the variants finished so far"
     )
     args = p.parse_args(argv)
+    return cli.run_main("recipe comparison", args, lambda: run(args))
+
+
+def run(args) -> int:
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh)
     if args.only:

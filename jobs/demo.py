@@ -7,20 +7,19 @@
 3. runs the batch job on a local Ray (the ONNX export of the default model is cached);
 4. runs it again with threshold 0 into <out>/output_top5 (every score comes from the first run's score
    cache), so the evaluation can show what the threshold trades;
-5. prints the run summary and an evaluation against the gold answer ids, three rows on the same
+5. prints the run summary as a table and an evaluation against the gold answer ids, three rows on the same
    candidates: the bi-encoder's own top-5 (the recall-only baseline), the rerank top-5, and the rerank
    top-5 ≥ threshold (what the job hands on), each with its noise and the queries handed nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from rerank_engine import cli
 from rerank_engine.config import load_job_config
 from rerank_engine.errors import RerankEngineError
 from rerank_engine.metrics import mean_metrics, noise_ratio
@@ -68,17 +67,6 @@ def evaluate_output(output: Path, queries: Path, recall: dict, unfiltered: Path 
     return rows
 
 
-def evaluation_table(evaluation: dict) -> str:
-    """The rows side by side, as the demo prints them."""
-    cols = ("P@1", "NDCG@5", "MRR@5", "R@5", "noise", "passages_handed_on", "queries_with_none")
-    width = max(len(name) for name in evaluation)
-    lines = [f"{'':<{width}}  " + "  ".join(f"{c:>8}" if len(c) < 9 else c for c in cols)]
-    for name, row in evaluation.items():
-        cells = [f"{row[c]:>{max(8, len(c))}}" for c in cols]
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
 def threshold_hint(evaluation: dict) -> str | None:
     """What to read into the thresholded figures when the threshold left queries with nothing."""
     kept = evaluation[KEPT]
@@ -94,54 +82,76 @@ def threshold_hint(evaluation: dict) -> str | None:
     )
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
+def evaluation_table(evaluation: dict) -> str:
+    """`evaluate_output`'s rows side by side, one column per figure."""
+    names = list(next(iter(evaluation.values())))
+    width = max(map(len, evaluation))
+
+    def cell(value, name):
+        text = f"{value:.3f}" if isinstance(value, float) else f"{value:,}"
+        return f"{text:>{max(len(name), 5)}}"
+
+    head = f"  {'':<{width}}  " + "  ".join(f"{n:>{max(len(n), 5)}}" for n in names)
+    rows = [
+        f"  {label:<{width}}  " + "  ".join(cell(block[n], n) for n in names)
+        for label, block in evaluation.items()
+    ]
+    return "\n".join([head, *rows])
+
+
+def main(argv=None, prog: str = "python -m jobs.demo") -> int:
+    p = cli.command_parser(prog, __doc__, "--out sample --queries 300", with_progress=True)
     p.add_argument("--out", default="sample")
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--config", default="jobs/configs/local.yaml")
     args = p.parse_args(argv)
+    return cli.run_main("demo", args, lambda: run(args))
+
+
+def run(args) -> int:
     from jobs.make_sample import make_sample
     from rerank_engine.indexing import build_index
     from rerank_engine.job import run_job
 
     root = Path(args.out)
-    try:
-        config = load_job_config(args.config)
-        if not Path(config.model).exists():
-            raise RerankEngineError(
-                f"default model {config.model} is missing; train it with "
-                "`python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml --ship`"
-            )
-        if not (root / "queries.parquet").is_file():
-            print("sample:", json.dumps(make_sample(root, args.queries)))
-        print("index:", json.dumps(build_index(str(root / "corpus.parquet"), str(root / "index"))))
-        config = config.model_copy(update={"score_cache": str(root / "score_cache")})
-        paths = {
-            "input": str(root / "queries.parquet"),
-            "corpus": str(root / "corpus.parquet"),
-            "index": str(root / "index"),
-        }
-        summary = run_job(config, **paths, output=str(root / "output"), overwrite=True)
-        top5 = run_job(
-            config.model_copy(update={"threshold": 0.0}),
-            **paths,
-            output=str(root / "output_top5"),
-            overwrite=True,
+    config = load_job_config(args.config)
+    if not Path(config.model).exists():
+        raise RerankEngineError(
+            f"default model {config.model} is missing; train it with "
+            "`python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml --ship`"
         )
-    except RerankEngineError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 2
-    print("run summary:", json.dumps(summary, indent=2, sort_keys=True))
+    if not (root / "queries.parquet").is_file():
+        print("sample:", json.dumps(make_sample(root, args.queries)))
+    index = build_index(str(root / "corpus.parquet"), str(root / "index"))
     print(
-        f"second run at threshold 0: {top5.get('pairs_cached')} of {top5.get('pairs')} pairs from the cache"
+        f"index: {root / 'index'} ({index['count']:,} passages, {index['index_type']}, "
+        f"{index['model']}{', cached' if index.get('cached') else ''})\n"
+    )
+    config = config.model_copy(update={"score_cache": str(root / "score_cache")})
+    paths = {
+        "input": str(root / "queries.parquet"),
+        "corpus": str(root / "corpus.parquet"),
+        "index": str(root / "index"),
+    }
+    summary = run_job(config, **paths, output=str(root / "output"), overwrite=True)
+    cli.print_summary(summary)
+    top5 = run_job(
+        config.model_copy(update={"threshold": 0.0}),
+        **paths,
+        output=str(root / "output_top5"),
+        overwrite=True,
+    )
+    print(
+        f"\nsecond run at threshold 0 into {root / 'output_top5'}: {top5.get('pairs_cached', 0):,} of "
+        f"{top5.get('pairs', 0):,} pairs from the first run's score cache"
     )
     queries = root / "queries.parquet"
     recall = recall_top5(root / "index", queries)
     evaluation = evaluate_output(root / "output", queries, recall, unfiltered=root / "output_top5")
-    print("evaluation against gold answers, same candidates:")
+    print("\nevaluation against the gold answers, the same candidates:")
     print(evaluation_table(evaluation))
     if hint := threshold_hint(evaluation):
-        print(hint)
+        print("\n" + hint)
     return 0
 
 

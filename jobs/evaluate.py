@@ -15,22 +15,22 @@ MED; skipped where absent): bi-encoder recall vs rerank, NDCG@10.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from pathlib import Path
 
-from rerank_engine import evaluation
+from rerank_engine import cli, evaluation
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
 K = 5
+EXAMPLE = "--split test --models models/insurance-minilm-l6-ce --queries 1000 --out reports/insuranceqa_test"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m jobs.evaluate") -> int:
+    p = cli.command_parser(prog, __doc__, EXAMPLE)
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--models", nargs="*", default=["models/insurance-minilm-l6-ce"])
     p.add_argument("--queries", type=int, default=None, help="first N questions for the cascade (all)")
@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default="reports/insuranceqa")
     args = p.parse_args(argv)
+    return cli.run_main("evaluate", args, lambda: evaluate(args))
+
+
+def evaluate(args) -> int:
     started = time.perf_counter()
 
     from rerank_engine.bm25 import BM25

@@ -8,20 +8,24 @@ Rerun the same command after an interruption: mining, the loss comparison and tr
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import yaml
 
+from rerank_engine import cli
 from rerank_engine.training import recipe
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.finetune_reranker", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m jobs.finetune_reranker") -> int:
+    p = cli.command_parser(prog, __doc__, "--config jobs/configs/finetune_insuranceqa.yaml --ship")
     p.add_argument("--config", required=True)
     p.add_argument("--ship", action="store_true", help="copy the best checkpoint to output_model")
     args = p.parse_args(argv)
+    return cli.run_main("finetune", args, lambda: run(args))
+
+
+def run(args) -> int:
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh)
     summary = recipe.run(cfg)

@@ -9,13 +9,13 @@ Needs the data extra (`pip install 'rerank-engine[data]'`). Writes <out>/queries
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rerank_engine import cli
 from rerank_engine.data.insuranceqa import DATA_VERSION, load_answers, load_split
 
 
@@ -45,14 +45,18 @@ def make_sample(out: str | Path, n_queries: int = 300, n_negatives: int = 6, spl
     return info
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.make_sample", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m jobs.make_sample") -> int:
+    p = cli.command_parser(prog, __doc__, "--out sample --queries 300 --negatives 6")
     p.add_argument("--out", required=True)
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--negatives", type=int, default=6)
     args = p.parse_args(argv)
-    print(json.dumps(make_sample(args.out, args.queries, args.negatives)))
-    return 0
+
+    def body() -> int:
+        print(json.dumps(make_sample(args.out, args.queries, args.negatives)))
+        return 0
+
+    return cli.run_main("sample", args, body)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ paraphrase guard kept out of the negatives, with both questions, for reading by 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import yaml
 
+from rerank_engine import cli
 from rerank_engine.training.hard_negatives import (
     MiningConfig,
     mine_insuranceqa,
@@ -25,10 +25,8 @@ from rerank_engine.training.hard_negatives import (
 )
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.mine_hard_negatives", description=__doc__.splitlines()[0]
-    )
+def main(argv=None, prog: str = "python -m jobs.mine_hard_negatives") -> int:
+    p = cli.command_parser(prog, __doc__, "--split train --out artifacts/mined/train.jsonl")
     p.add_argument("--split", default="train", choices=["train", "valid"])
     p.add_argument("--out")
     p.add_argument("--config", default="jobs/configs/recipe_comparison.yaml")
@@ -39,6 +37,12 @@ def main(argv=None) -> int:
     p.add_argument("--sample-out", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not args.read and not args.out:
+        p.error("--out is required when mining")
+    return cli.run_main("mining", args, lambda: run(args, p))
+
+
+def run(args, p) -> int:
     if args.read:
         from rerank_engine.data.insuranceqa import load_answers, load_split
 
@@ -49,8 +53,6 @@ def main(argv=None) -> int:
             Path(args.sample_out).write_text(md)
         print(md)
         return 0
-    if not args.out:
-        p.error("--out is required when mining")
     with open(args.config) as fh:
         mining = yaml.safe_load(fh)["mining"]
     named = all(isinstance(v, dict) for v in mining.values())

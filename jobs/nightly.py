@@ -8,22 +8,27 @@ it committed.
 
 `--date` defaults to yesterday (UTC); it fills `{date}` in the config's `input_template` and
 `output_template`. Starts a local Ray when none is reachable; under `ray job submit` it joins that
-cluster. Prints the committed summary (the `_SUCCESS` marker's content) with `skipped`.
+cluster. Prints the committed summary (the `_SUCCESS` marker's content, with `skipped`) as a table, or
+as JSON with `--json`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-from jobs.rerank import parse_overrides
-from rerank_engine.errors import RerankEngineError
+from rerank_engine import cli
 from rerank_engine.nightly import load_nightly_config, run_nightly
 
+EXAMPLE = "--config jobs/configs/nightly_local.yaml --date 2026-11-26 --set chunk_rows=50000"
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__.splitlines()[0])
+
+def main(argv=None, prog: str = "python -m jobs.nightly") -> int:
+    p = cli.command_parser(
+        prog,
+        __doc__,
+        EXAMPLE,
+        overrides="override a config key, e.g. --set job.k_rerank=3 --set chunk_rows=50000",
+        with_progress=True,
+        with_summary=True,
+    )
     p.add_argument("--config", required=True, help="nightly YAML (jobs/configs/nightly_local.yaml)")
     p.add_argument("--date", default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
     p.add_argument("--overwrite", action="store_true", help="recompute a committed date and replace it")
@@ -34,25 +39,17 @@ def main(argv=None) -> int:
         metavar="N",
         help="fault injection: crash after N chunks are committed (tests of resume)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set job.k_rerank=3 --set chunk_rows=50000",
-    )
     args = p.parse_args(argv)
-    try:
-        config = load_nightly_config(args.config, parse_overrides(args.overrides))
+
+    def body() -> int:
+        config = load_nightly_config(args.config, cli.parse_overrides(args.overrides))
         summary = run_nightly(
             config, args.date, overwrite=args.overwrite, fail_after_chunks=args.fail_after_chunks
         )
-    except RerankEngineError as exc:
-        print(f"nightly job failed: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
+        cli.print_summary(summary, args.json)
+        return 0
+
+    return cli.run_main("nightly job", args, body)
 
 
 if __name__ == "__main__":

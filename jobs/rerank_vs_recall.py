@@ -26,7 +26,6 @@ Each query id is compared once (its first row). Rows with a row-error status are
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from rerank_engine import cli
 from rerank_engine.config import JobConfig
 from rerank_engine.evaluation import per_question_vs
 from rerank_engine.label_audit import blind_items, items_markdown, orders_of, paired, tally
@@ -121,8 +121,8 @@ def blind_sample(rows: list[dict], corpus: str | Path, out: Path, sample: int, s
     return {"queries_top1_differs": len(differ), "sample": len(picked)}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.rerank_vs_recall", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m jobs.rerank_vs_recall") -> int:
+    p = cli.command_parser(prog, __doc__, "--output sample/output_all --labels-column gold_doc_ids")
     p.add_argument("--output", required=True, help="the job's output folder or file (every candidate kept)")
     p.add_argument("--labels-column", default=None, help="list<string> column of relevant doc ids")
     p.add_argument("--corpus", default=None, help="corpus Parquet (for --blind)")
@@ -134,7 +134,10 @@ def main(argv=None) -> int:
         p.error("give --labels-column, --blind, or both")
     if args.blind and not args.corpus:
         p.error("--blind needs --corpus (the passages' text)")
+    return cli.run_main("rerank_vs_recall", args, lambda: run(args))
 
+
+def run(args) -> int:
     rows, counts = load_orders(args.output, args.labels_column)
     report = {"rows": counts}
     if args.labels_column:

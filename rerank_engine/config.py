@@ -5,6 +5,9 @@ Light module: imports no ray, torch, onnxruntime or faiss.
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +32,7 @@ class _Frozen(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '<config>'}: {err['msg']} "
-                f"(got {err.get('input')!r})"
+                f"(got {err.get('input')!r}){_nearest_key(cls, err)}"
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
@@ -59,9 +62,9 @@ class TokenizerConfig(_Frozen):
 class BatchingConfig(_Frozen):
     """Length bucketing: sort by true token length, cut by a padded-token budget."""
 
-    bucketing: bool = True
+    bucketing: bool = Field(True, description="sort pairs by token length and cut by max_batch_tokens")
     max_batch_tokens: int = Field(8192, ge=8, description="longest_padded × rows ≤ this")
-    max_batch_rows: int = Field(128, ge=1)
+    max_batch_rows: int = Field(128, ge=1, description="pairs per forward call at most")
     pad_multiple: int | None = Field(None, ge=1, description="None: 8 on CUDA (tensor cores), 1 on CPU")
     cuts: Literal["auto", "greedy", "cheapest"] = Field(
         "auto",
@@ -90,12 +93,14 @@ class EngineConfig(_Frozen):
 
 
 class ColumnsConfig(_Frozen):
-    query_id: str = "query_id"
-    query: str = "query"
-    candidates: str = "candidates"
-    doc_id: str = "doc_id"
-    text: str = "text"
-    title: str = "title"
+    """Column names of the query log and the corpus."""
+
+    query_id: str = Field("query_id", description="query log: the query's id (string or integer)")
+    query: str = Field("query", description="query log: the query text")
+    candidates: str = Field("candidates", description="query log: logged candidate doc ids, if any")
+    doc_id: str = Field("doc_id", description="corpus: the passage's id")
+    text: str = Field("text", description="corpus: the passage text")
+    title: str = Field("title", description="corpus: an optional title, put before the text")
 
 
 class RecallConfig(_Frozen):
@@ -117,16 +122,18 @@ class ResourcesConfig(_Frozen):
     ListFiles step asks for a whole CPU) and write tasks can always run. Threads are set separately.
     """
 
-    recall_actors: int = Field(1, ge=1)
-    recall_cpus: float = Field(0.25, gt=0)
-    recall_batch_rows: int = Field(64, ge=1)
+    recall_actors: int = Field(1, ge=1, description="bi-encoder + FAISS actors")
+    recall_cpus: float = Field(0.25, gt=0, description="CPU share reserved by each recall actor")
+    recall_batch_rows: int = Field(64, ge=1, description="queries per recall call")
     shard_actors: int = Field(1, ge=1, description="actors per shard (recall.shard_stages)")
     shard_cpus: float = Field(0.05, gt=0, description="CPU share of each shard-search actor")
-    tokenize_actors: int = Field(1, ge=1)
-    tokenize_cpus: float = Field(0.25, gt=0)
-    rerank_actors: int = Field(1, ge=1)
-    rerank_cpus: float = Field(0.5, gt=0)
-    rerank_gpus: Literal["auto", 0, 1] = "auto"
+    tokenize_actors: int = Field(1, ge=1, description="actors joining passages and tokenizing pairs")
+    tokenize_cpus: float = Field(0.25, gt=0, description="CPU share reserved by each tokenize actor")
+    rerank_actors: int = Field(1, ge=1, description="cross-encoder actors")
+    rerank_cpus: float = Field(0.5, gt=0, description="CPU share reserved by each rerank actor")
+    rerank_gpus: Literal["auto", 0, 1] = Field(
+        "auto", description="GPUs per rerank actor; auto: 1 where the cluster has a GPU, else 0"
+    )
     rerank_batch_rows: int = Field(32, ge=1, description="queries per rerank call (× k_recall pairs)")
     rerank_threads: int = Field(2, ge=0, description="onnxruntime intra-op threads per rerank actor")
     io_cpus: float = Field(0.1, gt=0, description="CPU share of read / finalize / write tasks")
@@ -136,26 +143,36 @@ class ResourcesConfig(_Frozen):
 class JobConfig(_Frozen):
     """Everything `jobs.rerank` needs besides the paths; YAML + CLI overrides."""
 
-    model: str = "models/insurance-minilm-l6-ce"  # HF model dir or hub id (exported, cached) or export dir
-    bi_encoder: str | None = None  # None = the bundled all-MiniLM-L6-v2
-    k_recall: int = Field(20, ge=1)
-    k_rerank: int = Field(5, ge=1)
+    model: str = Field(
+        "models/insurance-minilm-l6-ce",
+        description="the reranker: a Hugging Face model folder or hub id (exported to ONNX and cached), "
+        "or an export folder",
+    )
+    bi_encoder: str | None = Field(
+        None, description="recall model folder; None: the bundled all-MiniLM-L6-v2"
+    )
+    k_recall: int = Field(20, ge=1, description="candidates per query from recall, all reranked")
+    k_rerank: int = Field(5, ge=1, description="passages kept per query at most (those ≥ threshold)")
     threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="None: model's threshold.json, else 0.5"
+        None,
+        ge=0.0,
+        le=1.0,
+        description="keep a passage when its score is ≥ this; None: the model's calibrated threshold "
+        "(fusion.json or threshold.json), else 0.5",
     )
     fusion: Literal["auto", "on", "off"] = Field(
         "auto",
         description="score = sigmoid of the reranker's logit fused with the recall cosine (the model's "
         "fusion.json): auto where the file exists and fits the index's bi-encoder; on: required; off: never",
     )
-    precision: Precision = "auto"
-    provider: Provider = "auto"
+    precision: Precision = Field("auto", description="ONNX variant scored; auto: fp16 on CUDA, fp32 on CPU")
+    provider: Provider = Field("auto", description="onnxruntime provider; auto: CUDA where present, else CPU")
     tokenizer: TokenizerConfig = TokenizerConfig()
     batching: BatchingConfig = BatchingConfig()
     recall: RecallConfig = RecallConfig()
     columns: ColumnsConfig = ColumnsConfig()
     resources: ResourcesConfig = ResourcesConfig()
-    exploded: bool = False
+    exploded: bool = Field(False, description="one output row per kept (query, passage) instead of a list")
     dedupe_queries: bool = Field(
         True, description="score each distinct normalised query once and fan out (off for cased models)"
     )
@@ -214,3 +231,93 @@ def load_job_config(path: str | Path | None, overrides: dict | None = None) -> J
     """YAML file (may be None) + dotted overrides like {"resources.rerank_actors": 2}."""
     values = read_yaml_mapping(path) if path is not None else {}
     return JobConfig.build(**apply_overrides(values, overrides))
+
+
+# -- unknown keys and the described defaults ------------------------------------------------------------
+
+
+def _nested(annotation) -> type[_Frozen] | None:
+    """The config class a field holds (`JobConfig`, or `JobConfig | None`), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, _Frozen):
+            return candidate
+    return None
+
+
+def _nearest_key(cls: type[_Frozen], err: dict) -> str:
+    """For an unknown key: "; did you mean '<nearest valid key>'?" (difflib), else the valid keys."""
+    if err.get("type") != "extra_forbidden" or not err.get("loc"):
+        return ""
+    *parents, leaf = (str(p) for p in err["loc"])
+    model = cls
+    for part in parents:
+        field = model.model_fields.get(part)
+        model = _nested(field.annotation) if field is not None else None
+        if model is None:
+            return ""
+    keys = list(model.model_fields)
+    near = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {'.'.join([*parents, near[0]])!r}?"
+    return f"; valid keys{' under ' + '.'.join(parents) if parents else ''}: {', '.join(keys)}"
+
+
+def _kind(annotation, metadata) -> str:
+    """What a field takes, for the described defaults: "int ≥ 1", "auto | fp32 | fp16 | int8", ..."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        text = " | ".join(str(a) for a in args)
+    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        text = " or ".join("null" if a is type(None) else _kind(a, ()) for a in args)
+    else:
+        text = getattr(annotation, "__name__", str(annotation))
+    bounds = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+    for rule in metadata:
+        for attr, sign in bounds.items():
+            if getattr(rule, attr, None) is not None:
+                text += f", {sign} {getattr(rule, attr)}"
+    return text
+
+
+def _describe(model: type[_Frozen], values: dict, indent: int, lines: list[str]) -> None:
+    import textwrap
+
+    import yaml
+
+    pad = " " * indent
+    for name, field in model.model_fields.items():
+        if not indent:
+            lines.append("")
+        nested = _nested(field.annotation)
+        if nested is not None and isinstance(values.get(name), dict):
+            doc = field.description or (nested.__doc__ or "").strip().splitlines()[0]
+            lines += [f"{pad}# {line}" for line in textwrap.wrap(doc, 100 - indent)]
+            lines.append(f"{pad}{name}:")
+            _describe(nested, values[name], indent + 2, lines)
+            continue
+        required = " (required)" if field.is_required() else ""
+        comment = f"{field.description}{required} [{_kind(field.annotation, field.metadata)}]"
+        lines += [f"{pad}# {line}" for line in textwrap.wrap(comment, 100 - indent)]
+        text = yaml.safe_dump(
+            {name: values.get(name)}, default_flow_style=True, width=10_000, sort_keys=False
+        )
+        lines.append(f"{pad}{text.strip()[1:-1]}")  # "{k: v}" → "k: v"
+
+
+def describe_defaults(cls: type[_Frozen]) -> str:
+    """`cls`'s defaults as YAML, each key under a comment with its description and what it takes, read
+    from the class itself so it cannot drift. Loading the text back gives `cls()`'s values."""
+    from pydantic_core import to_jsonable_python
+
+    doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    lines = [
+        f"# {cls.__name__}: {doc}",
+        "# The defaults. Change a key in a copy of this file (--config FILE) or with --set KEY=VALUE",
+        "# (nested keys dotted: --set resources.rerank_actors=2).",
+    ]
+    defaults = {
+        name: None if field.is_required() else field.get_default(call_default_factory=True)
+        for name, field in cls.model_fields.items()
+    }
+    _describe(cls, to_jsonable_python(defaults), 0, lines)
+    return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import numpy as np
 from rerank_engine.files import write_json
 from rerank_engine.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
 from rerank_engine.thresholds import ScoredQuery
+
+_log_info = logging.getLogger(__name__).info  # what `log=` defaults to: progress notes, at INFO
 
 KS = (1, 5, 10)
 
@@ -52,7 +55,9 @@ def engine_scorer(
     return engine.model_id, lambda q, p: engine.score(q, p).scores
 
 
-def score_groups(score: Callable, questions, groups: list[list[str]], answers, log=print) -> list[np.ndarray]:
+def score_groups(
+    score: Callable, questions, groups: list[list[str]], answers, log=_log_info
+) -> list[np.ndarray]:
     """Score every (question, candidate) pair in one call; one score array per question, in `groups` order."""
     flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
     flat_p = [answers[d] for g in groups for d in g]
@@ -64,7 +69,7 @@ def score_groups(score: Callable, questions, groups: list[list[str]], answers, l
 
 
 def rerank_groups(
-    score: Callable, questions, groups: list[list[str]], relevant: list[set], answers, log=print
+    score: Callable, questions, groups: list[list[str]], relevant: list[set], answers, log=_log_info
 ) -> list[tuple[list[str], set]]:
     """Score every (question, candidate) pair in one call, then order each question's candidates."""
     scores = score_groups(score, questions, groups, answers, log=log)
@@ -109,7 +114,7 @@ def cascade(
     bm25,
     scorers: dict[str, Callable | ScoredCascade],
     k_recall: int = 20,
-    log=print,
+    log=_log_info,
 ) -> dict[str, dict]:
     """Setting (a). A scorer may be given already scored (a `ScoredCascade` over the same candidates)."""
     ids_all = list(recall[1].doc_ids)
@@ -192,7 +197,7 @@ def pool(
     answers: dict[str, str],
     scorers: dict[str, Callable],
     fusions: dict | None = None,
-    log=print,
+    log=_log_info,
 ) -> dict[str, dict]:
     """Setting (b). A scorer with a `Fusion` in `fusions` (by name) also gets a fused row."""
     from rerank_engine.bm25 import BM25
@@ -249,7 +254,7 @@ class ScoredCascade:
 
     @classmethod
     def build(
-        cls, score: Callable, model_id: str, questions, candidates, answers, log=print
+        cls, score: Callable, model_id: str, questions, candidates, answers, log=_log_info
     ) -> ScoredCascade:
         return cls(
             model_id=model_id,
@@ -309,7 +314,7 @@ def scored_cascade_cached(
     candidates,
     answers,
     cache_dir: str | Path,
-    log=print,
+    log=_log_info,
     *,
     precision: str,
     max_length: int,
@@ -340,7 +345,7 @@ def score_cascade(
     *,
     precision: str,
     max_length: int,
-    log=print,
+    log=_log_info,
 ) -> tuple[str, Callable, ScoredCascade]:
     """(model id, its scorer, its cached `ScoredCascade`): the engine at `precision` and `max_length`, and
     the scores cached under exactly those settings."""
@@ -435,7 +440,7 @@ def out_of_domain(
     k: int = 10,
     queries: int | None = None,
     fusions: dict | None = None,
-    log=print,
+    log=_log_info,
 ) -> dict[str, dict]:
     """Bi-encoder recall top-`k_recall` over the collection vs each cross-encoder reranking it: NDCG@k,
     P@k, and per-query wins and losses of the rerank against recall on NDCG@k. A scorer with a

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rerank_engine import schema
+from rerank_engine import progress, schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import (
     ConfigError,
@@ -213,8 +212,19 @@ def ensure_ray():
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
         from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = bool(os.environ.get("RERANK_PROGRESS"))
+        # on where stderr is a terminal, off in CI and logs; --progress / --no-progress force it
+        DataContext.get_current().enable_progress_bars = progress.enabled()
+        quiet_ray_data_console()
     return ray
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data's console lines (execution plans, "Dataset ... finished") at this process's log level
+    (warning unless --log-level says otherwise); its own log file under the Ray session keeps them all."""
+    level = logging.getLogger().getEffectiveLevel()
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":  # the name Ray Data's logging config gives it
+            handler.setLevel(max(level, logging.INFO))
 
 
 def run_job(
@@ -417,6 +427,9 @@ def run_job(
     )
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    from rerank_engine import ray_metrics
+
+    ray_metrics.record(summary)
     return summary
 
 
@@ -451,9 +464,15 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
                 "n_padded_tokens",
                 "provider",
                 "n_cached",
+                "n_unknown",
             ]
         ).aggregate([])
     statuses = Counter(table.column("status").to_pylist())
+    ranked = pa.compute.is_in(table.column("status"), pa.array([schema.OK, schema.NO_RELEVANT]))
+    top_k = pa.compute.min_element_wise(table.column("n_candidates"), config.k_rerank)
+    below = pa.compute.subtract(
+        pa.compute.filter(top_k, ranked), pa.compute.filter(table.column("n_kept"), ranked)
+    )
     pairs = int(pa.compute.sum(table.column("n_candidates")).as_py() or 0)
     cached = int(pa.compute.sum(table.column("n_cached")).as_py() or 0)
     tokens = int(pa.compute.sum(table.column("n_tokens")).as_py() or 0)
@@ -464,7 +483,11 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
         "pairs_per_s": round(pairs / pipeline_s, 1) if pipeline_s else None,
         "pairs_cached": cached,  # taken from the score cache instead of scored
         "pairs_scored": pairs - cached,
+        "candidates_unknown": int(pa.compute.sum(table.column("n_unknown")).as_py() or 0),
         "kept": int(pa.compute.sum(table.column("n_kept")).as_py() or 0),
+        "passages_below_threshold": int(
+            pa.compute.sum(below).as_py() or 0
+        ),  # in a top-k, under the threshold
         "ok": statuses.get(schema.OK, 0),
         "no_relevant": statuses.get(schema.NO_RELEVANT, 0),
         "errors": {k: v for k, v in statuses.items() if k not in (schema.OK, schema.NO_RELEVANT)},

@@ -329,6 +329,19 @@ def split_input(files, filesystem, file_schema, chunk_rows: int, out: Path) -> l
     return chunks
 
 
+SUMMED = (  # run summary counts that add up over chunks
+    "queries",
+    "pairs",
+    "pairs_cached",
+    "pairs_scored",
+    "candidates_unknown",
+    "kept",
+    "passages_below_threshold",
+    "ok",
+    "no_relevant",
+)
+
+
 def aggregate(summaries: list[dict]) -> dict:
     """Chunk run summaries → one: counts summed; model, threshold and mode must agree."""
     totals: Counter = Counter()
@@ -336,7 +349,7 @@ def aggregate(summaries: list[dict]) -> dict:
     providers: set[str] = set()
     same: dict[str, set] = {k: set() for k in ("reranker_model", "recall_model", "threshold", "mode")}
     for s in summaries:
-        for k in ("queries", "pairs", "pairs_cached", "pairs_scored", "kept", "ok", "no_relevant"):
+        for k in SUMMED:
             totals[k] += s.get(k, 0)
         totals["pipeline_s"] += s.get("pipeline_s", 0.0)
         errors.update(s.get("errors", {}))
@@ -347,10 +360,7 @@ def aggregate(summaries: list[dict]) -> dict:
         if len(values) > 1:
             raise RerankEngineError(f"the committed chunks disagree on {k}: {sorted(map(str, values))}")
     return {
-        **{
-            k: totals[k]
-            for k in ("queries", "pairs", "pairs_cached", "pairs_scored", "kept", "ok", "no_relevant")
-        },
+        **{k: totals[k] for k in SUMMED},
         "errors": dict(errors),
         "providers": sorted(providers),
         **{k: next(iter(v)) if v else None for k, v in same.items()},

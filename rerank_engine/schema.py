@@ -52,6 +52,7 @@ OUTPUT_FIELDS = [
     pa.field("n_padded_tokens", pa.float64()),  # its share of the padded tokens of its batches
     pa.field("provider", pa.string()),  # onnxruntime provider that scored it
     pa.field("n_cached", pa.int32()),  # candidates whose score came from the score cache
+    pa.field("n_unknown", pa.int32()),  # candidates dropped: their doc id is not in the corpus
 ]
 
 EXPLODED_FIELDS = [

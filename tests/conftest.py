@@ -400,3 +400,99 @@ def family_dirs(tmp_path_factory, family_model):
         return src, exported[family]
 
     return get
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def start_ray_head():
+    """`with start_ray_head(folder, *ray_start_args) as head:` a head of our own beside any other Ray on the
+    machine: its own temp dir (so its address never lands in /tmp/ray/ray_current_cluster, where another
+    run would find it), its own ports, and `ray start --block`, whose SIGTERM stops this cluster and no
+    other (`ray stop` would stop every Ray here). Inside, this process is connected to it and RAY_ADDRESS
+    points at it; `head` holds its address, dashboard and metrics URLs, env (for subprocesses), temp_dir."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from contextlib import contextmanager
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+
+    @contextmanager
+    def start(folder: Path, *extra: str):
+        import ray
+
+        if ray.is_initialized():  # a local Ray left by an earlier module (build_index, benchmarks): not ours
+            ray.shutdown()
+        port, dash, metrics = free_port(), free_port(), free_port()
+        temp_dir = Path(tempfile.mkdtemp(prefix="ray-test-"))  # short: socket paths must stay < 108 chars
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+        env.pop("RAY_ADDRESS", None)
+        log = (Path(folder) / "ray_start.log").open("w")
+        head = subprocess.Popen(
+            [
+                ray_cli,
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                # ports that default to fixed numbers: another Ray on this machine would hold them already
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
+                f"--metrics-export-port={metrics}",
+                "--disable-usage-stats",
+                f"--temp-dir={temp_dir}",
+                *extra,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (temp_dir / "ray_current_cluster").exists():  # written once the head is up
+                assert head.poll() is None, f"ray start exited {head.returncode}: see {log.name}"
+                assert time.monotonic() < deadline, f"ray start not up after 120 s: see {log.name}"
+                time.sleep(0.5)
+            address = f"127.0.0.1:{port}"
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("RAY_ADDRESS", address)  # the job's own ray.init and the state API find this head
+                ray.init(address=address)
+                try:
+                    yield {
+                        "address": address,
+                        "dashboard": f"http://127.0.0.1:{dash}",
+                        "metrics": f"http://127.0.0.1:{metrics}/metrics",  # the head's Prometheus endpoint
+                        "env": env,
+                        "temp_dir": temp_dir,
+                    }
+                finally:
+                    ray.shutdown()
+        finally:
+            head.terminate()
+            try:
+                head.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait()
+            log.close()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    return start

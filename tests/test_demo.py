@@ -50,5 +50,17 @@ def test_three_rows_on_the_same_candidates(tmp_path):
     assert ev[RERANK]["noise"] == 0.5 and ev[KEPT]["noise"] == 0.0
     assert ev[KEPT]["queries_with_none"] == 1 and ev[RERANK]["queries_with_none"] == 0
     assert ev[KEPT]["passages_handed_on"] == 1
-    table = evaluation_table(ev)
-    assert table.splitlines()[2].startswith(RERANK) and "noise" in table.splitlines()[0]
+    table = evaluation_table(ev).splitlines()
+    assert table[2].lstrip().startswith(RERANK) and "noise" in table[0] and "queries_with_none" in table[0]
+
+
+def test_the_evaluation_prints_as_a_table_with_aligned_figures():
+    from jobs.demo import evaluation_table
+
+    block = {"P@1": 0.32, "NDCG@5": 0.2714, "passages_handed_on": 1500}
+    table = evaluation_table({"recall top-5": block, "rerank top-5 ≥ threshold": {**block, "P@1": 0.567}})
+    assert table.splitlines() == [
+        "                              P@1  NDCG@5  passages_handed_on",
+        "  recall top-5              0.320   0.271               1,500",
+        "  rerank top-5 ≥ threshold  0.567   0.271               1,500",
+    ]

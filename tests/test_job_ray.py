@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,76 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A head of our own beside any other Ray on the machine: its own temp dir (so its address never lands
-    in /tmp/ray/ray_current_cluster, where another run would find it), its own ports, and `ray start
-    --block`, whose SIGTERM stops this cluster and no other (`ray stop` would stop every Ray here)."""
-    import ray
-
-    if ray.is_initialized():  # a local Ray left by an earlier module (build_index, benchmarks): not ours
-        ray.shutdown()
-    port, dash = _free_port(), _free_port()
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-test-"))  # short: Ray's socket paths must stay < 108 chars
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    env.pop("RAY_ADDRESS", None)
-    log = (tmp_path_factory.mktemp("ray-head") / "ray_start.log").open("w")
-    head = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--num-gpus=1",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            # ports that default to fixed numbers: another Ray on this machine would hold them already
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (temp_dir / "ray_current_cluster").exists():  # written once the head is up
-            assert head.poll() is None, f"ray start exited {head.returncode}: see {log.name}"
-            assert time.monotonic() < deadline, f"ray start not up after 120 s: see {log.name}"
-            time.sleep(0.5)
-        address = f"127.0.0.1:{port}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("RAY_ADDRESS", address)  # the job's own ray.init and the state API find this head
-            ray.init(address=address)
-            try:
-                yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
-            finally:
-                ray.shutdown()
-    finally:
-        head.terminate()
-        try:
-            head.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def ray_head(tmp_path_factory, start_ray_head):
+    """A head of our own (see conftest.start_ray_head) with one (fake) GPU, for this module."""
+    with start_ray_head(tmp_path_factory.mktemp("ray-head"), "--num-gpus=1") as head:
+        yield head
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +273,10 @@ def test_ray_job_submit_round_trip(data, tiny_export, ray_head):
     assert sorted(table.column("query_id").to_pylist()) == sorted(
         pq.read_table(root / "queries.parquet").column("query_id").to_pylist()
     )
-    assert '"queries": 11' in done.stdout
+    assert re.search(r"\n  queries +11\n", done.stdout)  # the summary table, streamed back by Ray
+    assert re.search(r"\n  full summary +\S+/out-submitted/_run_summary.json", done.stdout)
+    logs = done.stdout + done.stderr  # the driver's output is a log, not a terminal: no progress bars
+    assert "row/s" not in logs and "Total Progress" not in logs
 
 
 def test_rerank_actor_killed_mid_run_every_query_once(data, tiny_export, tmp_path):

@@ -9,6 +9,10 @@ from pathlib import Path
 
 LIGHT = [
     "rerank_engine.config",
+    "rerank_engine.cli",
+    "rerank_engine.progress",
+    "rerank_engine.summary",
+    "rerank_engine.ray_metrics",
     "rerank_engine.errors",
     "rerank_engine.batching",
     "rerank_engine.validation",

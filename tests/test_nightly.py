@@ -299,7 +299,7 @@ def test_nightly_twice_second_is_a_noop(ray_data, tiny_export):
     cfg = ray_data / "nightly.yaml"
     cfg.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.nightly", "--config", str(cfg), "--date", DATE],
+        [sys.executable, "-m", "jobs.nightly", "--config", str(cfg), "--date", DATE, "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,

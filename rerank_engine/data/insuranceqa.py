@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from rerank_engine import progress
 from rerank_engine.errors import require
 
 SPLITS = ("train", "valid", "test")
@@ -64,6 +65,6 @@ def answer_recall(cache_dir: str, encoder=None):
 
     encoder = encoder or BiEncoder()
     answers, ids = load_answers(), answer_ids()
-    emb = embed_cached(encoder, [answers[i] for i in ids], cache_dir, progress=True)
+    emb = embed_cached(encoder, [answers[i] for i in ids], cache_dir, progress=progress.enabled())
     index = RecallIndex.build(emb, ids, model=encoder.model_id, corpus=DATA_VERSION)
     return encoder, index, dict(zip(ids, emb, strict=True))

@@ -11,6 +11,7 @@ A finished variant's figures are kept in `<run_dir>/<name>/result.json` and not 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from rerank_engine.training.finetune import EvalSet, FinetuneConfig, evalset_log
 from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
 
 FUSION_WEIGHTS = (2.0, 5.0, 10.0, 20.0, 40.0)
+_log_info = logging.getLogger(__name__).info
 
 
 def set_figures(logits: list[np.ndarray], evalset: EvalSet, weights=FUSION_WEIGHTS) -> dict[str, float]:
@@ -69,7 +71,7 @@ def mined_sets(cfg: dict, recall, log) -> dict[str, list[dict]]:
     return out
 
 
-def run(cfg: dict, log=print, train_missing: bool = True) -> list[dict]:
+def run(cfg: dict, log=_log_info, train_missing: bool = True) -> list[dict]:
     """Train and score every variant of `cfg` (see jobs/configs/recipe_comparison.yaml); the rows.
     With `train_missing=False`, only the bi-encoder row and the variants already finished."""
     from rerank_engine.config import TokenizerConfig

@@ -38,6 +38,7 @@ from rerank_engine.metrics import mean_metrics
 from rerank_engine.tokenization import PairTokenizer
 
 log = logging.getLogger(__name__)
+_log_info = log.info
 
 
 class FinetuneConfig(_Frozen):
@@ -272,7 +273,7 @@ def train(
     cosine=None,
     stop_at: int | None = None,
     progress: bool = True,
-    log=print,
+    log=_log_info,
 ) -> dict:
     """Train (or resume) until `stop_at` (default: config.steps). Returns the run state summary.
 

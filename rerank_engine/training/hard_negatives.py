@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from rerank_engine import progress
 from rerank_engine.config import _Frozen
 from rerank_engine.training.paraphrases import ParaphraseRule
 
@@ -183,7 +184,7 @@ def mine_insuranceqa(
 
     encoder, index, emb_by_id = recall or answer_recall(str(cache_dir))
     questions = load_split(split)
-    q_emb = embed_cached(encoder, [q.text for q in questions], cache_dir, progress=True)
+    q_emb = embed_cached(encoder, [q.text for q in questions], cache_dir, progress=progress.enabled())
     mined, stats = mine(
         [q.qid for q in questions],
         q_emb,

@@ -8,12 +8,15 @@ with a model card. Every stage resumes from what is on disk.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from rerank_engine.training.finetune import EvalSet, FinetuneConfig, train
 from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
+
+_log_info = logging.getLogger(__name__).info
 
 
 def valid_evalset(recall, n_queries: int, k: int = 20, split: str = "valid") -> EvalSet:
@@ -71,7 +74,7 @@ def train_cosine(recall, cache_dir: str | Path, split: str = "train"):
     return cosine
 
 
-def run(cfg: dict, log=print) -> dict:
+def run(cfg: dict, log=_log_info) -> dict:
     from rerank_engine.data.insuranceqa import answer_recall
     from rerank_engine.recall import bundled_minilm_dir
 
