@@ -550,8 +550,8 @@ def finalize(
         recall_model=pa.array([recall_model] * n, pa.string()),
         run_id=pa.array([run_id] * n, pa.string()),
     )
-    if "_n_unknown" in out.column_names:  # counted by the tokenize stage
-        out = _with(out, n_unknown=out.column("_n_unknown"))
+    if N_UNKNOWN in out.column_names:  # counted by the tokenize stage
+        out = _with(out, n_unknown=out.column(N_UNKNOWN))
     for field in schema.OUTPUT_FIELDS:  # diagnostics absent when no rerank stage ran
         if field.name not in out.column_names:
             out = out.append_column(field, pa.nulls(n, field.type))
