@@ -220,11 +220,21 @@ def ensure_ray():
 
 def quiet_ray_data_console() -> None:
     """Ray Data's console lines (execution plans, "Dataset ... finished") at this process's log level
-    (warning unless --log-level says otherwise); its own log file under the Ray session keeps them all."""
+    (warning unless --log-level says otherwise); its own log file under the Ray session keeps them all.
+    Its logged progress (the form it takes where there is no terminal) passes whenever progress is on."""
     level = logging.getLogger().getEffectiveLevel()
+    show_progress = progress.enabled()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= level or (show_progress and record.name.startswith(_RAY_DATA_PROGRESS))
+
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":  # the name Ray Data's logging config gives it
-            handler.setLevel(max(level, logging.INFO))
+            handler.setLevel(logging.INFO)
+            handler.addFilter(keep)
+
+
+_RAY_DATA_PROGRESS = "ray.data._internal.progress"
 
 
 def run_job(
