@@ -89,7 +89,7 @@ def run(cfg: dict, log=_log_info, train_missing: bool = True) -> list[dict]:
         "cascade": valid_evalset(recall, cfg["valid_queries"]),
         "pool": pool_evalset(recall, cfg["pool_queries"], cfg["pool_negatives"]),
     }
-    cosine = train_cosine(recall, cfg["cache_dir"])
+    cosine = train_cosine(recall, cfg["cache_dir"]) if train_missing else None
     rows = [{"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}]
     for variant in cfg["variants"]:
         name = variant["name"]
