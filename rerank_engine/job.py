@@ -33,6 +33,7 @@ from rerank_engine.errors import (
 from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.inputs import check_corpus, check_index
+from rerank_engine.run_report import QueryFigures, write_report
 
 log = logging.getLogger(__name__)
 THRESHOLD_FILE = "threshold.json"
@@ -298,6 +299,7 @@ def run_job(
         )
         (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+        write_report(out, QueryFigures.of(None, cols.query_id, config.exploded), summary)
         return summary
 
     from rerank_engine.dedupe import plan_distinct
@@ -306,6 +308,7 @@ def run_job(
     from rerank_engine.pipeline import PipelineInputs, build_fanout, build_pipeline, rerank_gpus
     from rerank_engine.watch import running_operators, watch_executions
 
+    checked = time.perf_counter()
     ray = ensure_ray()
     gpus = rerank_gpus(config)
     export_dir = resolve_export(config.model, needed_precisions(config.precision, gpu=bool(gpus)))
@@ -402,12 +405,14 @@ def run_job(
         written = sorted(str(p) for p in staging.glob("*.parquet"))
         table = pq.read_table(written, partitioning=None) if written else None  # no `k=v` path columns
         verify_exactly_once(expected, table, cols.query_id, config.exploded)
+        verified = time.perf_counter()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     for f in written:  # commit: the verified files move out of staging
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)
+    figures = QueryFigures.of(table, cols.query_id, config.exploded)
 
     summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
     if cache is not None:
@@ -434,9 +439,18 @@ def run_job(
         recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
         ray_gpus_for_rerank=gpus,
         ray_version=ray.__version__,
+        top_score_median=figures.median_top_score(),
+        stage_s={
+            "input checks": round(checked - started, 2),
+            "Ray, export, model": round(pipeline_started - checked, 2),
+            "pipeline": round(pipeline_s, 2),
+            "read back, verify": round(verified - pipeline_started - pipeline_s, 2),
+            "commit": round(time.perf_counter() - verified, 2),
+        },
     )
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    write_report(out, figures, summary)
     from rerank_engine import ray_metrics
 
     ray_metrics.record(summary)

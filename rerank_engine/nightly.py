@@ -50,6 +50,7 @@ from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
 from rerank_engine.files import check_output_apart
 from rerank_engine.job import inspect_query_log, job_inputs, read_ids, run_job, verify_exactly_once
+from rerank_engine.run_report import QueryFigures, write_report, write_trend
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +380,12 @@ def commit(
         for chunk in plan["chunks"]
         for p in sorted(paths.committed(chunk["id"]).glob("*.parquet"))
     ]
-    ids = pq.read_table([str(p) for _, p in parts], columns=[id_col], partitioning=None) if parts else None
+    paths_read = [str(p) for _, p in parts]
+    ids = pq.read_table(paths_read, columns=[id_col], partitioning=None) if parts else None
     verify_exactly_once(read_ids(files, filesystem, id_col), ids, id_col, config.job.exploded)
+    columns = [id_col, *QueryFigures.COLUMNS]
+    table = pq.read_table(paths_read, columns=columns, partitioning=None) if parts else None
+    figures = QueryFigures.of(table, id_col, config.job.exploded)
 
     for stale in paths.work.glob("final-*"):  # assembled by a run killed before its rename
         shutil.rmtree(stale)
@@ -394,18 +399,26 @@ def commit(
         except OSError:
             shutil.copy2(src, final / name)
         entries.append({"file": name, "chunk": cid, "rows": pq.ParquetFile(src).metadata.num_rows})
+    wall_s = round(time.perf_counter() - started, 2)
     success = {
         **summary,
         "rows": sum(e["rows"] for e in entries),
         "committed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wall_s": round(time.perf_counter() - started, 2),
+        "wall_s": wall_s,
+        "top_score_median": figures.median_top_score(),
+        "stage_s": {  # the chunks' pipelines, and the rest: checks, Ray and model start-up, commits
+            "chunk pipelines": summary.get("pipeline_s", 0.0),
+            "checks, start-up, commits": round(wall_s - summary.get("pipeline_s", 0.0), 2),
+        },
     }
     (final / MANIFEST).write_text(json.dumps({"files": entries, "rows": success["rows"]}, indent=2) + "\n")
     (final / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    write_report(final, figures, success)
     (final / SUCCESS).write_text(json.dumps(success, indent=2, sort_keys=True) + "\n")
 
     if paths.output.exists():  # --overwrite: swap (readers see the old folder, none, then the new one)
         os.rename(paths.output, paths.work / f"replaced-{summary['run_id']}")
     os.rename(final, paths.output)  # the date's commit
     shutil.rmtree(paths.work)
+    write_trend(paths.output.parent, SUCCESS)  # every committed date beside this one
     return success

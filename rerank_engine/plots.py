@@ -94,3 +94,72 @@ def grouped_bars(
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def bars(
+    names: Sequence[str],
+    values: Sequence[float],
+    path: str | Path,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    horizontal: bool = False,
+) -> Path:
+    """One bar per name, its value written on it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=SIZE)
+    drawn = (ax.barh if horizontal else ax.bar)(list(names), list(values))
+    ax.bar_label(
+        drawn, labels=[f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" for v in values], fontsize=8
+    )
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(axis="x" if horizontal else "y", alpha=0.3)
+    if horizontal:
+        ax.invert_yaxis()  # the first name on top
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def histogram(
+    values: np.ndarray,
+    path: str | Path,
+    *,
+    bins,
+    line: float | None = None,
+    line_label: str | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> Path:
+    """Counts of `values` in `bins`, with a vertical line at `line`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.hist(values, bins=bins)
+    if line is not None:
+        ax.axvline(line, color="black", linestyle="--", label=line_label)
+        ax.legend(fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(bins[0], bins[-1]))
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def small_multiples(
+    x: Sequence[str], series: Mapping[str, Sequence], path: str | Path, *, title: str = ""
+) -> Path:
+    """One panel per series over the same x (dates), missing values (None) left out."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(series), 1, figsize=(SIZE[0], 1.6 * len(series) + 0.8), sharex=True)
+    for ax, (name, ys) in zip(np.atleast_1d(axes), series.items(), strict=True):
+        xs = [i for i, y in enumerate(ys) if y is not None]
+        ax.plot(xs, [ys[i] for i in xs], marker="o")
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    last = np.atleast_1d(axes)[-1]
+    last.set_xticks(range(len(x)), list(x), rotation=45, ha="right", fontsize=8)
+    fig.suptitle(title)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

@@ -43,6 +43,9 @@ OUTPUT_FIELDS = [
     pa.field("results", pa.list_(RESULT_TYPE)),
     pa.field("n_candidates", pa.int32()),
     pa.field("n_kept", pa.int32()),
+    # the best candidate's score, handed on or not (under the threshold: how near it came); null when
+    # the row was not ranked (an error status)
+    pa.field("top_score", pa.float32()),
     pa.field("status", pa.string()),
     pa.field("threshold", pa.float32()),
     pa.field("reranker_model", pa.string()),

@@ -498,7 +498,7 @@ def finalize(
     batch = _table(batch)
     require_columns(batch, [STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS, LOGITS], "finalize")
     status = batch.column(STATUS).to_pylist()
-    results, n_cands, n_kept = [], [], []
+    results, n_cands, n_kept, top_scores = [], [], [], []
     for i, (ids, logits, rscores, rranks) in enumerate(
         zip(
             batch.column(CAND_IDS).to_pylist(),
@@ -515,6 +515,7 @@ def finalize(
         if status[i] is not None:
             results.append([])
             n_kept.append(0)
+            top_scores.append(None)
             continue
         if fused is not None and rscores is None:
             raise ValueError("score fusion needs the recall cosines; logged candidates have none")
@@ -523,6 +524,7 @@ def finalize(
         scores = sigmoid(logits) if fused is None else fused.scores(logits, rscores)
         order = sorted(range(len(ids)), key=lambda j: (-z[j], ids[j]))[:k_rerank]
         kept = [j for j in order if scores[j] >= threshold]
+        top_scores.append(float(scores[order[0]]) if order else None)
         results.append(
             [
                 {
@@ -544,6 +546,7 @@ def finalize(
         results=pa.array(results, pa.list_(schema.RESULT_TYPE)),
         n_candidates=pa.array(n_cands, pa.int32()),
         n_kept=pa.array(n_kept, pa.int32()),
+        top_score=pa.array(top_scores, pa.float32()),
         status=pa.array(status, pa.string()),
         threshold=pa.array([threshold] * n, pa.float32()),
         reranker_model=pa.array([reranker_model] * n, pa.string()),

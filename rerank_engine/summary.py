@@ -71,11 +71,16 @@ def _title(s: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    """A title line, then one row per figure (label, value), ending with where the output and the full
-    summary are (`_run_summary.json` of a job, `_SUCCESS` of a nightly date)."""
+    """A title line, then one row per figure (label, value), ending with where the output, the full
+    summary (`_run_summary.json` of a job, `_SUCCESS` of a nightly date) and the run report are."""
     rows = _rows(summary)
     if summary.get("output"):
         name = "_SUCCESS" if "date" in summary else "_run_summary.json"
-        rows += [("output", summary["output"]), ("full summary", f"{summary['output'].rstrip('/')}/{name}")]
+        out = summary["output"].rstrip("/")
+        rows += [
+            ("output", summary["output"]),
+            ("full summary", f"{out}/{name}"),
+            ("report", f"{out}/_report.md"),
+        ]
     width = max(len(label) for label, _ in rows)
     return "\n".join([_title(summary), *(f"  {label:<{width}}  {value}" for label, value in rows)])

@@ -85,6 +85,14 @@ def test_recall_mode_row_by_row(data, tiny_export):
     assert summary["ray_gpus_for_rerank"] == 1  # placed by the declared GPU ...
     assert summary["providers"] == ["CPUExecutionProvider"]  # ... and fell back to CPU: no CUDA here
     assert json.loads((root / "out" / "_run_summary.json").read_text())["run_id"] == summary["run_id"]
+    assert all(r["top_score"] == r["results"][0]["score"] for r in out if r["results"])  # threshold 0
+    assert all(r["top_score"] is None for r in out if r["status"] == "empty_query")
+    from rerank_engine import run_report
+
+    report = (root / "out" / "_report.md").read_text()  # beside the output, skipped by Parquet readers
+    assert report.startswith(f"# Run report: {summary['run_id']}") and "| empty_query | 2 |" in report
+    assert all(p.stat().st_size > 2_000 for p in run_report.plot_files(root / "out"))
+    assert 0 < sum(summary["stage_s"].values()) <= summary["wall_s"] and summary["stage_s"]["pipeline"] > 0
 
     _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, tiny_export)
 

@@ -110,8 +110,8 @@ def test_work_folder_sits_beside_the_output_under_an_underscore():
 
 class PlainRunner:
     """Stands in for run_job where only the commit protocol is under test: one output row per input row
-    (query length as a score), written as two files plus `_run_summary.json`. `crash_on` makes the n-th
-    call die half way through writing, like a killed process."""
+    (query length / 100 as its top score), written as two files plus `_run_summary.json`. `crash_on`
+    makes the n-th call die half way through writing, like a killed process."""
 
     def __init__(self, crash_on: int | None = None):
         self.inputs: list[str] = []
@@ -120,7 +120,10 @@ class PlainRunner:
     def __call__(self, config, *, input, corpus, output, index=None, run_id=None) -> dict:
         self.inputs.append(Path(input).name)
         table = pq.read_table(input)
-        table = table.append_column("score", pa.array([len(q) for q in table.column("query").to_pylist()]))
+        scores = [len(q) / 100 for q in table.column("query").to_pylist()]
+        table = table.append_column("top_score", pa.array(scores, pa.float32()))
+        table = table.append_column("n_kept", pa.array([1] * table.num_rows, pa.int32()))
+        table = table.append_column("status", pa.array(["ok"] * table.num_rows))
         out = Path(output)
         out.mkdir(parents=True)
         half = table.num_rows // 2
@@ -151,6 +154,11 @@ def test_plain_run_commits_once_and_a_rerun_is_a_noop(tmp_path, plain_model):
     assert sorted(p.name for p in out.iterdir()) == [
         "_SUCCESS",
         "_manifest.json",
+        "_report.md",
+        "_report_kept.png",
+        "_report_stages.png",
+        "_report_status.png",
+        "_report_top_score.png",
         "_resolved_config.json",
         *[f"part-{i:05d}.parquet" for i in range(4)],
     ]
@@ -160,6 +168,12 @@ def test_plain_run_commits_once_and_a_rerun_is_a_noop(tmp_path, plain_model):
     assert marker["chunks"] == 2 and marker["chunks_run"] == 2 and len(marker["config_hash"]) == 64
     assert marker["code_version"]["package"] and marker["model_hash"]
     assert not (tmp_path / "out" / "_nightly" / f"dt={DATE}").exists()  # work folder gone
+    assert (
+        marker["top_score_median"] is not None
+        and f"run {summary['run_id']}" in (out / "_report.md").read_text()
+    )
+    trend = (tmp_path / "out" / "_nightly_trend.md").read_text()  # beside the dates, not inside one
+    assert f"| {DATE} | 11 |" in trend and "1 committed date(s)" in trend
 
     again = run_nightly(config, DATE, runner=runner)
     assert again["skipped"] is True and again["run_id"] == summary["run_id"] and len(runner.inputs) == 2

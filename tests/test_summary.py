@@ -69,7 +69,7 @@ def test_the_table_holds_every_figure_of_a_job_summary(output):
     assert rows["candidates not in corpus"] == "4"
     assert rows["wall time"] == "9.5 s (pipeline 2.0 s)"
     assert rows["providers"] == "CPUExecutionProvider"
-    assert rows["full summary"] == "out/_run_summary.json"
+    assert rows["full summary"] == "out/_run_summary.json" and rows["report"] == "out/_report.md"
 
 
 def test_passages_under_the_threshold_are_those_of_a_top_k_not_kept(output):
@@ -100,7 +100,10 @@ def test_a_nightly_summary_sums_its_chunks(output):
     assert "  candidates not in corpus  8\n" in text
     assert "  pairs/s                   2.0\n" in text  # 8 pairs over 4 s of pipeline
     assert "  rows by error status      empty_query 2, no_candidates 2, unknown_candidates 2\n" in text
-    assert text.endswith("  full summary              out/dt=2026-11-26/_SUCCESS")
+    assert text.endswith(
+        "  full summary              out/dt=2026-11-26/_SUCCESS\n"
+        "  report                    out/dt=2026-11-26/_report.md"
+    )
 
 
 def test_the_command_prints_the_table_or_with_json_the_summary(output, capsys):
