@@ -27,6 +27,7 @@ from rerank_engine.files import write_json
 from rerank_engine.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
 from rerank_engine.thresholds import ScoredQuery
 
+SCORE_CHUNK = 4096  # pairs per engine call in score_groups: large enough to bucket by length well
 _log_info = logging.getLogger(__name__).info  # what `log=` defaults to: progress notes, at INFO
 
 KS = (1, 5, 10)
@@ -58,11 +59,22 @@ def engine_scorer(
 def score_groups(
     score: Callable, questions, groups: list[list[str]], answers, log=_log_info
 ) -> list[np.ndarray]:
-    """Score every (question, candidate) pair in one call; one score array per question, in `groups` order."""
+    """Score every (question, candidate) pair, `SCORE_CHUNK` pairs a call (each call length-sorts its own
+    pairs; a progress bar counts them where `progress.enabled()`); one score array per question, in
+    `groups` order."""
+    from tqdm import tqdm
+
+    from rerank_engine import progress
+
     flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
     flat_p = [answers[d] for g in groups for d in g]
     t = time.perf_counter()
-    s = np.asarray(score(flat_q, flat_p))
+    parts = []
+    with tqdm(total=len(flat_p), desc="score", unit="pair", disable=not progress.enabled()) as bar:
+        for a in range(0, len(flat_p), SCORE_CHUNK):
+            parts.append(np.asarray(score(flat_q[a : a + SCORE_CHUNK], flat_p[a : a + SCORE_CHUNK])))
+            bar.update(len(parts[-1]))
+    s = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     log(f"{len(flat_p)} pairs in {time.perf_counter() - t:.0f}s")
     bounds = np.cumsum([0, *(len(g) for g in groups)])
     return [s[a:b] for a, b in pairwise(bounds)]

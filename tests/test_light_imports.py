@@ -28,6 +28,7 @@ LIGHT = [
     "rerank_engine.thresholds",
     "rerank_engine.label_audit",
     "rerank_engine.plots",
+    "rerank_engine.run_report",
     "rerank_engine.data.classic_ir",
 ]
 HEAVY = ["ray", "torch", "onnxruntime", "faiss", "transformers", "matplotlib"]

@@ -113,3 +113,26 @@ def test_ray_data_bars_in_a_terminal_none_in_a_log(tmp_path):
     rc, forced = _run([*base, "--out", str(tmp_path / "c"), "--progress"], terminal=False, env=env)
     assert rc == 0, forced[-3000:]
     assert "Total Progress" in forced and "MapBatches(EmbedStage): " in forced
+
+
+def test_evaluation_scores_in_chunks_with_a_bar_and_keeps_the_order(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from rerank_engine import evaluation
+
+    calls = []
+
+    def score(queries, passages):  # stands in for the engine: a score that names its pair
+        calls.append(len(passages))
+        return [float(q[1:]) * 1000 + float(p[1:]) for q, p in zip(queries, passages, strict=True)]
+
+    questions = [SimpleNamespace(text=f"q{i}") for i in range(500)]
+    groups = [[f"d{j}" for j in range(20)] for _ in questions]  # 10,000 pairs
+    answers = {f"d{j}": f"p{j}" for j in range(20)}
+    monkeypatch.setenv(progress.ENV, "1")
+    scores = evaluation.score_groups(score, questions, groups, answers, log=lambda _: None)
+    assert calls == [4096, 4096, 1808]
+    assert scores[0].tolist() == [float(j) for j in range(20)]
+    assert scores[499].tolist() == [499_000.0 + j for j in range(20)]
+    err = capsys.readouterr().err
+    assert "score: 100%" in err and "10000/10000" in err
