@@ -1,7 +1,7 @@
 """int8 with one activation scale per token (issue #9, measured by `benchmarks/int8_agreement.py`):
 every weight MatMul of an fp32 ONNX graph rewritten as symmetric per-token int8 activations × per-channel
 int8 weights. Not shipped: it ranks closer to fp32 than onnxruntime's dynamic quantization but still
-misses the agreement bar (README, "int8 against fp32").
+misses the agreement bar (docs/performance.md, "int8 against fp32").
 
 onnxruntime's dynamic quantization gives each batch's activation tensor one scale, so one outlier token
 coarsens every other token of the batch, and a pair's score depends on which pairs share its batch. Here

@@ -1,7 +1,7 @@
 """Evaluate BM25, the bi-encoder and cross-encoders on InsuranceQA (report on test; choose on valid).
 
     python -m jobs.evaluate --split test --models models/insurance-minilm-l6-ce --queries 1000 \
-        --pool-queries 0 --out reports/insuranceqa_test
+        --pool-queries 0 --out reports/insuranceqa_test_report
 
 Writes <out>/results.json, <out>/table.md and <out>/report.md with its PNG plots, and prints the table.
 Cross-encoders run as the job runs them on CPU (fp32 ONNX by default, exported and cached on first use);
@@ -26,7 +26,10 @@ from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
 K = 5
-EXAMPLE = "--split test --models models/insurance-minilm-l6-ce --queries 1000 --out reports/insuranceqa_test"
+EXAMPLE = (
+    "--split test --models models/insurance-minilm-l6-ce --queries 1000 --pool-queries 0 "
+    "--out reports/insuranceqa_test_report"
+)
 
 
 def main(argv=None, prog: str = "python -m jobs.evaluate") -> int:

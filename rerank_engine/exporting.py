@@ -662,7 +662,7 @@ def _relevance(logits: np.ndarray) -> np.ndarray:
 def auto_precision(gpu: bool) -> str:
     """What precision "auto" runs: fp16 on CUDA, fp32 on CPU. int8 stays available on request
     (`precision: int8`), but no int8 recipe met issue #9's agreement bar against fp32 on InsuranceQA valid
-    (reports/throughput/int8_agreement.md)."""
+    (docs/performance.md; reports/history/2026-11-28-throughput/int8_agreement.md)."""
     return "fp16" if gpu else "fp32"
 
 

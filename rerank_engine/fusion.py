@@ -3,7 +3,7 @@
 The cross-encoder and the bi-encoder know different things: the first reads query and passage together,
 the second was trained on a billion pairs. On InsuranceQA valid the shipped reranker alone barely moves
 NDCG@5 past recall; the two together do better than either (the figures are in `fusion.json`'s record
-and in the README). Fusion is the standard remedy (score interpolation) and costs nothing at run time:
+and in docs/quality.md). Fusion is the standard remedy (score interpolation) and costs nothing at run time:
 the recall stage already hands every candidate's cosine to the rerank stage.
 
     fused logit = scale · (logit + recall_weight · recall_score) + bias

@@ -138,6 +138,7 @@ def test_reports_record_no_machine_paths(tmp_path, monkeypatch):
     machine_path = re.compile(r"(?<![\w.$])/(?:root|home|tmp|work|Users)/")
     files = [
         root / "README.md",
+        *sorted((root / "docs").rglob("*.md")),  # the measured figures the README points to
         *sorted((root / "reports").rglob("*.json")),
         *(root / "reports").rglob("*.md"),
     ]
