@@ -403,7 +403,10 @@ def run_job(
         pipeline_s = time.perf_counter() - pipeline_started
 
         written = sorted(str(p) for p in staging.glob("*.parquet"))
-        table = pq.read_table(written, partitioning=None) if written else None  # no `k=v` path columns
+        # the columns the check, the summary and the report read: not the results nor the passed-through
+        # input columns, which are most of an output's bytes (no `k=v` path columns either)
+        needed = [cols.query_id, *SUMMARY_COLUMNS]
+        table = pq.read_table(written, columns=needed, partitioning=None) if written else None
         verify_exactly_once(expected, table, cols.query_id, config.exploded)
         verified = time.perf_counter()
     except BaseException:
@@ -474,23 +477,25 @@ def verify_exactly_once(expected: Counter, table: pa.Table | None, id_col: str, 
         )
 
 
+# Per-query output columns that summarize() and the run report read (beside the query id).
+SUMMARY_COLUMNS = (
+    "status",
+    "n_candidates",
+    "n_kept",
+    "top_score",
+    "n_tokens",
+    "n_padded_tokens",
+    "provider",
+    "n_cached",
+    "n_unknown",
+)
+
+
 def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, wall_s: float) -> dict:
     if table is None or table.num_rows == 0:
         return {"queries": 0, "pairs": 0, "wall_s": round(wall_s, 2)}
     if config.exploded:  # one row per kept pair: count queries once
-        table = table.group_by(
-            [
-                config.columns.query_id,
-                "status",
-                "n_candidates",
-                "n_kept",
-                "n_tokens",
-                "n_padded_tokens",
-                "provider",
-                "n_cached",
-                "n_unknown",
-            ]
-        ).aggregate([])
+        table = table.group_by([config.columns.query_id, *SUMMARY_COLUMNS]).aggregate([])
     statuses = Counter(table.column("status").to_pylist())
     ranked = pa.compute.is_in(table.column("status"), pa.array([schema.OK, schema.NO_RELEVANT]))
     top_k = pa.compute.min_element_wise(table.column("n_candidates"), config.k_rerank)
