@@ -447,6 +447,24 @@ def _optimize(path: Path, config) -> None:
         (path.parent / stale).unlink()
 
 
+def _drop_repeated_nodes(graph) -> None:
+    """Remove exact repeats of a node (same name, op, inputs, outputs, attributes), keeping the first.
+
+    The fp16 converter inserts one fp16→fp32 Cast per (initializer, blocked consumer) with a name and
+    output taken from the initializer alone: where the optimizer had merged equal initializers (LayerNorm
+    weights still at their init values) several LayerNorms share one, and the same Cast appears once per
+    consumer, which onnxruntime refuses ("two nodes with same node name")."""
+    seen, kept = set(), []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    if len(kept) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def _to_fp16(fp32_path: Path, out: Path) -> None:
     """fp16 weights and activations with fp32 inputs/outputs (the sigmoid stays fp32 in the engine)."""
     import onnx
@@ -454,9 +472,10 @@ def _to_fp16(fp32_path: Path, out: Path) -> None:
 
     external = bool(external_data_files(fp32_path))
     model = onnx.load(str(fp32_path))
-    model16 = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=["LayerNormalization", "SkipLayerNormalization"]
-    )
+    # plain LayerNormalization stays fp32 (fp16 overflow); the optimizer's fused SkipLayerNormalization
+    # runs on fp16 tensors and accumulates in fp32 itself, and blocking it leaves it with mixed types
+    model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["LayerNormalization"])
+    _drop_repeated_nodes(model16.graph)
     if external:  # half of a graph over 2 GB may still be over it
         onnx.save(model16, str(out), save_as_external_data=True, location=f"{out.name}_data")
     else:

@@ -371,9 +371,8 @@ def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
 ):
     """bge-reranker-v2-m3 is ~2.2 GB in fp32, over protobuf's 2 GB: its graph keeps the weights in ONNX
     external data. The tiny BERT is forced through that path with optimum's own switch; every variant
-    built from it (optimized fp32 and int8; fp16 from the plain graph: fp16 of an optimized graph fails
-    on its own) is listed with its data files and loads back from a copy of the folder with PyTorch's
-    scores."""
+    built from it (optimized fp32 and int8; fp16 from the plain graph) is listed with its data files and
+    loads back from a copy of the folder with PyTorch's scores."""
     from rerank_engine.exporting import _run, _session, export_model
 
     monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
@@ -415,6 +414,30 @@ def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
     (folder / "model.onnx_data").unlink()
     with pytest.raises(ModelNotFoundError, match=r"model\.onnx_data \(external data of model\.onnx\)"):
         CrossEncoderEngine(EngineConfig.build(model_dir=folder, precision="fp32"))
+
+
+def test_fp16_of_an_optimized_graph_loads_and_scores_as_pytorch(
+    tiny_model_dir, tiny_torch_model, tmp_path, random_pairs, reference
+):
+    """The tiny model's LayerNorms all hold their init values, so the optimizer merges their weights into
+    one initializer: the fp16 converter then wrote the same Cast once per LayerNorm, and a blocked
+    SkipLayerNormalization got fp16 and fp32 inputs; onnxruntime refused both graphs."""
+    from rerank_engine.exporting import _run, _session, export_model
+
+    queries, passages = random_pairs(24, seed=4)
+    out = export_model(
+        tiny_model_dir, tmp_path / "opt16", precisions=["fp32", "fp16"], optimize=True, min_top5_overlap=0.0
+    )
+    manifest = read_manifest(out)
+    assert manifest.variants["fp16"].optimized
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=out, precision="fp32"))
+    pairs = engine.tokenize(queries, passages)
+    ref = reference(tiny_torch_model, pairs)[:, 0]
+    ids, mask = pad_rows(pairs.input_ids, int(pairs.lengths.max()), engine.pad_id)
+    types, _ = pad_rows(pairs.token_type_ids, int(pairs.lengths.max()), 0)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    got = _run(_session(out / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]  # CUDA only in the engine
+    assert np.max(np.abs(got - ref)) <= 1e-2
 
 
 def test_an_export_cached_before_the_head_check_is_rebuilt_through_it(
