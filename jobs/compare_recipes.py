@@ -1,8 +1,12 @@
 """Compare fine-tuning recipes at equal compute on InsuranceQA valid (resumable), one table.
 
     python -m jobs.compare_recipes --config jobs/configs/recipe_comparison.yaml
+    python -m jobs.compare_recipes --models shipped=models/insurance-minilm-l6-ce \
+        v6=artifacts/finetune_v6/listwise/best
 
 Writes <report_dir>/table.md and results.json. Rerun the same command after an interruption.
+`--models NAME=FOLDER ...` trains nothing: it scores those trained models on the same two valid sets
+(cascade and pool, alone and fused) and writes <report_dir>/models.md and models.json.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from rerank_engine import cli
+from rerank_engine.errors import ConfigError
 from rerank_engine.training import comparison
 
 
@@ -23,8 +28,21 @@ def main(argv=None, prog: str = "python -m jobs.compare_recipes") -> int:
     p.add_argument(
         "--report-only", action="store_true", help="write the table of the variants finished so far"
     )
+    p.add_argument(
+        "--models", nargs="*", metavar="NAME=FOLDER", help="score these trained models instead of training"
+    )
     args = p.parse_args(argv)
     return cli.run_main("recipe comparison", args, lambda: run(args))
+
+
+def _named_folders(pairs: list[str]) -> dict[str, str]:
+    named = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not Path(folder, "config.json").is_file():
+            raise ConfigError(f"--models {pair!r}: expected NAME=FOLDER, a model folder with config.json")
+        named[name] = folder
+    return named
 
 
 def run(args) -> int:
@@ -32,12 +50,19 @@ def run(args) -> int:
         cfg = yaml.safe_load(fh)
     if args.only:
         cfg["variants"] = [v for v in cfg["variants"] if v["name"] in args.only]
-    rows = comparison.run(cfg, train_missing=not args.report_only)
+    if args.models:
+        models = _named_folders(args.models)
+        rows = comparison.trained_model_rows(
+            comparison.valid_sets(cfg), models, cfg["run_dir"], cfg["train"]["max_length"]
+        )
+        stem = "models"
+    else:
+        rows, stem = comparison.run(cfg, train_missing=not args.report_only), "table"
     out = Path(cfg["report_dir"])
     out.mkdir(parents=True, exist_ok=True)
     table = comparison.markdown(rows)
-    (out / "table.md").write_text(table)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / f"{stem}.md").write_text(table)
+    (out / ("results.json" if stem == "table" else f"{stem}.json")).write_text(json.dumps(rows, indent=2))
     print(table)
     return 0
 

@@ -362,6 +362,57 @@ def test_comparison_figures_pick_the_fusion_weight_and_keep_the_bi_encoder_row()
     assert "| x | — | — | 0.565 | 1.000 (10) | 0.000 | 1.000 |" in table  # (0.5 + 1 / log2 3) / 2
 
 
+@pytest.mark.slow
+def test_trained_models_are_scored_on_the_comparison_sets_and_kept(tmp_path, tiny_model_dir):
+    """`compare_recipes --models`: a trained folder gets the variants' figures (alone and fused) on the
+    same sets; its row is read back, not rescored, while the folder's content is unchanged."""
+    from rerank_engine.training import comparison
+    from rerank_engine.training.finetune import EvalSet
+
+    evalset = EvalSet(
+        queries=["what does term life cover", "is flood damage covered"],
+        candidates=[["term life pays a benefit", "a car", "flood"], ["a car", "flood damage is", "term"]],
+        candidate_ids=[["d0", "d1", "d2"], ["d3", "d4", "d5"]],
+        relevant=[{"d0"}, {"d4"}],
+        recall_scores=[[0.9, 0.5, 0.1], [0.2, 0.8, 0.3]],
+    )
+    sets = {"cascade": evalset, "pool": evalset}
+    rows = comparison.trained_model_rows(sets, {"tiny": str(tiny_model_dir)}, tmp_path, max_length=32)
+    assert [r["name"] for r in rows] == ["bi-encoder (zero-shot)", "tiny"]
+    expected = comparison.set_figures(
+        comparison.evalset_logits(
+            comparison_model(tiny_model_dir), comparison_tokenizer(tiny_model_dir), evalset
+        ),
+        evalset,
+    )
+    assert rows[1]["cascade"] == pytest.approx(expected) and rows[1]["pool"] == rows[1]["cascade"]
+    kept = list((tmp_path / "models").glob("tiny-*-32.json"))
+    assert len(kept) == 1
+    kept[0].write_text(kept[0].read_text().replace('"name": "tiny"', '"name": "read back"'))
+    again = comparison.trained_model_rows(sets, {"tiny": str(tiny_model_dir)}, tmp_path, max_length=32)
+    assert again[1]["name"] == "read back"
+
+
+def comparison_model(folder):
+    from rerank_engine.training.finetune import load_model
+
+    return load_model(folder, seed=0)
+
+
+def comparison_tokenizer(folder):
+    from rerank_engine.config import TokenizerConfig
+    from rerank_engine.tokenization import PairTokenizer
+
+    return PairTokenizer(folder, TokenizerConfig(max_length=32))
+
+
+def test_compare_recipes_refuses_a_models_argument_that_names_no_model(tmp_path, capsys):
+    from jobs import compare_recipes
+
+    assert compare_recipes.main(["--models", f"x={tmp_path}"]) == 2
+    assert "expected NAME=FOLDER, a model folder with config.json" in capsys.readouterr().err
+
+
 def test_paraphrase_sample_lists_exclusions_for_reading():
     from rerank_engine.training.hard_negatives import paraphrase_sample
 

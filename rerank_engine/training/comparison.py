@@ -71,6 +71,45 @@ def mined_sets(cfg: dict, recall, log) -> dict[str, list[dict]]:
     return out
 
 
+def valid_sets(cfg: dict) -> dict[str, EvalSet]:
+    """The comparison's two valid sets: the cascade (bi-encoder top-20 over all answers) and the pools."""
+    from rerank_engine.data.insuranceqa import answer_recall
+    from rerank_engine.training.recipe import pool_evalset, valid_evalset
+
+    recall = answer_recall(cfg["cache_dir"])
+    return {
+        "cascade": valid_evalset(recall, cfg["valid_queries"]),
+        "pool": pool_evalset(recall, cfg["pool_queries"], cfg["pool_negatives"]),
+    }
+
+
+def trained_model_rows(
+    evalsets: dict[str, EvalSet], models: dict[str, str], run_dir: str | Path, max_length: int, log=_log_info
+) -> list[dict]:
+    """The bi-encoder row, then one row per trained model folder (`name → folder`: the shipped model, a
+    long run's best checkpoint), scored on the same sets as the variants, in PyTorch fp32 at
+    `max_length`. A model's row is kept in `<run_dir>/models/<name>-<content hash>.json`."""
+    from rerank_engine.config import TokenizerConfig
+    from rerank_engine.hashing import content_hash
+    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.training.finetune import load_model
+
+    rows = [{"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}]
+    for name, folder in models.items():
+        out = Path(run_dir) / "models" / f"{name}-{content_hash(folder)[:12]}-{max_length}.json"
+        if out.is_file():
+            rows.append(json.loads(out.read_text()))
+            continue
+        model = load_model(folder, seed=0)
+        tokenizer = PairTokenizer(folder, TokenizerConfig(max_length=max_length))
+        row = {"name": name, "model": str(folder), **model_figures(model, tokenizer, evalsets)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(row, indent=2))
+        log(f"{name}: {json.dumps({k: row[k] for k in evalsets})}")
+        rows.append(row)
+    return rows
+
+
 def run(cfg: dict, log=_log_info, train_missing: bool = True) -> list[dict]:
     """Train and score every variant of `cfg` (see jobs/configs/recipe_comparison.yaml); the rows.
     With `train_missing=False`, only the bi-encoder row and the variants already finished."""
@@ -78,17 +117,14 @@ def run(cfg: dict, log=_log_info, train_missing: bool = True) -> list[dict]:
     from rerank_engine.data.insuranceqa import answer_recall
     from rerank_engine.recall import bundled_minilm_dir
     from rerank_engine.tokenization import PairTokenizer
-    from rerank_engine.training.recipe import pool_evalset, train_cosine, valid_evalset
+    from rerank_engine.training.recipe import train_cosine
 
     run_dir = Path(cfg["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     base_model = cfg.get("base_model") or bundled_minilm_dir()
     recall = answer_recall(cfg["cache_dir"])
     mined = mined_sets(cfg, recall, log) if train_missing else {}
-    evalsets = {
-        "cascade": valid_evalset(recall, cfg["valid_queries"]),
-        "pool": pool_evalset(recall, cfg["pool_queries"], cfg["pool_negatives"]),
-    }
+    evalsets = valid_sets(cfg)
     cosine = train_cosine(recall, cfg["cache_dir"]) if train_missing else None
     rows = [{"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}]
     for variant in cfg["variants"]:
