@@ -45,6 +45,12 @@ class TokenizerConfig(_Frozen):
     max_query_share: float = Field(
         0.25, gt=0.0, lt=1.0, description="the query is capped at this share of max_length"
     )
+    instruction: str | None = Field(
+        None,
+        min_length=1,
+        description="an LLM reranker's instruction (Qwen3-Reranker's <Instruct>); None: the model's "
+        "default; an error for a model without a prompt",
+    )
 
     def served_by(self, model_max_length: int, model: str | Path) -> TokenizerConfig:
         """These settings for a model of `model_max_length` tokens (its export manifest's max_length):

@@ -99,6 +99,8 @@ class CrossEncoderEngine:
             self.config = config = config.model_copy(update={"tokenizer": tokenizer})
         self._tokenizer: PairTokenizer | None = None
         pad = pad_token_id(config.model_dir)
+        if self.manifest.prompt is not None:  # an LLM reranker's graph pools at the last non-pad token
+            pad = self.manifest.prompt.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.pad_id
 
     # -- loading -------------------------------------------------------------------------------------

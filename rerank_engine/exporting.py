@@ -1,5 +1,8 @@
 """Hugging Face sequence-classification model → verified ONNX variants, cached by a content key.
 
+A yes/no LLM reranker (a Qwen3-Reranker causal LM) is exported as the one-logit sequence classifier it
+converts to (rerank_engine.llm_reranker), its prompt kept in the manifest.
+
 The CLI is `python -m export` (the `export/` folder at the repository root).
 
 The export contract is declared once (`CONTRACT`) and checked against the PyTorch reference.
@@ -22,8 +25,10 @@ from typing import Literal
 
 import numpy as np
 
+from rerank_engine.batching import pad_rows
 from rerank_engine.errors import ConfigError, ExportValidationError, ModelFormatError, ModelNotFoundError
 from rerank_engine.hashing import content_hash
+from rerank_engine.llm_reranker import LLM_RERANKERS, PromptEncoder, YesNoPrompt
 from rerank_engine.manifest import MANIFEST_NAME, Manifest, Variant, read_manifest, write_manifest
 from rerank_engine.metrics import ranking_agreement
 from rerank_engine.probe_pairs import probe_groups
@@ -168,7 +173,7 @@ def export_model(
         wanted = list(dict.fromkeys([*existing.variants, *wanted]))  # rebuild, keeping what was there
 
     started = time.perf_counter()
-    torch_model, tokenizer = _load_torch(src_dir, trust_remote_code, model)
+    torch_model, tokenizer, prompt = _load_torch(src_dir, trust_remote_code, model)
     num_labels = int(torch_model.config.num_labels)
     if num_labels not in (1, 2):
         raise ModelFormatError(
@@ -186,7 +191,7 @@ def export_model(
             _optimize(fp32_path, torch_model.config)
         if external_data_files(fp32_path):  # a graph over 2 GB keeps its weights beside it
             log.info("%s: the fp32 graph keeps its weights in ONNX external data", model)
-        probe = ProbeSet(tokenizer, inputs, max_len)
+        probe = ProbeSet(tokenizer, inputs, max_len, prompt)
         ref = probe.torch_logits(torch_model)
         variants = {
             "fp32": Variant(
@@ -234,6 +239,7 @@ def export_model(
             activation="sigmoid" if num_labels == 1 else "softmax",
             declared_activation=declared,
             inputs=inputs,
+            prompt=prompt,
             variants=variants,
             tool_versions=versions,
             export_seconds=round(time.perf_counter() - started, 2),
@@ -279,16 +285,21 @@ SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "electra", "xlm-roberta", "debert
 def _unsupported(model, model_type: str, why: str) -> ModelFormatError:
     return ModelFormatError(
         f"{model}: model type {model_type!r} is not supported ({why}); supported model types: "
-        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}; as yes/no LLM rerankers (a *ForCausalLM checkpoint): "
+        f"{', '.join(LLM_RERANKERS)}"
     )
 
 
 def _load_torch(src_dir: Path, trust_remote_code: bool, model=None):
-    """The checkpoint as a sequence-classification model, refused unless every weight of it, the
-    classification head included, comes from the checkpoint (transformers would fill a missing head with
-    random weights and only log a warning: every score would be noise)."""
+    """(model, tokenizer, prompt): the checkpoint as a sequence-classification model, refused unless
+    every weight of it, the classification head included, comes from the checkpoint (transformers would
+    fill a missing head with random weights and only log a warning: every score would be noise). A yes/no
+    LLM reranker is converted to one (`llm_reranker.load_llm_reranker`) and comes with its prompt; any
+    other checkpoint with None."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerank_engine.llm_reranker import llm_reranker_prompt, load_llm_reranker
 
     model = model or src_dir
     try:
@@ -296,6 +307,9 @@ def _load_torch(src_dir: Path, trust_remote_code: bool, model=None):
     except (KeyError, ValueError) as exc:
         model_type = _config_value(src_dir, "model_type")
         raise _unsupported(model, model_type, f"transformers does not know it: {exc}") from None
+    prompt = llm_reranker_prompt(config)
+    if prompt is not None:
+        return load_llm_reranker(src_dir, model, prompt, trust_remote_code)
     try:
         torch_model, info = AutoModelForSequenceClassification.from_pretrained(
             str(src_dir),
@@ -316,7 +330,7 @@ def _load_torch(src_dir: Path, trust_remote_code: bool, model=None):
     tokenizer = AutoTokenizer.from_pretrained(
         str(src_dir), use_fast=True, trust_remote_code=trust_remote_code
     )
-    return torch_model.eval(), tokenizer
+    return torch_model.eval(), tokenizer, None
 
 
 def head_missing_message(model, config, missing: Sequence[str]) -> str:
@@ -329,8 +343,8 @@ def head_missing_message(model, config, missing: Sequence[str]) -> str:
     )
     if "ForCausalLM" in architectures:
         hint = (
-            f"it is a causal LM ({architectures}): LLM rerankers that score the logits of yes/no tokens "
-            f"are not supported; {hint}"
+            f"it is a causal LM ({architectures}): yes/no LLM rerankers are served for the model types "
+            f"{', '.join(LLM_RERANKERS)} only (Qwen3-Reranker's prompt), not {config.model_type!r}; {hint}"
         )
     return (
         f"{model}: the checkpoint ({architectures}) has no trained sequence-classification head: "
@@ -637,17 +651,31 @@ def validate_fp32(torch_model, onnx_path: Path, inputs: list[str], atol: float =
 
 
 class ProbeSet:
-    """The hand-written probe queries × passages, tokenized once, for ranking agreement."""
+    """The hand-written probe queries × passages, tokenized once, for ranking agreement (an LLM reranker's
+    in its prompt, rows padded on the right)."""
 
-    def __init__(self, tokenizer, inputs: list[str], max_length: int):
+    def __init__(self, tokenizer, inputs: list[str], max_length: int, prompt: YesNoPrompt | None = None):
         self.inputs = inputs
         self.groups = probe_groups()
-        self.encoded = [
-            tokenizer(
-                [q] * len(ps), ps, padding=True, truncation=True, max_length=max_length, return_tensors="np"
-            )
-            for q, ps in self.groups
-        ]
+        if prompt is not None:
+            encode = PromptEncoder(tokenizer, prompt, max_length=max_length, query_cap=max_length // 4)
+            self.encoded = []
+            for q, ps in self.groups:
+                rows = encode([q] * len(ps), ps)
+                ids, mask = pad_rows(rows, max(len(r) for r in rows), prompt.pad_token_id)
+                self.encoded.append({"input_ids": ids, "attention_mask": mask})
+        else:
+            self.encoded = [
+                tokenizer(
+                    [q] * len(ps),
+                    ps,
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="np",
+                )
+                for q, ps in self.groups
+            ]
 
     def _feeds(self):
         for i, enc in enumerate(self.encoded):

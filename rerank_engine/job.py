@@ -344,9 +344,9 @@ def run_job(
         from rerank_engine.score_cache import ScoreCache, namespace
 
         precision = config.precision if config.precision != "auto" else auto_precision(gpu=bool(gpus))
-        cache = ScoreCache(
-            config.score_cache, namespace(manifest.model_id, precision, config.tokenizer.model_dump())
-        )
+        # exclude_none: an unset instruction leaves the namespaces of caches written before it existed
+        tokenizer = config.tokenizer.model_dump(exclude_none=True)
+        cache = ScoreCache(config.score_cache, namespace(manifest.model_id, precision, tokenizer))
     staging = out / f"_staging-{run_id}"
     inp = PipelineInputs(
         files=files,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError
 from rerank_engine.files import write_json
+from rerank_engine.llm_reranker import YesNoPrompt
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -45,6 +46,8 @@ class Manifest(BaseModel):
     score_scale: Literal["probability"] = "probability"
     inputs: list[str]
     output: str = "logits"
+    # an LLM reranker's prompt and yes/no token ids (rerank_engine.llm_reranker); None: plain pairs
+    prompt: YesNoPrompt | None = None
     variants: dict[str, Variant]
     tool_versions: dict[str, str]
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.config import TokenizerConfig
-from rerank_engine.errors import ModelFormatError
+from rerank_engine.errors import ConfigError, ModelFormatError
+from rerank_engine.llm_reranker import PromptEncoder, YesNoPrompt
+from rerank_engine.manifest import MANIFEST_NAME, read_manifest
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,22 @@ def pad_token_id(tokenizer_dir: str | Path) -> int | None:
     return Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id(content)
 
 
+def folder_prompt(folder: str | Path) -> YesNoPrompt | None:
+    """The LLM reranker prompt an export folder's manifest keeps; None for plain pairs (or no manifest)."""
+    if not (Path(folder) / MANIFEST_NAME).is_file():
+        return None
+    return read_manifest(folder).prompt
+
+
 class PairTokenizer:
     """Wraps a Hugging Face fast tokenizer (through AutoTokenizer, so the files' fixed padding is ignored).
 
     The pair is assembled by the tokenizer's own post-processor (its `tokenizer.json` template), the step
     `AutoTokenizer(query, passage)` runs: a family whose tokenizer class has no pair rule of its own
-    (ModernBERT's plain PreTrainedTokenizerFast) still gets its [CLS] q [SEP] p [SEP]."""
+    (ModernBERT's plain PreTrainedTokenizerFast) still gets its [CLS] q [SEP] p [SEP].
+
+    An export of an LLM reranker keeps its prompt in the manifest: its pairs are the prompted text instead
+    (`llm_reranker.PromptEncoder`, with `config.instruction`), the same for the engine and the job."""
 
     def __init__(
         self, tokenizer_dir: str | Path, config: TokenizerConfig | None = None, *, memoize: bool = False
@@ -78,8 +90,27 @@ class PairTokenizer:
             raise ValueError(f"max_length {self.config.max_length} leaves no room for text")
         self.query_cap = max(1, int(self.config.max_length * self.config.max_query_share))
         self._memo: dict[tuple[str, int], object] | None = {} if memoize else None
+        self.prompt = folder_prompt(tokenizer_dir)
+        self._prompted = None
+        if self.prompt is not None:
+            self._prompted = PromptEncoder(
+                self.tokenizer,
+                self.prompt,
+                max_length=self.config.max_length,
+                query_cap=self.query_cap,
+                instruction=self.config.instruction,
+            )
+        elif self.config.instruction is not None:
+            raise ConfigError(
+                f"tokenizer.instruction is set, but {tokenizer_dir} is not an LLM reranker's export (its "
+                "manifest keeps no prompt); a cross-encoder takes no instruction: unset it"
+            )
 
     def __call__(self, queries: Sequence[str], passages: Sequence[str]) -> TokenizedPairs:
+        if self._prompted is not None:
+            ids_out = self._prompted(queries, passages)
+            lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
+            return TokenizedPairs(ids_out, [np.zeros_like(x) for x in ids_out], lengths)
         max_length = self.config.max_length
         unique = list(dict.fromkeys(queries))  # each distinct query is tokenized once
         q_enc = dict(

@@ -319,22 +319,23 @@ def test_cli_refuses_a_checkpoint_without_a_head(bare_encoder_dir, tmp_path):
 
 
 def test_a_causal_lm_checkpoint_is_refused(tmp_path, bundled_tokenizer):
-    """The shape of Qwen/Qwen3-Reranker-0.6B: a Qwen3ForCausalLM, which transformers would load as
-    Qwen3ForSequenceClassification with a newly initialised `score.weight`."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    """A LlamaForCausalLM, which transformers would load as LlamaForSequenceClassification with a newly
+    initialised `score.weight` (Qwen3ForCausalLM, the shape of Qwen3-Reranker, is served as a yes/no LLM
+    reranker instead: tests/test_llm_reranker.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from rerank_engine.exporting import export_model
 
-    config = Qwen3Config(
+    config = LlamaConfig(
         vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        pad_token_id=0,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, pad_token_id=0,
     )  # fmt: skip
-    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "qwen3")
-    bundled_tokenizer.save_pretrained(tmp_path / "qwen3")
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    bundled_tokenizer.save_pretrained(tmp_path / "llama")
     with pytest.raises(ModelFormatError, match=r"score\.weight would be newly initialised") as info:
-        export_model(tmp_path / "qwen3", tmp_path / "out")
-    assert "causal LM (Qwen3ForCausalLM)" in str(info.value)
+        export_model(tmp_path / "llama", tmp_path / "out")
+    assert "causal LM (LlamaForCausalLM)" in str(info.value)
+    assert "served for the model types qwen3 only" in str(info.value)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
