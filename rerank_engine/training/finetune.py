@@ -13,7 +13,8 @@ ranks right carry little gradient); the first keeps it usable alone, for logged 
 Resumable: `run_dir/checkpoint.pt` holds model, optimizer, schedule, data order and RNG state; a
 restarted run continues from it. The best model by valid NDCG@5 is saved as a Hugging Face folder in
 `run_dir/best/`. `train(..., stop_at=S)` pauses after step S of a schedule of `config.steps`, so a short
-comparison run can later be continued exactly.
+comparison run can later be continued exactly. The loop itself (`fit`, `optimizer_and_schedule`) is
+shared with distillation (distill.py), which brings its own loss.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pydantic import Field
 
 from rerank_engine.batching import pad_rows, plan_batches
 from rerank_engine.config import TokenizerConfig, _Frozen
-from rerank_engine.errors import require
+from rerank_engine.errors import ModelFormatError, require
 from rerank_engine.metrics import mean_metrics
 from rerank_engine.tokenization import PairTokenizer
 
@@ -87,7 +88,9 @@ class EvalSet:
     recall_scores: list[list[float]] | None = None  # bi-encoder cosines, for the fused metric
 
 
-def load_model(base_model: str | Path, seed: int):
+def load_model(base_model: str | Path, seed: int, *, require_head: bool = False):
+    """A one-logit sequence-classification model in fp32. `require_head`: refuse a checkpoint without a
+    trained head (a distillation teacher), instead of drawing one from `seed`."""
     torch = require("torch", "torch")
     from transformers import AutoModelForSequenceClassification
 
@@ -96,6 +99,10 @@ def load_model(base_model: str | Path, seed: int):
         str(base_model), num_labels=1, torch_dtype=torch.float32, output_loading_info=True
     )
     fresh = sorted(info["missing_keys"])
+    if fresh and require_head:
+        raise ModelFormatError(
+            f"{base_model} has no trained classification head (missing {', '.join(fresh)})"
+        )
     if fresh:  # training may start from a fresh head (an export of it is refused); say so
         log.warning(
             "%s has no trained classification head: starting from newly initialised %s (seed %d)",
@@ -136,13 +143,22 @@ def score_pairs(
     return out
 
 
-def evalset_logits(model, tokenizer: PairTokenizer, evalset: EvalSet) -> list[np.ndarray]:
-    """fp32 logits of every query's candidates, one array per query (scored in one bucketed pass)."""
+def evalset_pairs(evalset: EvalSet) -> tuple[list[str], list[str]]:
+    """Every (query, candidate) pair of the set, query by query: (queries, passages)."""
     flat_q = [q for q, cands in zip(evalset.queries, evalset.candidates, strict=True) for _ in cands]
     flat_p = [p for cands in evalset.candidates for p in cands]
-    logits = score_pairs(model, tokenizer, flat_q, flat_p).astype(np.float64)
+    return flat_q, flat_p
+
+
+def per_query(logits: np.ndarray, evalset: EvalSet) -> list[np.ndarray]:
+    """Flat logits in `evalset_pairs` order → one float64 array per query."""
     bounds = np.cumsum([0, *(len(c) for c in evalset.candidates)])
-    return np.split(logits, bounds[1:-1])
+    return np.split(np.asarray(logits, dtype=np.float64), bounds[1:-1])
+
+
+def evalset_logits(model, tokenizer: PairTokenizer, evalset: EvalSet) -> list[np.ndarray]:
+    """fp32 logits of every query's candidates, one array per query (scored in one bucketed pass)."""
+    return per_query(score_pairs(model, tokenizer, *evalset_pairs(evalset)), evalset)
 
 
 def figures(
@@ -280,13 +296,9 @@ def train(
     `cosine(qid, doc_ids) -> array` gives the bi-encoder's recall cosines; required when the config
     has a fused loss term."""
     torch = require("torch", "torch")
-    from tqdm import tqdm
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    stop_at = min(stop_at or config.steps, config.steps)
     if config.max_train_queries:
         records = records[: config.max_train_queries]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -299,30 +311,103 @@ def train(
         TokenizerConfig(max_length=config.max_length, max_query_share=config.max_query_share),
         memoize=True,
     )
+    sampler = GroupSampler(records, config.n_negatives, config.seed, config.n_random_negatives)
+
+    def step_loss(groups: list[Group]):
+        queries = [g.query for g in groups for _ in g.passages]
+        passages = [p for g in groups for p in g.passages]
+        logits = _bucketed_logits(model, tokenizer, queries, passages, device)
+        grouped = logits.view(len(groups), 1 + config.n_negatives + config.n_random_negatives)
+        loss = _group_loss(config.loss, grouped, config.pos_weight)
+        if config.fused:
+            cos = np.stack([cosine(g.qid, g.doc_ids) for g in groups]).astype(np.float32)
+            shifted = grouped + config.fusion_weight * torch.from_numpy(cos).to(device)
+            loss = (1 - config.fusion_share) * loss + config.fusion_share * _group_loss(
+                config.loss, shifted, config.pos_weight
+            )
+        return loss
+
+    return fit(
+        model,
+        tokenizer,
+        sampler,
+        step_loss,
+        config,
+        run_dir,
+        config_key=config.key(),
+        evalset=evalset,
+        stop_at=stop_at,
+        desc=f"train[{config.loss}]",
+        progress=progress,
+        log=log,
+    )
+
+
+def optimizer_and_schedule(model, *, lr: float, weight_decay: float, steps: int, warmup_share: float):
+    """AdamW (no decay on biases and LayerNorm weights) and a linear warm-up then linear decay to 0."""
+    torch = require("torch", "torch")
     no_decay = ("bias", "LayerNorm.weight")
     params = [
         {
             "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": config.weight_decay,
+            "weight_decay": weight_decay,
         },
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
-    warmup = int(config.steps * config.warmup_share)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    warmup = int(steps * warmup_share)
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        return max(0.0, (config.steps - step) / max(1, config.steps - warmup))
+        return max(0.0, (steps - step) / max(1, steps - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    sampler = GroupSampler(records, config.n_negatives, config.seed, config.n_random_negatives)
-    state = {"step": 0, "best_ndcg5": -1.0, "best_step": None, "config_key": config.key(), "history": []}
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
+def fit(
+    model,
+    tokenizer: PairTokenizer,
+    sampler: GroupSampler,
+    step_loss,
+    config,
+    run_dir: str | Path,
+    *,
+    config_key: str,
+    evalset: EvalSet | None = None,
+    stop_at: int | None = None,
+    desc: str = "train",
+    progress: bool = True,
+    log=_log_info,
+) -> dict:
+    """The resumable loop that fine-tuning and distillation share: `step_loss(groups) -> loss tensor`
+    for each step's `config.groups_per_step` groups from `sampler`, AdamW with `optimizer_and_schedule`,
+    gradients clipped at 1; valid figures every `config.eval_every` steps (the best, by
+    `config.select_on`, saved in `run_dir/best/`) and `run_dir/checkpoint.pt` every
+    `config.checkpoint_every`. A checkpoint written under another `config_key` is refused.
+
+    `config` needs steps, lr, weight_decay, warmup_share, groups_per_step, eval_every,
+    checkpoint_every, fusion_weight and select_on."""
+    torch = require("torch", "torch")
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop_at = min(stop_at or config.steps, config.steps)
+    device = next(model.parameters()).device
+    optimizer, scheduler = optimizer_and_schedule(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        steps=config.steps,
+        warmup_share=config.warmup_share,
+    )
+    state = {"step": 0, "best_ndcg5": -1.0, "best_step": None, "config_key": config_key, "history": []}
 
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=True)  # tensors and plain values only
-        if saved["state"]["config_key"] != config.key():
+        if saved["state"]["config_key"] != config_key:
             raise ValueError(f"{ckpt} was written with another config; use a new run_dir")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -363,22 +448,11 @@ def train(
             tokenizer.tokenizer.save_pretrained(best)
             (best / "metrics.json").write_text(json.dumps(entry, indent=2))
 
-    bar = tqdm(total=stop_at, initial=state["step"], disable=not progress, desc=f"train[{config.loss}]")
+    bar = tqdm(total=stop_at, initial=state["step"], disable=not progress, desc=desc)
     model.train()
     started, losses = time.perf_counter(), []
     while state["step"] < stop_at:
-        groups = sampler.next_groups(config.groups_per_step)
-        queries = [g.query for g in groups for _ in g.passages]
-        passages = [p for g in groups for p in g.passages]
-        logits = _bucketed_logits(model, tokenizer, queries, passages, device)
-        grouped = logits.view(len(groups), 1 + config.n_negatives + config.n_random_negatives)
-        loss = _group_loss(config.loss, grouped, config.pos_weight)
-        if config.fused:
-            cos = np.stack([cosine(g.qid, g.doc_ids) for g in groups]).astype(np.float32)
-            shifted = grouped + config.fusion_weight * torch.from_numpy(cos).to(device)
-            loss = (1 - config.fusion_share) * loss + config.fusion_share * _group_loss(
-                config.loss, shifted, config.pos_weight
-            )
+        loss = step_loss(sampler.next_groups(config.groups_per_step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -74,6 +74,20 @@ def train_cosine(recall, cache_dir: str | Path, split: str = "train"):
     return cosine
 
 
+def mined_records(cfg: dict, recall, run_dir: Path, log=_log_info) -> list[dict]:
+    """The train questions' mined records: `cfg["mined_from"]` if given, else `run_dir/mined_train.jsonl`,
+    mined there with `cfg["mining"]` when the file is not there yet."""
+    mined_path = Path(cfg.get("mined_from") or run_dir / "mined_train.jsonl")
+    if not mined_path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _, stats = mine_insuranceqa(
+            "train", MiningConfig.build(**cfg["mining"]), cfg["cache_dir"], mined_path, recall=recall
+        )
+        (run_dir / "mining_stats.json").write_text(json.dumps(dict(stats), indent=2))
+        log(f"mined {mined_path}: {dict(stats)}")
+    return read_records(mined_path)
+
+
 def run(cfg: dict, log=_log_info) -> dict:
     from rerank_engine.data.insuranceqa import answer_recall
     from rerank_engine.recall import bundled_minilm_dir
@@ -81,14 +95,7 @@ def run(cfg: dict, log=_log_info) -> dict:
     run_dir = Path(cfg["run_dir"])
     base_model = cfg.get("base_model") or bundled_minilm_dir()
     recall = answer_recall(cfg["cache_dir"])
-    mined_path = Path(cfg.get("mined_from") or run_dir / "mined_train.jsonl")
-    if not mined_path.is_file():
-        _, stats = mine_insuranceqa(
-            "train", MiningConfig.build(**cfg["mining"]), cfg["cache_dir"], mined_path, recall=recall
-        )
-        (run_dir / "mining_stats.json").write_text(json.dumps(dict(stats), indent=2))
-        log(f"mined {mined_path}: {dict(stats)}")
-    records = read_records(mined_path)
+    records = mined_records(cfg, recall, run_dir, log)
     evalset = valid_evalset(recall, cfg["valid_queries"])
     fused = FinetuneConfig.build(**cfg["train"]).fused
     cosine = train_cosine(recall, cfg["cache_dir"]) if fused else None
