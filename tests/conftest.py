@@ -9,6 +9,7 @@ light tests stays light.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Ray 2.60 clusters started by `ray start` require a token; clients read this mode when ray is imported.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# `ray start --head` does not create the token (only a local ray.init() does, under the user's home): on a
+# new machine, CI's included, the tests' heads would refuse to start. Where no token is found, this test
+# session uses one of its own, in the environment that every Ray process and client it starts inherits.
+if not (
+    os.environ.get("RAY_AUTH_TOKEN")
+    or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    or (Path.home() / ".ray" / "auth_token").is_file()
+):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 # A bare ray.init() (the job's, build_index's) starts a Ray of its own in tests, never attaching to a cluster
 # found through /tmp/ray/ray_current_cluster: that may be another run's and vanish mid-test. test_job_ray
 # points RAY_ADDRESS at its own head for its module.
