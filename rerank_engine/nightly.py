@@ -383,7 +383,8 @@ def commit(
     paths_read = [str(p) for _, p in parts]
     ids = pq.read_table(paths_read, columns=[id_col], partitioning=None) if parts else None
     verify_exactly_once(read_ids(files, filesystem, id_col), ids, id_col, config.job.exploded)
-    columns = [id_col, *QueryFigures.COLUMNS]
+    present = set(pq.read_schema(paths_read[0]).names) if parts else set()
+    columns = [id_col, *(c for c in QueryFigures.COLUMNS if c in present)]
     table = pq.read_table(paths_read, columns=columns, partitioning=None) if parts else None
     figures = QueryFigures.of(table, id_col, config.job.exploded)
 

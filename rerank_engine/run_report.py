@@ -49,14 +49,17 @@ class QueryFigures:
     def of(cls, table: pa.Table | None, query_id: str, exploded: bool) -> QueryFigures:
         if table is None or table.num_rows == 0:
             return cls(Counter(), Counter(), np.zeros(0, dtype=np.float32))
-        table = table.select([query_id, "status", "n_kept", "top_score"])
+        types = {"status": pa.string(), "n_kept": pa.int32(), "top_score": pa.float32()}
+        for name in cls.COLUMNS:  # an output written without one (not by run_job) shows it as unknown
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, types[name]))
+        keys = [query_id, *cls.COLUMNS]
+        table = table.select(keys)
         if exploded:  # one row per kept pair: these columns repeat on each of a query's rows
-            table = table.group_by([query_id, "status", "n_kept", "top_score"], use_threads=False).aggregate(
-                []
-            )
+            table = table.group_by(keys, use_threads=False).aggregate([])
         top = table.column("top_score").drop_null().to_numpy().astype(np.float32)
         return cls(
-            Counter(table.column("status").to_pylist()),
+            Counter(table.column("status").fill_null("unknown").to_pylist()),
             Counter(int(k) for k in table.column("n_kept").fill_null(0).to_pylist()),
             top,
         )

@@ -45,7 +45,10 @@ def test_fan_out_gives_every_row_its_keys_results():
     n = 2
     results = pa.table(
         {"query_id": ["k1", "k0"], **{f.name: pa.nulls(n, f.type) for f in schema.OUTPUT_FIELDS}}
-    ).set_column(1 + 3, "status", pa.array(["no_relevant", "ok"]))  # OUTPUT_FIELDS[3] is status
+    )
+    results = results.set_column(
+        results.schema.get_field_index("status"), "status", pa.array(["no_relevant", "ok"])
+    )
     fan = FanOut(CONFIG, results, ["x", "y"], logged=False)
     out = fan(pa.table({"query_id": ["q1", "q2", "q3"], "query": ["X", "y", " x"], "team": [1, 2, 3]}))
     assert out.column("status").to_pylist() == ["ok", "no_relevant", "ok"]
