@@ -31,18 +31,19 @@ import shutil
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from rerank_engine.config import TokenizerConfig, _Frozen
+from rerank_engine.config import TokenizerConfig
 from rerank_engine.errors import ConfigError, ModelFormatError, require
 from rerank_engine.hashing import content_hash
 from rerank_engine.tokenization import PairTokenizer
 from rerank_engine.training.finetune import (
     EvalSet,
     GroupSampler,
+    LoopConfig,
     _bucketed_logits,
     _group_loss,
     evalset_pairs,
@@ -64,7 +65,7 @@ _LAYER_NAME = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 _NOT_BY_LAYER = {"modernbert": "its attention alternates global and local by layer position"}
 
 
-class DistillConfig(_Frozen):
+class DistillConfig(LoopConfig):
     layers: int | list[int] = Field(
         3, description="N (keep N evenly spaced teacher layers, the last included) or 0-based indices"
     )
@@ -79,19 +80,12 @@ class DistillConfig(_Frozen):
     steps: int = Field(1800, ge=1, description="length of the LR schedule")
     lr: float = Field(7e-5, gt=0)
     warmup_share: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
     max_length: int = Field(128, ge=16)
-    max_query_share: float = Field(0.25, gt=0, lt=1)
-    max_train_queries: int | None = Field(None, ge=1, description="use only the first N mined queries")
-    seed: int = 0
     eval_every: int = Field(300, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    threads: int = Field(0, ge=0, description="torch CPU threads, 0 = default")
     fusion_weight: float = Field(0.0, ge=0, description="w of the fused valid NDCG@5 (logit + w · cosine)")
-    select_on: Literal["alone", "fused"] = Field(
-        "alone", description="valid NDCG@5 that picks the best checkpoint: the logit, or logit + w · cosine"
-    )
     teacher_chunk_pairs: int = Field(4096, ge=1, description="teacher logits are cached this many at a time")
+
+    UNKEYED: ClassVar[frozenset[str]] = LoopConfig.UNKEYED | {"teacher_chunk_pairs"}  # cache chunking
 
     @model_validator(mode="after")
     def _check(self):
@@ -104,11 +98,6 @@ class DistillConfig(_Frozen):
         if self.select_on == "fused" and self.fusion_weight <= 0:
             raise ValueError("select_on 'fused' needs fusion_weight > 0")
         return self
-
-    def key(self) -> str:
-        """Hash of everything that changes the trajectory (cadence, threads and cache chunking excluded)."""
-        fields = self.model_dump(exclude={"eval_every", "checkpoint_every", "threads", "teacher_chunk_pairs"})
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def kept_layers(layers: int | Sequence[int], n_teacher: int) -> list[int]:

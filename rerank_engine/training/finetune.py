@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -42,7 +42,30 @@ log = logging.getLogger(__name__)
 _log_info = log.info
 
 
-class FinetuneConfig(_Frozen):
+class LoopConfig(_Frozen):
+    """What every training loop of `fit` shares: schedule details, checkpoint cadence, selection; and the
+    key a checkpoint is bound to. Each loop's config adds its own fields and defaults."""
+
+    # not part of the key: they change when things are logged and saved, not the trajectory
+    UNKEYED: ClassVar[frozenset[str]] = frozenset({"eval_every", "checkpoint_every", "threads"})
+
+    weight_decay: float = Field(0.01, ge=0)
+    max_query_share: float = Field(0.25, gt=0, lt=1)
+    max_train_queries: int | None = Field(None, ge=1, description="use only the first N mined queries")
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+    threads: int = Field(0, ge=0, description="torch CPU threads, 0 = default")
+    select_on: Literal["alone", "fused"] = Field(
+        "alone", description="valid NDCG@5 that picks the best checkpoint: the logit, or logit + w · cosine"
+    )
+
+    def key(self) -> str:
+        """Hash of everything that changes the trajectory."""
+        fields = self.model_dump(exclude=set(self.UNKEYED))
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FinetuneConfig(LoopConfig):
     loss: Literal["bce", "listwise"] = "listwise"
     n_negatives: int = Field(7, ge=1, description="mined (hard) negatives per group")
     n_random_negatives: int = Field(
@@ -53,28 +76,14 @@ class FinetuneConfig(_Frozen):
     steps: int = Field(2000, ge=1, description="length of the LR schedule")
     lr: float = Field(3e-5, gt=0)
     warmup_share: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
     max_length: int = Field(256, ge=16)
-    max_query_share: float = Field(0.25, gt=0, lt=1)
-    max_train_queries: int | None = Field(None, ge=1, description="use only the first N mined queries")
-    seed: int = 0
     eval_every: int = Field(250, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    threads: int = Field(0, ge=0, description="torch CPU threads, 0 = default")
     fusion_weight: float = Field(0.0, ge=0, description="w of the fused loss term (logit + w · cosine)")
     fusion_share: float = Field(0.0, ge=0, le=1, description="share a of the fused term in the loss")
-    select_on: Literal["alone", "fused"] = Field(
-        "alone", description="valid NDCG@5 that picks the best checkpoint: the logit, or logit + w · cosine"
-    )
 
     @property
     def fused(self) -> bool:
         return self.fusion_weight > 0 and self.fusion_share > 0
-
-    def key(self) -> str:
-        """Hash of everything that changes the trajectory (eval/checkpoint cadence excluded)."""
-        fields = self.model_dump(exclude={"eval_every", "checkpoint_every", "threads"})
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
