@@ -55,14 +55,15 @@ def run(args) -> int:
         rows = comparison.trained_model_rows(
             comparison.valid_sets(cfg), models, cfg["run_dir"], cfg["train"]["max_length"]
         )
-        stem = "models"
+        names = ("models.md", "models.json")
     else:
-        rows, stem = comparison.run(cfg, train_missing=not args.report_only), "table"
+        rows = comparison.run(cfg, train_missing=not args.report_only)
+        names = ("table.md", "results.json")
     out = Path(cfg["report_dir"])
     out.mkdir(parents=True, exist_ok=True)
     table = comparison.markdown(rows)
-    (out / f"{stem}.md").write_text(table)
-    (out / ("results.json" if stem == "table" else f"{stem}.json")).write_text(json.dumps(rows, indent=2))
+    (out / names[0]).write_text(table)
+    (out / names[1]).write_text(json.dumps(rows, indent=2))
     print(table)
     return 0
 

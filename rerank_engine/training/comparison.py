@@ -43,6 +43,11 @@ def recall_figures(evalset: EvalSet) -> dict[str, float]:
     return {"P@1": m["P@1"], "NDCG@5": m["NDCG@5"]}
 
 
+def recall_row(evalsets: dict[str, EvalSet]) -> dict:
+    """The table's first row: the bi-encoder's own figures on each set."""
+    return {"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}
+
+
 def model_figures(model, tokenizer, evalsets: dict[str, EvalSet]) -> dict[str, dict]:
     return {name: set_figures(evalset_logits(model, tokenizer, es), es) for name, es in evalsets.items()}
 
@@ -71,12 +76,13 @@ def mined_sets(cfg: dict, recall, log) -> dict[str, list[dict]]:
     return out
 
 
-def valid_sets(cfg: dict) -> dict[str, EvalSet]:
-    """The comparison's two valid sets: the cascade (bi-encoder top-20 over all answers) and the pools."""
+def valid_sets(cfg: dict, recall=None) -> dict[str, EvalSet]:
+    """The comparison's two valid sets: the cascade (bi-encoder top-20 over all answers) and the pools.
+    `recall`: the `answer_recall` already loaded, if any."""
     from rerank_engine.data.insuranceqa import answer_recall
     from rerank_engine.training.recipe import pool_evalset, valid_evalset
 
-    recall = answer_recall(cfg["cache_dir"])
+    recall = recall or answer_recall(cfg["cache_dir"])
     return {
         "cascade": valid_evalset(recall, cfg["valid_queries"]),
         "pool": pool_evalset(recall, cfg["pool_queries"], cfg["pool_negatives"]),
@@ -88,13 +94,13 @@ def trained_model_rows(
 ) -> list[dict]:
     """The bi-encoder row, then one row per trained model folder (`name → folder`: the shipped model, a
     long run's best checkpoint), scored on the same sets as the variants, in PyTorch fp32 at
-    `max_length`. A model's row is kept in `<run_dir>/models/<name>-<content hash>.json`."""
+    `max_length`. A model's row is kept in `<run_dir>/models/<name>-<content hash>-<max_length>.json`."""
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.hashing import content_hash
     from rerank_engine.tokenization import PairTokenizer
     from rerank_engine.training.finetune import load_model
 
-    rows = [{"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}]
+    rows = [recall_row(evalsets)]
     for name, folder in models.items():
         out = Path(run_dir) / "models" / f"{name}-{content_hash(folder)[:12]}-{max_length}.json"
         if out.is_file():
@@ -124,9 +130,9 @@ def run(cfg: dict, log=_log_info, train_missing: bool = True) -> list[dict]:
     base_model = cfg.get("base_model") or bundled_minilm_dir()
     recall = answer_recall(cfg["cache_dir"])
     mined = mined_sets(cfg, recall, log) if train_missing else {}
-    evalsets = valid_sets(cfg)
+    evalsets = valid_sets(cfg, recall)
     cosine = train_cosine(recall, cfg["cache_dir"]) if train_missing else None
-    rows = [{"name": "bi-encoder (zero-shot)", **{k: recall_figures(es) for k, es in evalsets.items()}}]
+    rows = [recall_row(evalsets)]
     for variant in cfg["variants"]:
         name = variant["name"]
         out = run_dir / name / "result.json"
