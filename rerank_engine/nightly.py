@@ -381,11 +381,12 @@ def commit(
         for p in sorted(paths.committed(chunk["id"]).glob("*.parquet"))
     ]
     paths_read = [str(p) for _, p in parts]
-    ids = pq.read_table(paths_read, columns=[id_col], partitioning=None) if parts else None
-    verify_exactly_once(read_ids(files, filesystem, id_col), ids, id_col, config.job.exploded)
+    # the ids to check and the report's per-query columns, in one read (parts not written by run_job
+    # may lack the latter: the report then shows them unknown)
     present = set(pq.read_schema(paths_read[0]).names) if parts else set()
     columns = [id_col, *(c for c in QueryFigures.COLUMNS if c in present)]
     table = pq.read_table(paths_read, columns=columns, partitioning=None) if parts else None
+    verify_exactly_once(read_ids(files, filesystem, id_col), table, id_col, config.job.exploded)
     figures = QueryFigures.of(table, id_col, config.job.exploded)
 
     for stale in paths.work.glob("final-*"):  # assembled by a run killed before its rename

@@ -64,6 +64,10 @@ class QueryFigures:
             top,
         )
 
+    def under(self, threshold: float | None) -> int:
+        """Ranked queries whose top score is under `threshold` (none without one)."""
+        return int((self.top_scores < threshold).sum()) if threshold is not None else 0
+
     def median_top_score(self) -> float | None:
         return round(float(np.median(self.top_scores)), 4) if len(self.top_scores) else None
 
@@ -81,7 +85,7 @@ def _status_plot(status: Counter, path: Path) -> Path:
 
 
 def _top_score_plot(f: QueryFigures, threshold: float | None, path: Path) -> Path:
-    under = int((f.top_scores < threshold).sum()) if threshold is not None else 0
+    under = f.under(threshold)
     label = None if threshold is None else f"threshold {threshold:.3f} ({under:,} queries under it)"
     return plots.histogram(
         f.top_scores,
@@ -129,7 +133,7 @@ def write_report(out_dir: str | Path, figures: QueryFigures, summary: dict) -> P
     )
     median = figures.median_top_score()
     ranked = len(figures.top_scores)
-    under = int((figures.top_scores < threshold).sum()) if threshold is not None else 0
+    under = figures.under(threshold)
     lines = [
         f"# Run report: {summary.get('run_id', '—')}",
         "",
