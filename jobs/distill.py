@@ -53,9 +53,7 @@ def run(args) -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     Path(summary["run_dir"], "resolved_config.yaml").write_text(yaml.safe_dump(cfg))
     if args.ship:
-        card = Path(cfg["output_model"], "README.md")
-        text = card.read_text() if card.is_file() else f"# {Path(cfg['output_model']).name}\n"
-        print("shipped", recipe.ship(summary["best_dir"], cfg["output_model"], text))
+        print("shipped", recipe.ship(summary["best_dir"], cfg["output_model"]))  # its card kept
     return 0
 
 

@@ -33,9 +33,7 @@ def run(args) -> int:
     Path(cfg["run_dir"], "resolved_config.yaml").write_text(yaml.safe_dump(cfg))
     if args.ship:
         best = Path(cfg["run_dir"]) / summary["winner"] / "best"
-        card = Path(cfg["output_model"], "README.md")
-        text = card.read_text() if card.is_file() else "# insurance-minilm-l6-ce\n"
-        print("shipped", recipe.ship(best, cfg["output_model"], text))
+        print("shipped", recipe.ship(best, cfg["output_model"]))  # its card kept
     return 0
 
 

@@ -453,3 +453,21 @@ def test_load_model_says_when_it_starts_from_a_fresh_head(
     with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
         load_model(tiny_model_dir, seed=0)  # a trained head: nothing to say
     assert not [r for r in caplog.records if "newly initialised" in r.getMessage()]
+
+
+@pytest.mark.slow
+def test_ship_writes_fp16_weights_and_keeps_the_card_already_there(tmp_path, tiny_model_dir):
+    from safetensors import safe_open
+
+    from rerank_engine.training import recipe
+
+    out = tmp_path / "my-model"
+    recipe.ship(tiny_model_dir, out)
+    assert (out / "README.md").read_text() == "# my-model\n"  # a new folder: a card with its title
+    (out / "README.md").write_text("# my-model\n\nhow it was trained\n")
+    recipe.ship(tiny_model_dir, out)
+    assert (out / "README.md").read_text() == "# my-model\n\nhow it was trained\n"
+    recipe.ship(tiny_model_dir, out, "# new card\n")
+    assert (out / "README.md").read_text() == "# new card\n"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}  # noqa: SIM118

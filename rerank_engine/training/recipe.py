@@ -133,12 +133,15 @@ def run(cfg: dict, log=_log_info) -> dict:
     return summary
 
 
-def ship(best_dir: str | Path, out: str | Path, card: str) -> Path:
-    """Save the best checkpoint as fp16 safetensors + tokenizer + config + README model card."""
+def ship(best_dir: str | Path, out: str | Path, card: str | None = None) -> Path:
+    """Save the best checkpoint as fp16 safetensors + tokenizer + config + README model card (`card`;
+    None keeps the card already in `out`, or starts one with the folder's name as its title)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = Path(out)
+    if card is None:
+        card = (out / "README.md").read_text() if (out / "README.md").is_file() else f"# {out.name}\n"
     model = AutoModelForSequenceClassification.from_pretrained(str(best_dir), torch_dtype=torch.float32)
     model.half().save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(best_dir)).save_pretrained(out)
