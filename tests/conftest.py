@@ -506,3 +506,19 @@ def start_ray_head():
             shutil.rmtree(temp_dir, ignore_errors=True)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def assert_same_checkpoint():
+    """`check(a, b)`: the `checkpoint.pt` of run folders a and b hold the same data order and weights
+    (what an interrupted, resumed run must end with)."""
+    import torch
+
+    def check(a: Path, b: Path) -> None:
+        one = torch.load(Path(a) / "checkpoint.pt", weights_only=True)
+        two = torch.load(Path(b) / "checkpoint.pt", weights_only=True)
+        assert one["sampler"] == two["sampler"]
+        for name, tensor in one["model"].items():
+            assert torch.equal(tensor, two["model"][name]), name
+
+    return check

@@ -261,9 +261,8 @@ def test_the_teacher_logits_are_computed_once_and_resume_after_an_interruption(
 
 
 @pytest.mark.slow
-def test_an_interrupted_distillation_resumes_exactly(tmp_path, teacher_dir, records):
+def test_an_interrupted_distillation_resumes_exactly(tmp_path, teacher_dir, records, assert_same_checkpoint):
     """Stopped at step 7 and resumed, a run ends with the same weights and losses as one left alone."""
-    import torch
 
     from rerank_engine.training.distill import distill
 
@@ -286,11 +285,7 @@ def test_an_interrupted_distillation_resumes_exactly(tmp_path, teacher_dir, reco
         config, records, tmp_path / "split", teacher=teacher_dir, teacher_cache=cache, progress=False
     )
     assert rest["step"] == 14
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert a["sampler"] == b["sampler"]
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    assert_same_checkpoint(tmp_path / "whole", tmp_path / "split")
     assert rest["last_losses"] == whole["last_losses"][-len(rest["last_losses"]) :]
     with pytest.raises(ValueError, match="another config"):  # the checkpoint is checked against the config
         distill(

@@ -282,10 +282,9 @@ def test_evaluate_reports_the_fused_order(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir):
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, assert_same_checkpoint):
     """Stopped at step 7 and resumed, a run ends with the same weights and losses as one left alone:
     optimizer, schedule, data order and dropout RNG all come back from the checkpoint."""
-    import torch
 
     from rerank_engine.training.finetune import FinetuneConfig, train
 
@@ -305,11 +304,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir):
     whole = train(config, _fused_records(), tmp_path / "whole", base_model=tiny_model_dir, progress=False)
     train(config, _fused_records(), tmp_path / "split", base_model=tiny_model_dir, stop_at=7, progress=False)
     rest = train(config, _fused_records(), tmp_path / "split", base_model=tiny_model_dir, progress=False)
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert a["sampler"] == b["sampler"]
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    assert_same_checkpoint(tmp_path / "whole", tmp_path / "split")
     assert rest["last_losses"] == whole["last_losses"][-len(rest["last_losses"]) :]
 
 
