@@ -22,9 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from rerank_engine import plots, schema
-from rerank_engine.summary import format_summary
+from rerank_engine.summary import REPORT, format_summary
 
-REPORT = "_report.md"
 TREND = "_nightly_trend.md"
 PLOTS = {
     "status": "_report_status.png",

@@ -9,6 +9,7 @@ Light module: the standard library only.
 from __future__ import annotations
 
 NONE = "—"
+REPORT = "_report.md"  # the run report beside an output (rerank_engine.run_report writes it)
 
 
 def _n(value) -> str:
@@ -80,7 +81,7 @@ def format_summary(summary: dict) -> str:
         rows += [
             ("output", summary["output"]),
             ("full summary", f"{out}/{name}"),
-            ("report", f"{out}/_report.md"),
+            ("report", f"{out}/{REPORT}"),
         ]
     width = max(len(label) for label, _ in rows)
     return "\n".join([_title(summary), *(f"  {label:<{width}}  {value}" for label, value in rows)])
