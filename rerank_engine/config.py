@@ -51,6 +51,31 @@ class TokenizerConfig(_Frozen):
         description="an LLM reranker's instruction (Qwen3-Reranker's <Instruct>); None: the model's "
         "default; an error for a model without a prompt",
     )
+    long_passages: Literal["truncate", "chunk_max"] = Field(
+        "truncate",
+        description="a passage longer than what its query leaves of max_length: truncate: scored by its "
+        "first window only; chunk_max: cut into windows, each scored, the passage scored by its best "
+        "window's logit (MaxP); a cross-encoder's setting (an LLM reranker refuses chunk_max)",
+    )
+    stride: int | None = Field(
+        None,
+        ge=1,
+        description="chunk_max: tokens from one window's start to the next (overlap = window − stride; cut "
+        "to the window); null: half the window",
+    )
+
+    @model_validator(mode="after")
+    def _stride_needs_windows(self):
+        if self.stride is not None and self.long_passages != "chunk_max":
+            raise ValueError("stride is the step between windows: set it with long_passages 'chunk_max'")
+        return self
+
+    def scoring_dump(self, **kwargs) -> dict:
+        """`model_dump(**kwargs)` for the keys of caches of scores (the job's score cache, distillation's
+        teacher logits): the long-passage keys are left out where they change nothing (truncate), so the
+        keys of caches written before they existed stay the same."""
+        exclude = {"long_passages", "stride"} if self.long_passages == "truncate" else set()
+        return self.model_dump(exclude=exclude, **kwargs)
 
     def served_by(self, model_max_length: int, model: str | Path) -> TokenizerConfig:
         """These settings for a model of `model_max_length` tokens (its export manifest's max_length):

@@ -5,7 +5,9 @@
     engine.rerank("waiting period?", passages, top_k=5, threshold=0.5)
 
 Three separate steps: tokenize (CPU, returns ids and true lengths) → forward (device, padded arrays only)
-→ post-process (fp32 sigmoid). `score_tokenized` joins them with the batch plan.
+→ post-process (fp32 sigmoid). `score_tokenized` joins them with the batch plan; with
+`tokenizer.long_passages: chunk_max` the rows are windows of the passages, batched like any pair, and it
+gives each passage its best window's logit (`windows.best_of_windows`) before the sigmoid.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency,
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
 from rerank_engine.manifest import Manifest, Variant, read_manifest
-from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, pad_token_id
+from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, check_long_passages, pad_token_id
 from rerank_engine.validation import check_pairs
+from rerank_engine.windows import best_of_windows
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,14 @@ CPU = "CPUExecutionProvider"
 
 @dataclass(frozen=True)
 class ScoreResult:
-    logits: np.ndarray  # float32, relevance logit (two-logit models: logit[1] - logit[0])
+    """One logit and score per (query, passage); the batch figures count rows (windows with chunk_max)."""
+
+    logits: np.ndarray  # float32, relevance logit (two-logit models: logit[1] - logit[0]); chunk_max: MaxP
     scores: np.ndarray  # float32, sigmoid(logits) = probability of relevance
     n_batches: int
     padding_efficiency: float
     real_tokens: int
+    windows_scored: int  # rows forwarded: one per pair, or with chunk_max one per window
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class CrossEncoderEngine:
         tokenizer = config.tokenizer.served_by(self.manifest.max_length, config.model_dir)
         if tokenizer is not config.tokenizer:
             self.config = config = config.model_copy(update={"tokenizer": tokenizer})
+        check_long_passages(config.tokenizer, self.manifest.prompt, config.model_dir)
         self._tokenizer: PairTokenizer | None = None
         pad = pad_token_id(config.model_dir)
         if self.manifest.prompt is not None:  # an LLM reranker's graph pools at the last non-pad token
@@ -223,12 +230,15 @@ class CrossEncoderEngine:
             filled[batch.indices] += 1
         if not np.all(filled == 1):
             raise RuntimeError(f"scoring lost or repeated pairs: {np.flatnonzero(filled != 1)[:5].tolist()}")
+        if pairs.windows is not None:  # chunk_max: each passage's logit is its best window's
+            logits = best_of_windows(logits, pairs.windows)
         return ScoreResult(
             logits=logits,
             scores=self.postprocess(logits),
             n_batches=len(plan),
             padding_efficiency=padding_efficiency(pairs.lengths, plan),
             real_tokens=int(pairs.lengths.sum()),
+            windows_scored=len(pairs),
         )
 
     def _forward_rows(self, pairs: TokenizedPairs, indices: np.ndarray, padded_length: int) -> np.ndarray:

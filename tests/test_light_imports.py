@@ -15,6 +15,7 @@ LIGHT = [
     "rerank_engine.ray_metrics",
     "rerank_engine.errors",
     "rerank_engine.batching",
+    "rerank_engine.windows",
     "rerank_engine.validation",
     "rerank_engine.manifest",
     "rerank_engine.metrics",

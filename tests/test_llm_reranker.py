@@ -308,3 +308,13 @@ def test_a_max_length_too_short_for_the_prompt_is_refused(qwen3_export):
 def test_an_instruction_for_a_cross_encoder_is_refused(tiny_model_dir):
     with pytest.raises(ConfigError, match=r"tokenizer\.instruction is set, but .* is not an LLM reranker"):
         PairTokenizer(tiny_model_dir, TokenizerConfig(instruction="Find the answer"))
+
+
+def test_chunk_max_is_refused_for_an_llm_reranker(qwen3_export):
+    """An LLM reranker's prompt cuts the passage's tail at max_length; windows of it are not served: the
+    tokenizer and the engine refuse chunk_max by name, and point to max_length."""
+    config = TokenizerConfig(max_length=512, long_passages="chunk_max")
+    with pytest.raises(ConfigError, match=r"long_passages 'chunk_max' is for cross-encoders.*max_length"):
+        PairTokenizer(qwen3_export, config)
+    with pytest.raises(ConfigError, match=r"qwen3-reranker prompt"):
+        CrossEncoderEngine(EngineConfig.build(model_dir=qwen3_export, precision="fp32", tokenizer=config))

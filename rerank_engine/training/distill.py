@@ -162,7 +162,7 @@ def _cache_key(
 ) -> str:
     digest = hashlib.sha256()
     head = {"v": TEACHER_CACHE_VERSION, "teacher": teacher_hash, "n": len(queries), "chunk": chunk}
-    digest.update(json.dumps({**head, **tok.model_dump()}, sort_keys=True).encode())
+    digest.update(json.dumps({**head, **tok.scoring_dump()}, sort_keys=True).encode())
     for q, p in zip(queries, passages, strict=True):
         digest.update(q.encode() + b"\0" + p.encode() + b"\1")
     return digest.hexdigest()
@@ -200,7 +200,7 @@ def teacher_logits(
         log(f"teacher logits of {len(queries)} pairs: cached in {folder}")
         return np.load(final)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"teacher": str(teacher_dir), "key": key, "pairs": len(queries), **tokenization.model_dump()}
+    meta = {"teacher": str(teacher_dir), "key": key, "pairs": len(queries), **tokenization.scoring_dump()}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     parts = [folder / f"part-{i:05d}.npy" for i in range((len(queries) + chunk_pairs - 1) // chunk_pairs)]
     missing = [i for i, part in enumerate(parts) if not part.is_file()]
