@@ -104,15 +104,21 @@ class Fusion:
         )
 
 
-def calibrated_max_length(model_dir: str | Path, fusion: Fusion | None = None) -> int | None:
-    """The max_length the score in use was calibrated at: the fusion's record where the score is fused,
-    else the model's `threshold.json`; None where neither records one."""
+def calibration_settings(model_dir: str | Path, fusion: Fusion | None = None) -> dict | None:
+    """The settings the score in use was calibrated with (`jobs.calibrate`'s record): the fusion's where
+    the score is fused, else the model's `threshold.json`'s; None where there is no calibration."""
     if fusion is not None:
-        return fusion.calibration.get("settings", {}).get("max_length")
+        return fusion.calibration.get("settings", {})
     path = Path(model_dir) / "threshold.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("calibration", {}).get("settings", {}).get("max_length")
+    return json.loads(path.read_text()).get("calibration", {}).get("settings", {})
+
+
+def calibrated_max_length(model_dir: str | Path, fusion: Fusion | None = None) -> int | None:
+    """The max_length the score in use was calibrated at (`calibration_settings`); None where no
+    calibration records one."""
+    return (calibration_settings(model_dir, fusion) or {}).get("max_length")
 
 
 def logit_of(probabilities) -> np.ndarray:

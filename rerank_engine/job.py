@@ -31,7 +31,7 @@ from rerank_engine.errors import (
     ScaleMismatchError,
 )
 from rerank_engine.files import check_output_apart, resolve_files
-from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
+from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length, calibration_settings
 from rerank_engine.inputs import check_corpus, check_index
 from rerank_engine.run_report import QueryFigures, write_report
 
@@ -177,6 +177,29 @@ def serve_at_calibrated_length(config: JobConfig, calibrated: int | None, source
             calibrated,
         )
     return config
+
+
+def warn_long_passages_differ(config: JobConfig, calibrated: dict | None, source: str) -> None:
+    """A warning where the score was calibrated (settings `calibrated`, recorded in `source`) reading long
+    passages otherwise than the job will: chunk_max's best window scores higher than a truncated
+    passage's first, so the threshold and fusion weights fitted on one do not fit the other."""
+    if calibrated is None:
+        return
+    served = {"long_passages": config.tokenizer.long_passages, "stride": config.tokenizer.stride}
+    fitted = {
+        "long_passages": calibrated.get("long_passages", "truncate"),
+        "stride": calibrated.get("stride"),
+    }
+    if served != fitted:
+        log.warning(
+            "tokenizer.long_passages %s (stride %s), but %s was calibrated with %s (stride %s): its weights "
+            "and threshold may not fit (recalibrate with jobs.calibrate --long-passages)",
+            served["long_passages"],
+            served["stride"],
+            source,
+            fitted["long_passages"],
+            fitted["stride"],
+        )
 
 
 # -- running --------------------------------------------------------------------------------------------
@@ -329,11 +352,14 @@ def run_job(
         threshold, threshold_source = fusion.threshold, str(Path(config.model) / FUSION_FILE)
     else:
         threshold, threshold_source = DEFAULT_THRESHOLD, "default"
+    calibrated_in = str(Path(config.model) / (FUSION_FILE if fusion is not None else THRESHOLD_FILE))
     config = serve_at_calibrated_length(  # whatever the threshold's source: the fusion weights too
-        config,
-        calibrated_max_length(config.model, fusion),
-        str(Path(config.model) / (FUSION_FILE if fusion is not None else THRESHOLD_FILE)),
+        config, calibrated_max_length(config.model, fusion), calibrated_in
     )
+    warn_long_passages_differ(config, calibration_settings(config.model, fusion), calibrated_in)
+    from rerank_engine.tokenization import check_long_passages
+
+    check_long_passages(config.tokenizer, manifest.prompt, config.model)  # before any actor starts
     config = config.model_copy(
         update={"tokenizer": config.tokenizer.served_by(manifest.max_length, config.model)}
     )
@@ -344,8 +370,9 @@ def run_job(
         from rerank_engine.score_cache import ScoreCache, namespace
 
         precision = config.precision if config.precision != "auto" else auto_precision(gpu=bool(gpus))
-        # exclude_none: an unset instruction leaves the namespaces of caches written before it existed
-        tokenizer = config.tokenizer.model_dump(exclude_none=True)
+        # exclude_none (and scoring_dump's truncate): an unset instruction, and truncated long passages,
+        # leave the namespaces of caches written before those keys existed
+        tokenizer = config.tokenizer.scoring_dump(exclude_none=True)
         cache = ScoreCache(config.score_cache, namespace(manifest.model_id, precision, tokenizer))
     staging = out / f"_staging-{run_id}"
     inp = PipelineInputs(
@@ -425,6 +452,7 @@ def run_job(
         summary["pairs_scored"] = int(pa.compute.sum(results.column("n_candidates")).as_py() or 0) - int(
             pa.compute.sum(results.column("n_cached")).as_py() or 0
         )
+        summary["windows_scored"] = int(pa.compute.sum(results.column("windows_scored")).as_py() or 0)
     summary.update(
         run_id=run_id,
         input=input,
@@ -433,6 +461,8 @@ def run_job(
         threshold=threshold,
         threshold_source=threshold_source,
         max_length=config.tokenizer.max_length,
+        long_passages=config.tokenizer.long_passages,
+        stride=config.tokenizer.stride,
         fusion=fusion.weights() if fusion is not None else None,
         reranker_model=manifest.model_id,
         recall_model=recall_model,
@@ -488,6 +518,7 @@ SUMMARY_COLUMNS = (
     "provider",
     "n_cached",
     "n_unknown",
+    "windows_scored",
 )
 
 
@@ -512,6 +543,8 @@ def summarize(table: pa.Table | None, config: JobConfig, *, pipeline_s: float, w
         "pairs_per_s": round(pairs / pipeline_s, 1) if pipeline_s else None,
         "pairs_cached": cached,  # taken from the score cache instead of scored
         "pairs_scored": pairs - cached,
+        # (query, window) rows the cross-encoder ran: pairs_scored, or with chunk_max their windows
+        "windows_scored": int(pa.compute.sum(table.column("windows_scored")).as_py() or 0),
         "candidates_unknown": int(pa.compute.sum(table.column("n_unknown")).as_py() or 0),
         "kept": int(pa.compute.sum(table.column("n_kept")).as_py() or 0),
         "passages_below_threshold": int(

@@ -335,6 +335,7 @@ SUMMED = (  # run summary counts that add up over chunks
     "pairs",
     "pairs_cached",
     "pairs_scored",
+    "windows_scored",
     "candidates_unknown",
     "kept",
     "passages_below_threshold",

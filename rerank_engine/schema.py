@@ -55,6 +55,8 @@ OUTPUT_FIELDS = [
     pa.field("n_padded_tokens", pa.float64()),  # its share of the padded tokens of its batches
     pa.field("provider", pa.string()),  # onnxruntime provider that scored it
     pa.field("n_cached", pa.int32()),  # candidates whose score came from the score cache
+    # (query, window) rows scored for this query: one per scored candidate, or with chunk_max its windows
+    pa.field("windows_scored", pa.int32()),
     pa.field("n_unknown", pa.int32()),  # candidates dropped: their doc id is not in the corpus
 ]
 

@@ -33,6 +33,7 @@ N_UNKNOWN, IDS_FLAT, TYPES_FLAT, LENGTHS = (
     schema.WORK_PREFIX + n for n in ("n_unknown", "ids_flat", "types_flat", "lengths")
 )
 CACHED_LOGITS, PAIR_KEYS, LOGITS = (schema.WORK_PREFIX + n for n in ("cached_logits", "pair_keys", "logits"))
+WINDOWS = schema.WORK_PREFIX + "windows"  # per pair to score: its rows in IDS_FLAT / LENGTHS (chunk_max)
 
 
 def _table(batch) -> pa.Table:
@@ -293,7 +294,9 @@ def load_corpus(path: str, config: JobConfig) -> dict[str, str]:
 
 
 class TokenizeStage:
-    """Join passage text and tokenize every (query, candidate) pair: `IDS_FLAT`, `TYPES_FLAT`, `LENGTHS`.
+    """Join passage text and tokenize every (query, candidate) pair: `IDS_FLAT`, `TYPES_FLAT`, `LENGTHS`,
+    and `WINDOWS`, the rows each pair got (1 each, or with `tokenizer.long_passages: chunk_max` the
+    windows of its passage, each a row of its own in `LENGTHS`).
 
     Candidates absent from the corpus are dropped (counted in `N_UNKNOWN`); a query left with none
     gets status `unknown_candidates`. With a score cache, pairs scored on earlier runs are not tokenized:
@@ -356,7 +359,9 @@ class TokenizeStage:
         else:
             counts_todo = counts
         pairs = self.tokenizer(flat_q, flat_p)
-        starts = np.cumsum([0, *counts_todo])
+        windows = pairs.windows if pairs.windows is not None else np.ones(len(flat_p), np.int64)
+        first_row = np.cumsum([0, *windows])  # each pair's first row (window) in `pairs`
+        starts = first_row[np.cumsum([0, *counts_todo])]  # each query's first row
         ids_rows, types_rows, len_rows = [], [], []
         for i in range(len(counts_todo)):
             sl = slice(starts[i], starts[i + 1])
@@ -381,6 +386,7 @@ class TokenizeStage:
             ids_flat=pa.array(ids_rows, pa.list_(pa.int32())),
             types_flat=pa.array(types_rows, pa.list_(pa.int8())),
             lengths=pa.array(len_rows, pa.list_(pa.int32())),
+            windows=pa.array(_split(windows.astype(np.int32), np.asarray(counts_todo)), pa.list_(pa.int32())),
             cached_logits=pa.array(_split(cached, np.asarray(counts)), pa.list_(pa.float32())),
             pair_keys=(
                 _key_lists(keys, counts_todo)
@@ -394,7 +400,9 @@ class TokenizeStage:
 
 
 class RerankStage:
-    """Score every pair of the batch with the engine (bucketed across the whole batch): `LOGITS`.
+    """Score every pair of the batch with the engine (bucketed across the whole batch): `LOGITS`, one per
+    candidate. With `WINDOWS` (chunk_max) the rows are windows, and a candidate's logit is its best
+    window's (the engine's rule); `windows_scored` counts the rows scored per query.
 
     Pairs the tokenize stage found in the score cache keep their cached logit (`n_cached` counts them);
     the newly scored ones are added to the cache."""
@@ -436,11 +444,16 @@ class RerankStage:
         require_columns(batch, [IDS_FLAT, TYPES_FLAT, LENGTHS], "rerank")
         flat_ids, _ = _list_values(batch.column(IDS_FLAT))
         flat_types, _ = _list_values(batch.column(TYPES_FLAT))
-        lengths, per_row = _list_values(batch.column(LENGTHS))
+        lengths, windows_per_row = _list_values(batch.column(LENGTHS))  # one length per row (window)
+        windows, per_row = None, windows_per_row  # per_row: pairs per query
+        if WINDOWS in batch.column_names:
+            windows, per_row = _list_values(batch.column(WINDOWS))
+            windows = windows.astype(np.int64)
         pairs = TokenizedPairs(
             input_ids=[x.astype(np.int64) for x in _split(flat_ids, lengths)],
             token_type_ids=[x.astype(np.int64) for x in _split(flat_types, lengths)],
             lengths=lengths.astype(np.int64),
+            windows=windows,
         )
         logits = np.zeros(0, np.float32)
         padded_share = np.zeros(len(per_row))
@@ -448,8 +461,8 @@ class RerankStage:
         if len(pairs):
             result = self.engine.score_tokenized(pairs)
             logits = result.logits
-            row_of_pair = np.repeat(np.arange(len(per_row)), per_row)
-            real = np.bincount(row_of_pair, weights=lengths, minlength=len(per_row)).astype(np.int64)
+            query_of_row = np.repeat(np.arange(len(per_row)), windows_per_row)
+            real = np.bincount(query_of_row, weights=lengths, minlength=len(per_row)).astype(np.int64)
             padded_share = real / result.padding_efficiency
         n_cached = np.zeros(len(per_row), dtype=np.int32)
         if CACHED_LOGITS in batch.column_names:
@@ -467,6 +480,7 @@ class RerankStage:
         return _with(
             _with_work(batch, logits=pa.array(_split(logits, per_row), pa.list_(pa.float32()))),
             n_cached=pa.array(n_cached, pa.int32()),
+            windows_scored=pa.array(windows_per_row.astype(np.int32), pa.int32()),
             n_tokens=pa.array(real, pa.int64()),
             n_padded_tokens=pa.array(padded_share, pa.float64()),
             provider=pa.array([provider] * len(per_row), pa.string()),

@@ -27,6 +27,14 @@ def _pairs_per_s(s: dict) -> str:
     return NONE if rate is None else f"{rate:,.1f}"
 
 
+def _windows(s: dict) -> str:
+    """(query, window) rows scored, and how the long passages were read (chunk_max: its stride)."""
+    how = s.get("long_passages")
+    if how == "chunk_max":
+        how += f", stride {s['stride']}" if s.get("stride") else ", stride half the window"
+    return _n(s.get("windows_scored")) + (f" ({how})" if how else "")
+
+
 def _rows(s: dict) -> list[tuple[str, str]]:
     queries = s.get("queries")
     errors = s.get("errors") or {}
@@ -39,6 +47,7 @@ def _rows(s: dict) -> list[tuple[str, str]]:
         ("distinct queries", _n(s.get("distinct_queries")) + _share(s.get("distinct_queries"), queries)),
         ("pairs", _n(s.get("pairs"))),
         ("pairs scored / cached", f"{_n(s.get('pairs_scored'))} / {_n(s.get('pairs_cached'))}"),
+        ("windows scored", _windows(s)),
         ("pairs/s", _pairs_per_s(s)),
         ("padding efficiency", NONE if padding is None else f"{padding:.1%}"),
         ("passages kept", _n(s.get("kept"))),
