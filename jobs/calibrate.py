@@ -53,6 +53,8 @@ def calibrate(
     target_precision: float | None = None,
     precision: str = "fp32",
     max_length: int = 256,
+    long_passages: str = "truncate",
+    stride: int | None = None,
     plots_dir: str | Path | None = None,
     cache_dir: str | Path = ".cache/scores",
     force: bool = False,
@@ -85,6 +87,8 @@ def calibrate(
         "recall_model": recall_model or recall[0].model_id,
         "precision": precision,
         "max_length": max_length,
+        # truncate adds nothing: the records written before chunk_max existed stay up to date
+        **evaluation.long_passage_settings(long_passages, stride),
         "target_precision": target_precision,
     }
     path = model / THRESHOLD_FILE
@@ -110,7 +114,16 @@ def calibrate(
         raise ValueError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
     candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)
     _, _, sc = evaluation.score_cascade(
-        model, questions, candidates, answers, cache_dir, precision=precision, max_length=max_length, log=log
+        model,
+        questions,
+        candidates,
+        answers,
+        cache_dir,
+        precision=precision,
+        max_length=max_length,
+        long_passages=long_passages,
+        stride=stride,
+        log=log,
     )
     fit_fusion(sc, cosines, model / FUSION_FILE, settings, k_rerank, log=log)
     scored = sc.scored_queries(k_rerank)
@@ -205,6 +218,13 @@ def main(argv=None, prog: str = "python -m jobs.calibrate") -> int:
         default=256,
         help="tokens per pair scored; the job then serves at this length (the shipped model: 128)",
     )
+    p.add_argument(
+        "--long-passages",
+        default="truncate",
+        choices=["truncate", "chunk_max"],
+        help="how passages longer than the window are scored (tokenizer.long_passages; recorded)",
+    )
+    p.add_argument("--stride", type=int, default=None, help="chunk_max: tokens between window starts")
     p.add_argument("--plots", default=None, help="plot folder (reports/calibration/<model folder name>)")
     p.add_argument("--embeddings-cache", default=".cache/embeddings")
     p.add_argument("--cache-dir", default=".cache/scores")
@@ -231,6 +251,8 @@ def run(args) -> int:
         target_precision=args.target_precision,
         precision=args.precision,
         max_length=args.max_length,
+        long_passages=args.long_passages,
+        stride=args.stride,
         plots_dir=args.plots or Path("reports/calibration") / Path(args.model).name,
         cache_dir=args.cache_dir,
         force=args.force,

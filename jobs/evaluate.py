@@ -52,6 +52,13 @@ def main(argv=None, prog: str = "python -m jobs.evaluate") -> int:
         default=None,
         help="tokens per pair (default: what the first model's threshold was calibrated at, else 256)",
     )
+    p.add_argument(
+        "--long-passages",
+        default="truncate",
+        choices=["truncate", "chunk_max"],
+        help="how passages longer than the window are scored, as the job's tokenizer.long_passages",
+    )
+    p.add_argument("--stride", type=int, default=None, help="chunk_max: tokens between window starts")
     p.add_argument("--out", default="reports/insuranceqa")
     args = p.parse_args(argv)
     return cli.run_main("evaluate", args, lambda: evaluate(args))
@@ -85,10 +92,13 @@ def evaluate(args) -> int:
             args.scores_cache,
             precision=args.precision,
             max_length=args.max_length,
+            long_passages=args.long_passages,
+            stride=args.stride,
         )
         scorers[model_id], scored[model_id] = score, sc
     first_model, first_id = args.models[0], next(iter(scored))
-    fusion = model_fusion(Path(first_model), first_id, args.max_length, recall[0].model_id)
+    windows = evaluation.long_passage_settings(args.long_passages, args.stride)
+    fusion = model_fusion(Path(first_model), first_id, args.max_length, recall[0].model_id, windows)
     fused = evaluation.fused_cascade(scored[first_id], fusion, cosines) if fusion else None
     bm25 = BM25([answers[d] for d in answer_ids()])
     rows = scored if fused is None else {**scored, f"{first_id} + recall fusion": fused}
@@ -103,7 +113,7 @@ def evaluate(args) -> int:
             fusions={first_id: fusion} if fusion else None,
         )
 
-    threshold = _calibrated(Path(first_model), first_id, args.max_length)
+    threshold = _calibrated(Path(first_model), first_id, args.max_length, windows)
     if threshold is not None:
         results["threshold"] = evaluation.threshold_comparison(scored[first_id], threshold.value, K)
         results["threshold"]["_info"]["calibration"] = threshold.calibration.get("settings", {})
@@ -148,15 +158,26 @@ def evaluate(args) -> int:
     return 0
 
 
-def _check_length(path: Path, settings: dict, max_length: int) -> None:
+def _check_length(path: Path, settings: dict, max_length: int, windows: dict | None = None) -> None:
+    """The calibration in `path` scored as this evaluation does: at `max_length`, and reading long
+    passages by `windows` (`evaluation.long_passage_settings`; empty: truncate)."""
     if settings.get("max_length", 256) != max_length:
         raise ValueError(
             f"{path} was calibrated at max_length {settings.get('max_length', 256)}; this evaluation "
             f"scores at {max_length} (recalibrate, or pass --max-length {settings.get('max_length', 256)})"
         )
+    calibrated = {k: settings[k] for k in ("long_passages", "stride") if k in settings}
+    if calibrated != (windows or {}):
+        raise ValueError(
+            f"{path} was calibrated reading long passages by {calibrated or 'truncate'}; this evaluation "
+            f"reads them by {windows or 'truncate'} (recalibrate with jobs.calibrate --long-passages, or "
+            "pass the calibration's --long-passages and --stride)"
+        )
 
 
-def _calibrated(model_dir: Path, model_id: str, max_length: int) -> Threshold | None:
+def _calibrated(
+    model_dir: Path, model_id: str, max_length: int, windows: dict | None = None
+) -> Threshold | None:
     """The model's calibrated threshold, checked against the model; None where it has none."""
     path = model_dir / "threshold.json"
     if not path.is_file():
@@ -164,11 +185,13 @@ def _calibrated(model_dir: Path, model_id: str, max_length: int) -> Threshold | 
         return None
     threshold = Threshold.load(path)
     threshold.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
-    _check_length(path, threshold.calibration.get("settings", {}), max_length)
+    _check_length(path, threshold.calibration.get("settings", {}), max_length, windows)
     return threshold
 
 
-def model_fusion(model_dir: Path, model_id: str, max_length: int, recall_model: str) -> Fusion | None:
+def model_fusion(
+    model_dir: Path, model_id: str, max_length: int, recall_model: str, windows: dict | None = None
+) -> Fusion | None:
     """The model's score fusion (`fusion.json`), checked like the threshold and against the bi-encoder
     whose cosines it fuses; None where it has none."""
     path = model_dir / FUSION_FILE
@@ -176,7 +199,7 @@ def model_fusion(model_dir: Path, model_id: str, max_length: int, recall_model: 
         return None
     fusion = Fusion.load(path)
     fusion.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
-    _check_length(path, fusion.calibration.get("settings", {}), max_length)
+    _check_length(path, fusion.calibration.get("settings", {}), max_length, windows)
     if fusion.recall_model != recall_model:
         raise ValueError(f"{path} was fitted on {fusion.recall_model}'s cosines, not {recall_model}'s")
     return fusion
@@ -370,6 +393,11 @@ def _argv(args) -> list[str]:
     if args.queries is not None:
         parts += ["--queries", str(args.queries)]
     parts += ["--pool-queries", str(args.pool_queries), "--max-length", str(args.max_length)]
+    windows = evaluation.long_passage_settings(
+        getattr(args, "long_passages", "truncate"), getattr(args, "stride", None)
+    )
+    for key, value in windows.items():
+        parts += [f"--{key.replace('_', '-')}", str(value)]
     if args.classic_queries is not None:
         parts += ["--classic-queries", str(args.classic_queries)]
     if args.no_classic_ir:

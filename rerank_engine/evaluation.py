@@ -37,10 +37,27 @@ def _order(scores: np.ndarray, ids: Sequence[str]) -> list[str]:
     return [ids[i] for i in np.lexsort((np.asarray(ids), -np.asarray(scores)))]
 
 
+def long_passage_settings(long_passages: str = "truncate", stride: int | None = None) -> dict:
+    """The tokenizer keys of how long passages are read, as the job's config takes them (`tokenizer.`
+    `long_passages`, `stride`); empty for truncate, the default, so that what is keyed by them (cached
+    scores, calibration records) stays as it was before chunk_max existed."""
+    if long_passages == "truncate" and stride is None:
+        return {}
+    return {"long_passages": long_passages, **({"stride": stride} if stride is not None else {})}
+
+
 def engine_scorer(
-    model: str | Path, threads: int = 2, precision: str = "fp32", max_length: int = 256
+    model: str | Path,
+    threads: int = 2,
+    precision: str = "fp32",
+    max_length: int = 256,
+    *,
+    long_passages: str = "truncate",
+    stride: int | None = None,
 ) -> tuple[str, Callable]:
-    """(model id, score(queries, passages) -> probabilities) on the CPU default (fp32 ONNX)."""
+    """(model id, score(queries, passages) -> probabilities) on the CPU default (fp32 ONNX), reading
+    long passages as the job would with the same `tokenizer.long_passages` and `stride` (chunk_max: each
+    passage scored by its best window, in the engine)."""
     from rerank_engine.config import EngineConfig
     from rerank_engine.engine import CrossEncoderEngine
     from rerank_engine.exporting import resolve_export
@@ -50,7 +67,7 @@ def engine_scorer(
             model_dir=resolve_export(model, [precision]),
             precision=precision,
             intra_op_threads=threads,
-            tokenizer={"max_length": max_length},
+            tokenizer={"max_length": max_length, **long_passage_settings(long_passages, stride)},
         )
     )
     return engine.model_id, lambda q, p: engine.score(q, p).scores
@@ -330,14 +347,20 @@ def scored_cascade_cached(
     *,
     precision: str,
     max_length: int,
+    long_passages: str = "truncate",
+    stride: int | None = None,
 ) -> ScoredCascade:
-    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the precision and max_length it was
-    scored at, the question ids and the candidates (any of them changed misses the cache)."""
+    """`ScoredCascade.build`, cached under `cache_dir` by the model id, the precision, max_length and
+    long-passage settings it was scored at, the question ids and the candidates (any of them changed
+    misses the cache)."""
     import hashlib
 
     what = [model_id, precision, [q.qid for q in questions], [list(c) for c in candidates]]
     if max_length != 256:  # keys written before max_length was a setting scored at 256
         what.insert(2, max_length)
+    windows = long_passage_settings(long_passages, stride)
+    if windows:  # keys written before chunk_max existed truncated
+        what.insert(2, windows)
     key = json.dumps(what)
     path = Path(cache_dir) / f"scores-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.is_file():
@@ -357,11 +380,14 @@ def score_cascade(
     *,
     precision: str,
     max_length: int,
+    long_passages: str = "truncate",
+    stride: int | None = None,
     log=_log_info,
 ) -> tuple[str, Callable, ScoredCascade]:
-    """(model id, its scorer, its cached `ScoredCascade`): the engine at `precision` and `max_length`, and
-    the scores cached under exactly those settings."""
-    model_id, score = engine_scorer(model, precision=precision, max_length=max_length)
+    """(model id, its scorer, its cached `ScoredCascade`): the engine at `precision`, `max_length` and
+    the long-passage settings, and the scores cached under exactly those settings."""
+    windows = {"long_passages": long_passages, "stride": stride}
+    model_id, score = engine_scorer(model, precision=precision, max_length=max_length, **windows)
     sc = scored_cascade_cached(
         model_id,
         score,
@@ -372,6 +398,7 @@ def score_cascade(
         log=log,
         precision=precision,
         max_length=max_length,
+        **windows,
     )
     return model_id, score, sc
 
