@@ -243,6 +243,64 @@ def test_logged_candidates_cpu_actors_and_no_relevant(data, tiny_export):
     assert rows["c"]["status"] == "no_candidates"
 
 
+def test_chunk_max_one_row_per_passage_and_windows_in_the_summary(ray_head, tiny_export, tmp_path):
+    """long_passages chunk_max on a real local Ray: passages of many windows at max_length 32, logged
+    candidates, one query repeated (scored once, fanned out). Read back: one result per candidate
+    passage, its score the chunk_max engine's (its best window), and the windows the engine's tokenizer
+    cuts counted per row and, once per distinct query, in the run summary."""
+    from rerank_engine.config import EngineConfig
+    from rerank_engine.engine import CrossEncoderEngine
+
+    rng = np.random.default_rng(7)
+    docs = {f"long-{i}": " ".join(rng.choice(PASSAGES, size=i + 1).tolist()) for i in range(6)}
+    pq.write_table(pa.table({"doc_id": list(docs), "text": list(docs.values())}), tmp_path / "corpus.parquet")
+    cands = [list(docs), ["long-5", "long-0", "long-2"], list(docs)]
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": ["a", "b", "a-again"],
+                "query": [QUERIES[0], QUERIES[1], QUERIES[0]],
+                "candidates": pa.array(cands, pa.list_(pa.string())),
+            }
+        ),
+        tmp_path / "logged.parquet",
+    )
+    tokenizer = {"max_length": 32, "long_passages": "chunk_max", "stride": 8}
+    summary = _run(
+        {
+            "model": str(tiny_export),
+            "precision": "fp32",
+            "k_recall": 6,
+            "k_rerank": 6,
+            "threshold": 0.0,
+            "resources.rerank_gpus": 0,
+            **{f"tokenizer.{k}": v for k, v in tokenizer.items()},
+        },
+        tmp_path,
+        tmp_path / "out",
+        input=str(tmp_path / "logged.parquet"),
+    )
+    engine = CrossEncoderEngine(
+        EngineConfig.build(model_dir=tiny_export, precision="fp32", tokenizer=tokenizer)
+    )
+    rows = {r["query_id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    windows = {}
+    for qid, query, ids in zip(
+        ["a", "b", "a-again"], [QUERIES[0], QUERIES[1], QUERIES[0]], cands, strict=True
+    ):
+        result = engine.score([query] * len(ids), [docs[d] for d in ids])
+        windows[qid] = int(engine.tokenize([query] * len(ids), [docs[d] for d in ids]).windows.sum())
+        got = {r["doc_id"]: r["logit"] for r in rows[qid]["results"]}
+        assert sorted(got) == sorted(ids) and rows[qid]["n_candidates"] == len(ids)  # one row per passage
+        np.testing.assert_allclose([got[d] for d in ids], result.logits, atol=1e-5)
+        assert rows[qid]["windows_scored"] == windows[qid] == result.windows_scored > len(ids)
+    assert summary["long_passages"] == "chunk_max" and summary["stride"] == 8 and summary["max_length"] == 32
+    assert summary["distinct_queries"] == 2 and summary["pairs_scored"] == 6 + 3
+    assert summary["windows_scored"] == windows["a"] + windows["b"]  # the repeat was scored once
+    saved = json.loads((tmp_path / "out" / "_run_summary.json").read_text())
+    assert saved["windows_scored"] == summary["windows_scored"]
+
+
 def test_ray_job_submit_round_trip(data, tiny_export, ray_head):
     root, _ = data
     out = root / "out-submitted"
