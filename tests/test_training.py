@@ -388,6 +388,35 @@ def test_trained_models_are_scored_on_the_comparison_sets_and_kept(tmp_path, tin
     assert again[1]["name"] == "read back"
 
 
+def test_trained_model_rows_refuse_a_folder_without_a_trained_head(tmp_path, bundled_tokenizer):
+    """A model folder handed to `compare_recipes --models` is scored as it is: one without a trained
+    head is refused by name instead of being scored with a head drawn at random."""
+    from transformers import BertConfig, BertModel
+
+    from rerank_engine.errors import ModelFormatError
+    from rerank_engine.training import comparison
+    from rerank_engine.training.finetune import EvalSet
+
+    config = BertConfig(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "bare")
+    bundled_tokenizer.save_pretrained(tmp_path / "bare")
+    evalset = EvalSet(
+        queries=["q"],
+        candidates=[["a", "b"]],
+        candidate_ids=[["d0", "d1"]],
+        relevant=[{"d0"}],
+        recall_scores=[[0.5, 0.4]],
+    )
+    with pytest.raises(ModelFormatError, match=r"no trained classification head.*classifier.weight"):
+        comparison.trained_model_rows(
+            {"cascade": evalset}, {"bare": str(tmp_path / "bare")}, tmp_path / "run", 32
+        )
+    assert not (tmp_path / "run" / "models").exists()
+
+
 def comparison_model(folder):
     from rerank_engine.training.finetune import load_model
 
