@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -435,6 +436,7 @@ def run_job(
         recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
         ray_gpus_for_rerank=gpus,
         ray_version=ray.__version__,
+        driver_peak_rss_mb=driver_peak_rss_mb(),
         top_score_median=figures.median_top_score(),
         stage_s={
             "input checks": round(checked - started, 2),
@@ -451,6 +453,16 @@ def run_job(
 
     ray_metrics.record(summary)
     return summary
+
+
+def driver_peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (the driver's; Ray's workers are apart), in MB."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, else KiB
 
 
 # Per-query output columns that summarize() and the run report read (beside the query id).
