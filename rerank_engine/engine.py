@@ -60,6 +60,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def relevance_logits(out):
+    """A cross-encoder's raw output [rows, num_labels] → one relevance logit a row: the logit of a one-logit
+    head, l1 − l0 of a two-logit one (softmax[:, 1] == sigmoid(l1 − l0)). numpy arrays and torch tensors."""
+    return out[:, 1] - out[:, 0] if out.shape[1] == 2 else out[:, 0]
+
+
 _OOM_MARKERS = ("out of memory", "failed to allocate", "bad_alloc", "bad allocation")
 
 
@@ -188,10 +194,7 @@ class CrossEncoderEngine:
             feed["token_type_ids"] = (
                 token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
             )
-        out = np.asarray(self.run_graph(feed), dtype=np.float32)
-        if self.manifest.num_labels == 2:  # softmax[:, 1] == sigmoid(l1 - l0)
-            return out[:, 1] - out[:, 0]
-        return out[:, 0]
+        return relevance_logits(np.asarray(self.run_graph(feed), dtype=np.float32))
 
     def run_graph(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's raw output [rows, num_labels] for one padded batch."""

@@ -700,10 +700,9 @@ class ProbeSet:
 
 
 def _relevance(logits: np.ndarray) -> np.ndarray:
-    from rerank_engine.engine import sigmoid
+    from rerank_engine.engine import relevance_logits, sigmoid
 
-    rel = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
-    return sigmoid(rel)
+    return sigmoid(relevance_logits(logits))
 
 
 def auto_precision(gpu: bool) -> str:
