@@ -69,6 +69,7 @@ def embed_corpus(
     holds this corpus file's embeddings by this model at this max_length (returns the meta with
     `"cached": true`). Written to a staging folder and renamed into place when complete."""
     from rerank_engine.job import ensure_ray
+    from rerank_engine.pipeline import cluster_gpus
     from rerank_engine.recall import BiEncoder
 
     cols = columns or ColumnsConfig()
@@ -84,7 +85,7 @@ def embed_corpus(
     ray = ensure_ray()
     from ray.data import ActorPoolStrategy
 
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = cluster_gpus()
     read_cols = [c for c in (cols.doc_id, cols.text, cols.title) if c in table_schema.names]
     n_rows = pq.ParquetFile(corpus).metadata.num_rows
     started = time.perf_counter()
