@@ -21,13 +21,13 @@ import numpy as np
 from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
+from rerank_engine.exporting import CONTRACT
 from rerank_engine.manifest import Manifest, Variant, read_manifest
 from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, pad_token_id
 from rerank_engine.validation import check_pairs
 
 log = logging.getLogger(__name__)
 
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -92,13 +92,13 @@ class CrossEncoderEngine:
         self.session, self.precision = self._open_session()
         self.providers: list[str] = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
-        unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
-        missing = [n for n in ("input_ids", "attention_mask") if n not in self.input_names]
+        unknown = [n for n in self.input_names if n not in CONTRACT.inputs]
+        missing = [n for n in CONTRACT.required_inputs if n not in self.input_names]
         if unknown or missing:
             raise ModelFormatError(
                 f"{self.model_path}: graph inputs {self.input_names} are not a cross-encoder's "
-                f"(missing {missing}, unknown {unknown}); expected {list(KNOWN_INPUTS[:2])} "
-                "and optionally token_type_ids"
+                f"(missing {missing}, unknown {unknown}); expected {list(CONTRACT.required_inputs)} "
+                f"and optionally {', '.join(CONTRACT.optional_inputs)}"
             )
         tokenizer = config.tokenizer.served_by(self.manifest.max_length, config.model_dir)
         if tokenizer is not config.tokenizer:

@@ -45,12 +45,18 @@ VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model
 class Contract:
     """What every exported cross-encoder graph looks like."""
 
-    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # token_type_ids optional
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # every name a graph may take
+    optional_inputs: tuple[str, ...] = ("token_type_ids",)  # fed only where the graph declares it
     output: str = "logits"
     dynamic_axes: tuple[str, str] = ("batch_size", "sequence_length")
     fp32_atol: float = 1e-4
     shapes: tuple[tuple[int, int], ...] = ((1, 8), (2, 13), (3, 31), (4, 64), (5, 127), (2, 200))
     min_top5_overlap: float = 0.8  # fp16 / int8 variants, mean over probe queries
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """The inputs every graph takes (input_ids, attention_mask)."""
+        return tuple(n for n in self.inputs if n not in self.optional_inputs)
 
 
 CONTRACT = Contract()
@@ -420,8 +426,10 @@ def _graph_inputs(path: Path) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     names = [i.name for i in graph.input if i.name not in initializers]
-    if "input_ids" not in names or "attention_mask" not in names:
-        raise ModelFormatError(f"exported graph {path} takes {names}; expected input_ids and attention_mask")
+    if any(n not in names for n in CONTRACT.required_inputs):
+        raise ModelFormatError(
+            f"exported graph {path} takes {names}; expected {' and '.join(CONTRACT.required_inputs)}"
+        )
     return names
 
 
