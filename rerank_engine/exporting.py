@@ -47,9 +47,9 @@ class Contract:
 
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # every name a graph may take
     optional_inputs: tuple[str, ...] = ("token_type_ids",)  # fed only where the graph declares it
-    output: str = "logits"
-    dynamic_axes: tuple[str, str] = ("batch_size", "sequence_length")
+    output: str = "logits"  # [rows, num_labels]: what validation, the probe and the engine (manifest) read
     fp32_atol: float = 1e-4
+    # (batch, sequence) shapes fp32 is validated at: the graph runs at all of them, so both axes are dynamic
     shapes: tuple[tuple[int, int], ...] = ((1, 8), (2, 13), (3, 31), (4, 64), (5, 127), (2, 200))
     min_top5_overlap: float = 0.8  # fp16 / int8 variants, mean over probe queries
 
@@ -245,6 +245,7 @@ def export_model(
             activation="sigmoid" if num_labels == 1 else "softmax",
             declared_activation=declared,
             inputs=inputs,
+            output=CONTRACT.output,
             prompt=prompt,
             variants=variants,
             tool_versions=versions,
@@ -613,7 +614,7 @@ def _session(path: Path):
 
 
 def _run(session, inputs: list[str], feed: dict[str, np.ndarray]) -> np.ndarray:
-    return session.run(["logits"], {k: v for k, v in feed.items() if k in inputs})[0]
+    return session.run([CONTRACT.output], {k: v for k, v in feed.items() if k in inputs})[0]
 
 
 def validate_fp32(torch_model, onnx_path: Path, inputs: list[str], atol: float = CONTRACT.fp32_atol) -> dict:
