@@ -40,10 +40,7 @@ class EmbedStage:
         self.text_col, self.title_col = text_col, title_col
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column(self.text_col).to_pylist()
-        if self.title_col in batch.column_names:
-            titles = batch.column(self.title_col).to_pylist()
-            texts = [f"{t}. {x}" if t and x else x for t, x in zip(titles, texts, strict=True)]
+        texts = schema.passage_texts(batch, self.text_col, self.title_col)
         emb = self.encoder.encode([t if isinstance(t, str) else "" for t in texts])
         return pa.table(
             {
