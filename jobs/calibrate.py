@@ -31,11 +31,10 @@ from rerank_engine import cli, evaluation, plots
 from rerank_engine.exporting import resolve_export
 from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
-from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+from rerank_engine.thresholds import GRID, THRESHOLD_FILE, Threshold, best_f1, for_precision, sweep
 
 _log_info = logging.getLogger(__name__).info
 
-THRESHOLD_FILE = "threshold.json"  # the name rerank_engine.job reads
 CRITERION = "best F1 pooled over the rerank top-k (recall = relevant kept / relevant in the top-k)"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rerank_engine import cli, evaluation
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
-from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
+from rerank_engine.thresholds import GRID, THRESHOLD_FILE, Threshold, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
 K = 5
@@ -158,7 +158,7 @@ def _check_length(path: Path, settings: dict, max_length: int) -> None:
 
 def _calibrated(model_dir: Path, model_id: str, max_length: int) -> Threshold | None:
     """The model's calibrated threshold, checked against the model; None where it has none."""
-    path = model_dir / "threshold.json"
+    path = model_dir / THRESHOLD_FILE
     if not path.is_file():
         print(f"{path} not found: the report has no thresholded row (run python -m jobs.calibrate)")
         return None

@@ -30,6 +30,7 @@ import numpy as np
 from rerank_engine.errors import ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 from rerank_engine.metrics import ndcg_at_k
+from rerank_engine.thresholds import THRESHOLD_FILE
 
 FUSION_FILE = "fusion.json"
 WEIGHTS = tuple(float(w) for w in np.arange(0.0, 60.01, 2.5))  # recall_weight grid (cosine units)
@@ -109,7 +110,7 @@ def calibrated_max_length(model_dir: str | Path, fusion: Fusion | None = None) -
     else the model's `threshold.json`; None where neither records one."""
     if fusion is not None:
         return fusion.calibration.get("settings", {}).get("max_length")
-    path = Path(model_dir) / "threshold.json"
+    path = Path(model_dir) / THRESHOLD_FILE
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("calibration", {}).get("settings", {}).get("max_length")

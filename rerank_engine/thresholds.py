@@ -38,6 +38,7 @@ import numpy as np
 from rerank_engine.errors import ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 
+THRESHOLD_FILE = "threshold.json"  # a model's calibrated threshold, in its folder (`Threshold.save`)
 PROBABILITY = "probability"
 LOGIT = "logit"
 SCALES = (PROBABILITY, LOGIT)
@@ -182,7 +183,7 @@ class Threshold:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON file the batch job reads (`threshold.json` in the model folder)."""
+        """Write the JSON file the batch job reads (`THRESHOLD_FILE` in the model folder)."""
         return write_json(path, self.to_dict())
 
     @classmethod
