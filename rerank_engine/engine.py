@@ -128,7 +128,7 @@ class CrossEncoderEngine:
         return "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
 
     def _open_session(self):
-        ort = require("onnxruntime", "onnxruntime-gpu")
+        ort = require("onnxruntime", package="onnxruntime-gpu")
         cfg, variants = self.config, self.manifest.variants
         want_cuda = cfg.provider == "cuda" or (cfg.provider == "auto" and cuda_driver_present())
         if want_cuda and CUDA in ort.get_available_providers():
