@@ -162,7 +162,7 @@ def export_model(
     """
     unknown = set(precisions) - set(VARIANT_FILES)
     if unknown:
-        raise ValueError(f"unknown precision(s) {sorted(unknown)}; expected fp32, fp16 or int8")
+        raise ConfigError(f"unknown precision(s) {sorted(unknown)}; expected fp32, fp16 or int8")
     src_dir, source = resolve_source(model, revision)
     chash = content_hash(src_dir)
     versions = tool_versions()

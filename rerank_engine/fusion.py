@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.errors import ScaleMismatchError
+from rerank_engine.errors import InputError, ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 from rerank_engine.metrics import ndcg_at_k
 from rerank_engine.thresholds import THRESHOLD_FILE
@@ -148,7 +148,7 @@ def platt(z: np.ndarray, y: np.ndarray, l2: float = 1e-6, iterations: int = 100)
     standardised z from zero (where the loss is well curved), with step halving."""
     z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
     if not (0 < y.sum() < len(y)):
-        raise ValueError("Platt scaling needs both relevant and irrelevant candidates")
+        raise InputError("Platt scaling needs both relevant and irrelevant candidates")
     mu, sd = z.mean(), z.std() or 1.0
     x = np.stack([(z - mu) / sd, np.ones_like(z)], axis=1)
 

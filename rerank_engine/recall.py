@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.batching import pad_rows, plan_batches
-from rerank_engine.errors import ConfigError, ModelFormatError, ModelNotFoundError, require
+from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError, require
 from rerank_engine.hashing import content_hash
 
 
@@ -176,7 +176,7 @@ class RecallIndex:
         faiss = require("faiss", package="faiss-cpu")
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) != len(doc_ids):
-            raise ValueError(f"embeddings {embeddings.shape} do not match {len(doc_ids)} doc ids")
+            raise InputError(f"embeddings {embeddings.shape} do not match {len(doc_ids)} doc ids")
         if not 1 <= shards <= max(1, len(embeddings)):
             raise ConfigError(
                 f"shards must be between 1 and the corpus size ({len(embeddings)}), got {shards}"

@@ -515,7 +515,7 @@ def finalize(
             top_scores.append(None)
             continue
         if fused is not None and rscores is None:
-            raise ValueError("score fusion needs the recall cosines; logged candidates have none")
+            raise ConfigError("score fusion needs the recall cosines; logged candidates have none")
         # ordered by the (fused) logit: the same order as the probability, without fp32 saturation ties
         z = logits if fused is None else fused.fused_logits(logits, rscores)
         scores = sigmoid(logits) if fused is None else fused.scores(logits, rscores)

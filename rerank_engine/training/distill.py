@@ -287,7 +287,7 @@ def distill(
         make_student(teacher, config.layers, student_dir)
         log(f"made {student_dir} from {teacher}")
     elif not _student_matches(student_dir, teacher_hash, config.layers):
-        raise ValueError(f"{student_dir} was made from another teacher or other layers; use a new run_dir")
+        raise ConfigError(f"{student_dir} was made from another teacher or other layers; use a new run_dir")
     model = load_model(student_dir, config.seed, require_head=True).to(device)
     tokenizer = PairTokenizer(student_dir, tokenization, memoize=True)
     sampler = GroupSampler(records, config.n_negatives, config.seed)

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from rerank_engine.batching import pad_rows, plan_batches
 from rerank_engine.config import TokenizerConfig, _Frozen
-from rerank_engine.errors import ModelFormatError, require
+from rerank_engine.errors import ConfigError, ModelFormatError, require
 from rerank_engine.metrics import mean_metrics
 from rerank_engine.tokenization import PairTokenizer
 
@@ -417,7 +417,7 @@ def fit(
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=True)  # tensors and plain values only
         if saved["state"]["config_key"] != config_key:
-            raise ValueError(f"{ckpt} was written with another config; use a new run_dir")
+            raise ConfigError(f"{ckpt} was written with another config; use a new run_dir")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
