@@ -91,18 +91,22 @@ class Fusion:
 
     @classmethod
     def load(cls, path: str | Path) -> Fusion:
+        """The fusion file at `path`; InputError naming the file where a value is not a fusion's."""
         data = read_json_record(
             path, ("recall_weight", "scale", "bias", "model_id", "recall_model"), "fusion file"
         )
-        return cls(
-            recall_weight=float(data["recall_weight"]),
-            scale=float(data["scale"]),
-            bias=float(data["bias"]),
-            model_id=data["model_id"],
-            recall_model=data["recall_model"],
-            threshold=None if data.get("threshold") is None else float(data["threshold"]),
-            calibration=data.get("calibration", {}),
-        )
+        try:
+            return cls(
+                recall_weight=float(data["recall_weight"]),
+                scale=float(data["scale"]),
+                bias=float(data["bias"]),
+                model_id=data["model_id"],
+                recall_model=data["recall_model"],
+                threshold=None if data.get("threshold") is None else float(data["threshold"]),
+                calibration=data.get("calibration", {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path} is not a valid fusion file: {exc}") from None
 
 
 def calibrated_max_length(model_dir: str | Path, fusion: Fusion | None = None) -> int | None:

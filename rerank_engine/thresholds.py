@@ -188,13 +188,17 @@ class Threshold:
 
     @classmethod
     def load(cls, path: str | Path) -> Threshold:
+        """The threshold file at `path`; InputError naming the file where a value is not a threshold's."""
         data = read_json_record(path, ("value", "scale", "model_id"), "threshold file")
-        return cls(
-            value=float(data["value"]),
-            scale=data["scale"],
-            model_id=data["model_id"],
-            calibration=data.get("calibration", {}),
-        )
+        try:
+            return cls(
+                value=float(data["value"]),
+                scale=data["scale"],
+                model_id=data["model_id"],
+                calibration=data.get("calibration", {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path} is not a valid threshold file: {exc}") from None
 
 
 # -- choosing -------------------------------------------------------------------------------------------
