@@ -35,9 +35,9 @@ from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
 from rerank_engine.inputs import check_corpus, check_index
 from rerank_engine.run_report import QueryFigures, write_report
+from rerank_engine.thresholds import THRESHOLD_FILE
 
 log = logging.getLogger(__name__)
-THRESHOLD_FILE = "threshold.json"
 DEFAULT_THRESHOLD = 0.5
 
 
