@@ -409,9 +409,10 @@ def run_job(
     for f in written:  # commit: the verified files move out of staging
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)
+    committed = time.perf_counter()  # the end of the last stage and of the wall time alike
     figures = QueryFigures.of(table, cols.query_id, config.exploded)
 
-    summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
+    summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=committed - started)
     if cache is not None:
         summary["score_cache_pairs"] = cache.compact(run_id)
     summary["distinct_queries"] = len(distinct.keys) if distinct is not None else summary["queries"]
@@ -443,7 +444,7 @@ def run_job(
             "Ray, export, model": round(pipeline_started - checked, 2),
             "pipeline": round(pipeline_s, 2),
             "read back, verify": round(verified - pipeline_started - pipeline_s, 2),
-            "commit": round(time.perf_counter() - verified, 2),
+            "commit": round(committed - verified, 2),
         },
     )
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -92,7 +92,8 @@ def test_recall_mode_row_by_row(data, tiny_export):
     report = (root / "out" / "_report.md").read_text()  # beside the output, skipped by Parquet readers
     assert report.startswith(f"# Run report: {summary['run_id']}") and "| empty_query | 2 |" in report
     assert all(p.stat().st_size > 2_000 for p in run_report.plot_files(root / "out"))
-    assert 0 < sum(summary["stage_s"].values()) <= summary["wall_s"] and summary["stage_s"]["pipeline"] > 0
+    stages = summary["stage_s"]  # five figures rounded to 0.01 s: their sum may pass wall_s by 0.03
+    assert 0 < sum(stages.values()) <= summary["wall_s"] + 0.03 and stages["pipeline"] > 0
 
     _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, tiny_export)
 
