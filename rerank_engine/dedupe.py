@@ -17,7 +17,6 @@ runs on the fanned-out output as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ import pyarrow.parquet as pq
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
-from rerank_engine.score_cache import KEY_BYTES, normalise_query
+from rerank_engine.exactly_once import DIGEST, digests
+from rerank_engine.score_cache import normalise_query
 from rerank_engine.stages import _table, column_texts
 
-KEY_DTYPE = f"S{KEY_BYTES}"
 PLAN_BATCH_ROWS = 65_536  # rows read at a time while planning: the driver holds 16 bytes a row, not the text
 
 
@@ -51,11 +50,7 @@ def row_keys(table: pa.Table, config: JobConfig, logged: bool) -> np.ndarray:
     if logged:
         cands = table.column(cols.candidates).to_pylist()
         texts = [f"{k}\x1e{json.dumps(c)}" for k, c in zip(texts, cands, strict=True)]
-    out = np.empty(len(texts), dtype=KEY_DTYPE)
-    for i, text in enumerate(texts):
-        blob = text.encode("utf-8", errors="surrogateescape")
-        out[i] = hashlib.blake2b(blob, digest_size=KEY_BYTES).digest()
-    return out
+    return digests(texts)
 
 
 def _batches(files, filesystem, columns: list[str]):
@@ -72,7 +67,7 @@ def plan_distinct(files, filesystem, config: JobConfig, logged: bool, out: Path)
     cols = config.columns
     needed = [cols.query, *([cols.candidates] if logged else [])]
     keys = [row_keys(pa.Table.from_batches([b]), config, logged) for b in _batches(files, filesystem, needed)]
-    keys = np.concatenate(keys) if keys else np.empty(0, dtype=KEY_DTYPE)
+    keys = np.concatenate(keys) if keys else np.empty(0, dtype=DIGEST)
     _, first = np.unique(keys, return_index=True)
     if len(first) == len(keys):
         return None
@@ -103,7 +98,7 @@ class FanOut:
         if self.results.num_rows != len(keys):
             raise RuntimeError(f"{self.results.num_rows} distinct results for {len(keys)} distinct queries")
         self.order = np.argsort(keys, kind="stable")
-        self.sorted_keys = np.asarray(keys, dtype=KEY_DTYPE)[self.order]
+        self.sorted_keys = np.asarray(keys, dtype=DIGEST)[self.order]
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
