@@ -84,6 +84,8 @@ class TorchBucketed:
         self.takes_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
 
     def __call__(self, pairs, plan, pad_id: int) -> np.ndarray:
+        from rerank_engine.engine import relevance_logits
+
         torch = self.torch
         out = []
         with torch.inference_mode():
@@ -96,8 +98,7 @@ class TorchBucketed:
                     )
                 feed = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in feed.items()}
                 logits = self.model(**feed).logits.float()
-                relevance = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
-                out.append((batch.indices, relevance))
+                out.append((batch.indices, relevance_logits(logits)))
         logits = np.empty(len(pairs), dtype=np.float32)
         for indices, values in out:  # .cpu() syncs once per batch, after every forward has been queued
             logits[indices] = values.cpu().numpy()

@@ -289,6 +289,8 @@ class NaiveTorch:
         ).eval()
 
     def score_group(self, query: str, passages: list[str], max_length: int) -> tuple[np.ndarray, int, int]:
+        from rerank_engine.engine import relevance_logits
+
         enc = self.tokenizer(
             [query] * len(passages),
             passages,
@@ -299,9 +301,8 @@ class NaiveTorch:
         )
         with self.torch.inference_mode():
             logits = self.model(**enc).logits.float()
-        rel = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
         mask = enc["attention_mask"]
-        return self.torch.sigmoid(rel).numpy(), int(mask.sum()), int(mask.numel())
+        return self.torch.sigmoid(relevance_logits(logits)).numpy(), int(mask.sum()), int(mask.numel())
 
     def __call__(self, w: Workload) -> Run:
         scores, real, padded = [], 0, 0

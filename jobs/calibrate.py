@@ -28,14 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rerank_engine import cli, evaluation, plots
+from rerank_engine.errors import ConfigError, ModelNotFoundError
 from rerank_engine.exporting import resolve_export
 from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
-from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+from rerank_engine.thresholds import GRID, THRESHOLD_FILE, Threshold, best_f1, for_precision, sweep
 
 _log_info = logging.getLogger(__name__).info
 
-THRESHOLD_FILE = "threshold.json"  # the name rerank_engine.job reads
 CRITERION = "best F1 pooled over the rerank top-k (recall = relevant kept / relevant in the top-k)"
 
 
@@ -67,13 +67,13 @@ def calibrate(
     the data set (kept in the record). Returns the record written to `<model>/threshold.json` (with
     `"skipped": True` when the file was already up to date: nothing is loaded then but the manifest)."""
     if split == "test":
-        raise ValueError("thresholds are chosen on valid, never on test (report on test with jobs.evaluate)")
+        raise ConfigError("thresholds are chosen on valid, never on test (report on test with jobs.evaluate)")
     if callable(recall) and not recall_model:
         raise ValueError("a recall given as a function needs recall_model (its bi-encoder's id)")
     model = Path(model)
     if not model.is_dir():
-        raise FileNotFoundError(
-            f"--model must be a local model folder (threshold.json goes into it): {model}"
+        raise ModelNotFoundError(
+            f"--model must be a local model folder ({THRESHOLD_FILE} goes into it): {model}"
         )
     started = time.perf_counter()
     model_id = read_manifest(resolve_export(model, [precision])).model_id
@@ -111,7 +111,7 @@ def calibrate(
 
     recall = recall() if callable(recall) else recall
     if recall[0].model_id != settings["recall_model"]:
-        raise ValueError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
+        raise ConfigError(f"recall_model {recall_model!r} is not the recall's {recall[0].model_id!r}")
     candidates, cosines = evaluation.recall_top_k(questions, recall, k_recall)
     _, _, sc = evaluation.score_cascade(
         model,

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from rerank_engine import cli, evaluation
+from rerank_engine.errors import ConfigError, ScaleMismatchError
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
-from rerank_engine.thresholds import GRID, Threshold, best_f1, sweep
+from rerank_engine.thresholds import GRID, THRESHOLD_FILE, Threshold, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
 K = 5
@@ -162,7 +163,7 @@ def _check_length(path: Path, settings: dict, max_length: int, windows: dict | N
     """The calibration in `path` scored as this evaluation does: at `max_length`, and reading long
     passages by `windows` (`evaluation.long_passage_settings`; empty: truncate)."""
     if settings.get("max_length", 256) != max_length:
-        raise ValueError(
+        raise ConfigError(
             f"{path} was calibrated at max_length {settings.get('max_length', 256)}; this evaluation "
             f"scores at {max_length} (recalibrate, or pass --max-length {settings.get('max_length', 256)})"
         )
@@ -179,7 +180,7 @@ def _calibrated(
     model_dir: Path, model_id: str, max_length: int, windows: dict | None = None
 ) -> Threshold | None:
     """The model's calibrated threshold, checked against the model; None where it has none."""
-    path = model_dir / "threshold.json"
+    path = model_dir / THRESHOLD_FILE
     if not path.is_file():
         print(f"{path} not found: the report has no thresholded row (run python -m jobs.calibrate)")
         return None
@@ -201,7 +202,9 @@ def model_fusion(
     fusion.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
     _check_length(path, fusion.calibration.get("settings", {}), max_length, windows)
     if fusion.recall_model != recall_model:
-        raise ValueError(f"{path} was fitted on {fusion.recall_model}'s cosines, not {recall_model}'s")
+        raise ScaleMismatchError(
+            f"{path} was fitted on {fusion.recall_model}'s cosines, not {recall_model}'s"
+        )
     return fusion
 
 

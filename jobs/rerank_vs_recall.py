@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from rerank_engine import cli
 from rerank_engine.config import JobConfig
+from rerank_engine.errors import InputError
 from rerank_engine.evaluation import per_question_vs
 from rerank_engine.label_audit import blind_items, items_markdown, orders_of, paired, tally
 from rerank_engine.metrics import mean_metrics
@@ -52,7 +53,7 @@ def load_orders(output: str | Path, labels_column: str | None = None) -> tuple[l
     table = pq.read_table(output, partitioning=None)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(f"{output}: no column {missing} (columns: {table.column_names})")
+        raise InputError(f"{output}: no column {missing} (columns: {table.column_names})")
     rows, seen, counts = [], set(), Counter()
     for i, row in enumerate(table.select(columns).to_pylist()):
         if row["query_id"] in seen:
@@ -64,7 +65,7 @@ def load_orders(output: str | Path, labels_column: str | None = None) -> tuple[l
             continue
         where = f"{output}: row {i} (query_id {row['query_id']!r})"
         if len(row["results"]) != row["n_candidates"]:
-            raise ValueError(
+            raise InputError(
                 f"{where} keeps {len(row['results'])} of its {row['n_candidates']} candidates; write the "
                 "output with every candidate kept: --set k_rerank=<k_recall> --set threshold=0"
             )
@@ -102,7 +103,7 @@ def blind_sample(rows: list[dict], corpus: str | Path, out: Path, sample: int, s
     need = {r[s][0] for r in picked for s in (RECALL, RERANK)}
     text = load_corpus(str(corpus), JobConfig())  # as the job reads it: "title. text"
     if need - text.keys():
-        raise ValueError(
+        raise InputError(
             f"{corpus}: doc ids of the output not in the corpus: {sorted(need - text.keys())[:5]}"
         )
     items, key = blind_items(

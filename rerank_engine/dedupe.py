@@ -9,7 +9,8 @@ A row's key is its query normalised as the score cache does (`normalise_query`: 
 collapsed) — invisible to uncased models such as all-MiniLM-L6-v2, whose tokenizer lowercases; set
 `dedupe_queries: false` for a cased model — plus, in logged-candidates mode, its candidate list. Rows
 that cannot be scored (empty, invalid) share a key with the rows that fail the same way, so their status
-is the same too. The driver reads only the query (and candidates) column to plan; pass-through columns
+is the same too. The driver reads only the query (and candidates) column to plan, a batch at a time,
+and keeps a 16-byte digest of each row's key (80 MB for 5M rows), not its text; pass-through columns
 never leave the input files, and the fan-out reads each row back from them, so the exactly-once check
 runs on the fanned-out output as before.
 """
@@ -26,65 +27,86 @@ import pyarrow.parquet as pq
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
+from rerank_engine.exactly_once import DIGEST, digests
 from rerank_engine.score_cache import normalise_query
 from rerank_engine.stages import _table, column_texts
+
+PLAN_BATCH_ROWS = 65_536  # rows read at a time while planning: the driver holds 16 bytes a row, not the text
 
 
 @dataclass(frozen=True)
 class DistinctPlan:
     path: str  # Parquet of the distinct queries: query_id = "k<index>", query, [candidates]
-    keys: list[str]  # key of distinct query i
+    keys: np.ndarray  # 16-byte key (numpy S16) of distinct query i, in order of first appearance
     n_rows: int  # input rows
 
 
-def row_keys(table: pa.Table, config: JobConfig, logged: bool) -> list[str]:
+def row_keys(table: pa.Table, config: JobConfig, logged: bool) -> np.ndarray:
+    """One 16-byte key per row (numpy S16): BLAKE2b of the normalised query, and in logged-candidates
+    mode of the candidate list too. A missing query keys as the empty one."""
     cols = config.columns
     queries = column_texts(table.column(cols.query))
-    keys = [normalise_query(q) if q is not None else "" for q in queries]
+    texts = [normalise_query(q) if q is not None else "" for q in queries]
     if logged:
         cands = table.column(cols.candidates).to_pylist()
-        keys = [f"{k}\x1e{json.dumps(c)}" for k, c in zip(keys, cands, strict=True)]
-    return keys
+        texts = [f"{k}\x1e{json.dumps(c)}" for k, c in zip(texts, cands, strict=True)]
+    return digests(texts)
+
+
+def _batches(files, filesystem, columns: list[str]):
+    for f in files:
+        with pq.ParquetFile(f, filesystem=filesystem) as reader:
+            yield from reader.iter_batches(batch_size=PLAN_BATCH_ROWS, columns=columns)
 
 
 def plan_distinct(files, filesystem, config: JobConfig, logged: bool, out: Path) -> DistinctPlan | None:
-    """Write the first row of every distinct key to `out/distinct.parquet`; None if no key repeats."""
+    """Write the first row of every distinct key to `out/distinct.parquet`; None if no key repeats.
+
+    Two passes over the key columns, a batch at a time: the keys (16 bytes a row), then the first row of
+    each distinct key; the driver never holds the log's text."""
     cols = config.columns
     needed = [cols.query, *([cols.candidates] if logged else [])]
-    table = pa.concat_tables(
-        [pq.read_table(f, columns=needed, filesystem=filesystem, partitioning=None) for f in files]
-    )
-    keys = row_keys(table, config, logged)
-    first: dict[str, int] = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
+    keys = [row_keys(pa.Table.from_batches([b]), config, logged) for b in _batches(files, filesystem, needed)]
+    keys = np.concatenate(keys) if keys else np.empty(0, dtype=DIGEST)
+    _, first = np.unique(keys, return_index=True)
     if len(first) == len(keys):
         return None
-    distinct = table.take(pa.array(list(first.values()), pa.int64()))
+    first.sort()  # distinct queries in order of first appearance
+    parts, start = [], 0
+    for batch in _batches(files, filesystem, needed):
+        lo, hi = np.searchsorted(first, [start, start + batch.num_rows])
+        if hi > lo:
+            parts.append(pa.Table.from_batches([batch]).take(pa.array(first[lo:hi] - start, pa.int64())))
+        start += batch.num_rows
+    distinct = pa.concat_tables(parts)
     distinct = distinct.append_column(
         cols.query_id, pa.array([f"k{i}" for i in range(distinct.num_rows)], pa.string())
     )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "distinct.parquet"
     pq.write_table(distinct, path)
-    return DistinctPlan(path=str(path), keys=list(first), n_rows=len(keys))
+    return DistinctPlan(path=str(path), keys=keys[first], n_rows=len(keys))
 
 
 class FanOut:
     """Input rows (as read from the input files) + the result columns of their key's distinct query."""
 
-    def __init__(self, config: JobConfig, results: pa.Table, keys: list[str], logged: bool):
+    def __init__(self, config: JobConfig, results: pa.Table, keys: np.ndarray, logged: bool):
         self.config, self.logged = config, logged
         order = np.argsort([int(k[1:]) for k in results.column(config.columns.query_id).to_pylist()])
         self.results = results.select([f.name for f in schema.OUTPUT_FIELDS]).take(pa.array(order))
         if self.results.num_rows != len(keys):
             raise RuntimeError(f"{self.results.num_rows} distinct results for {len(keys)} distinct queries")
-        self.index = {k: i for i, k in enumerate(keys)}
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted_keys = np.asarray(keys, dtype=DIGEST)[self.order]
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
-        at = [self.index[k] for k in row_keys(batch, self.config, self.logged)]
-        picked = self.results.take(pa.array(at, pa.int64()))
+        wanted = row_keys(batch, self.config, self.logged)
+        pos = np.minimum(np.searchsorted(self.sorted_keys, wanted), max(0, len(self.sorted_keys) - 1))
+        if len(wanted) and (not len(self.sorted_keys) or np.any(self.sorted_keys[pos] != wanted)):
+            raise RuntimeError("an input row's query is not among the planned distinct queries")
+        picked = self.results.take(pa.array(self.order[pos], pa.int64()))
         for field in schema.OUTPUT_FIELDS:
             batch = batch.append_column(field, picked.column(field.name))
         return batch

@@ -23,6 +23,7 @@ import numpy as np
 from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
+from rerank_engine.exporting import CONTRACT
 from rerank_engine.manifest import Manifest, Variant, read_manifest
 from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, check_long_passages, pad_token_id
 from rerank_engine.validation import check_pairs
@@ -30,7 +31,6 @@ from rerank_engine.windows import best_of_windows
 
 log = logging.getLogger(__name__)
 
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -66,6 +66,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def relevance_logits(out):
+    """A cross-encoder's raw output [rows, num_labels] → one relevance logit a row: the logit of a one-logit
+    head, l1 − l0 of a two-logit one (softmax[:, 1] == sigmoid(l1 − l0)). numpy arrays and torch tensors."""
+    return out[:, 1] - out[:, 0] if out.shape[1] == 2 else out[:, 0]
+
+
 _OOM_MARKERS = ("out of memory", "failed to allocate", "bad_alloc", "bad allocation")
 
 
@@ -92,13 +98,13 @@ class CrossEncoderEngine:
         self.session, self.precision = self._open_session()
         self.providers: list[str] = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
-        unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
-        missing = [n for n in ("input_ids", "attention_mask") if n not in self.input_names]
+        unknown = [n for n in self.input_names if n not in CONTRACT.inputs]
+        missing = [n for n in CONTRACT.required_inputs if n not in self.input_names]
         if unknown or missing:
             raise ModelFormatError(
                 f"{self.model_path}: graph inputs {self.input_names} are not a cross-encoder's "
-                f"(missing {missing}, unknown {unknown}); expected {list(KNOWN_INPUTS[:2])} "
-                "and optionally token_type_ids"
+                f"(missing {missing}, unknown {unknown}); expected {list(CONTRACT.required_inputs)} "
+                f"and optionally {', '.join(CONTRACT.optional_inputs)}"
             )
         tokenizer = config.tokenizer.served_by(self.manifest.max_length, config.model_dir)
         if tokenizer is not config.tokenizer:
@@ -129,7 +135,7 @@ class CrossEncoderEngine:
         return "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
 
     def _open_session(self):
-        ort = require("onnxruntime", "onnxruntime-gpu")
+        ort = require("onnxruntime", package="onnxruntime-gpu")
         cfg, variants = self.config, self.manifest.variants
         want_cuda = cfg.provider == "cuda" or (cfg.provider == "auto" and cuda_driver_present())
         if want_cuda and CUDA in ort.get_available_providers():
@@ -195,10 +201,7 @@ class CrossEncoderEngine:
             feed["token_type_ids"] = (
                 token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
             )
-        out = np.asarray(self.run_graph(feed), dtype=np.float32)
-        if self.manifest.num_labels == 2:  # softmax[:, 1] == sigmoid(l1 - l0)
-            return out[:, 1] - out[:, 0]
-        return out[:, 0]
+        return relevance_logits(np.asarray(self.run_graph(feed), dtype=np.float32))
 
     def run_graph(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's raw output [rows, num_labels] for one padded batch."""

@@ -45,13 +45,16 @@ class MissingExtraError(RerankEngineError, ImportError):
     """An optional dependency is missing; the message names the extra that provides it."""
 
 
-def require(module: str, extra: str):
-    """Import `module` or raise MissingExtraError naming the pip extra to install."""
+def require(module: str, extra: str | None = None, *, package: str | None = None):
+    """Import `module` or raise MissingExtraError saying what to install: the pip extra `extra` of
+    rerank-engine (one of pyproject.toml's optional-dependencies) where one provides it, else the
+    distribution `package`, a dependency of rerank-engine itself."""
     import importlib
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingExtraError(
-            f"{module!r} is not installed; install it with: pip install 'rerank-engine[{extra}]'"
-        ) from exc
+    except ImportError as exc:
+        how = f"pip install 'rerank-engine[{extra}]'"
+        if extra is None:
+            how = f"pip install '{package or module}' (a dependency of rerank-engine; reinstalling it does)"
+        raise MissingExtraError(f"{module!r} is not installed; install it with: {how}") from exc

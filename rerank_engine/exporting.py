@@ -45,12 +45,18 @@ VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model
 class Contract:
     """What every exported cross-encoder graph looks like."""
 
-    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # token_type_ids optional
-    output: str = "logits"
-    dynamic_axes: tuple[str, str] = ("batch_size", "sequence_length")
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # every name a graph may take
+    optional_inputs: tuple[str, ...] = ("token_type_ids",)  # fed only where the graph declares it
+    output: str = "logits"  # [rows, num_labels]: what validation, the probe and the engine (manifest) read
     fp32_atol: float = 1e-4
+    # (batch, sequence) shapes fp32 is validated at: the graph runs at all of them, so both axes are dynamic
     shapes: tuple[tuple[int, int], ...] = ((1, 8), (2, 13), (3, 31), (4, 64), (5, 127), (2, 200))
     min_top5_overlap: float = 0.8  # fp16 / int8 variants, mean over probe queries
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """The inputs every graph takes (input_ids, attention_mask)."""
+        return tuple(n for n in self.inputs if n not in self.optional_inputs)
 
 
 CONTRACT = Contract()
@@ -156,7 +162,7 @@ def export_model(
     """
     unknown = set(precisions) - set(VARIANT_FILES)
     if unknown:
-        raise ValueError(f"unknown precision(s) {sorted(unknown)}; expected fp32, fp16 or int8")
+        raise ConfigError(f"unknown precision(s) {sorted(unknown)}; expected fp32, fp16 or int8")
     src_dir, source = resolve_source(model, revision)
     chash = content_hash(src_dir)
     versions = tool_versions()
@@ -239,6 +245,7 @@ def export_model(
             activation="sigmoid" if num_labels == 1 else "softmax",
             declared_activation=declared,
             inputs=inputs,
+            output=CONTRACT.output,
             prompt=prompt,
             variants=variants,
             tool_versions=versions,
@@ -420,8 +427,10 @@ def _graph_inputs(path: Path) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     names = [i.name for i in graph.input if i.name not in initializers]
-    if "input_ids" not in names or "attention_mask" not in names:
-        raise ModelFormatError(f"exported graph {path} takes {names}; expected input_ids and attention_mask")
+    if any(n not in names for n in CONTRACT.required_inputs):
+        raise ModelFormatError(
+            f"exported graph {path} takes {names}; expected {' and '.join(CONTRACT.required_inputs)}"
+        )
     return names
 
 
@@ -605,7 +614,7 @@ def _session(path: Path):
 
 
 def _run(session, inputs: list[str], feed: dict[str, np.ndarray]) -> np.ndarray:
-    return session.run(["logits"], {k: v for k, v in feed.items() if k in inputs})[0]
+    return session.run([CONTRACT.output], {k: v for k, v in feed.items() if k in inputs})[0]
 
 
 def validate_fp32(torch_model, onnx_path: Path, inputs: list[str], atol: float = CONTRACT.fp32_atol) -> dict:
@@ -700,10 +709,9 @@ class ProbeSet:
 
 
 def _relevance(logits: np.ndarray) -> np.ndarray:
-    from rerank_engine.engine import sigmoid
+    from rerank_engine.engine import relevance_logits, sigmoid
 
-    rel = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
-    return sigmoid(rel)
+    return sigmoid(relevance_logits(logits))
 
 
 def auto_precision(gpu: bool) -> str:

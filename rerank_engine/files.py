@@ -23,11 +23,13 @@ def write_json(path: str | Path, data, *, indent: int | None = 2, sort_keys: boo
 
 
 def read_json_record(path: str | Path, required: tuple[str, ...], what: str) -> dict:
-    """A JSON object holding at least the `required` keys; ValueError naming the file and what is missing."""
+    """A JSON object holding at least the `required` keys; InputError naming the file and what is missing."""
+    from rerank_engine.errors import InputError
+
     data = json.loads(Path(path).read_text())
     missing = [k for k in required if k not in data]
     if missing:
-        raise ValueError(f"{path} is not a {what}: missing {missing}")
+        raise InputError(f"{path} is not a {what}: missing {missing}")
     return data
 
 

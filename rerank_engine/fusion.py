@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.errors import ScaleMismatchError
+from rerank_engine.errors import InputError, ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 from rerank_engine.metrics import ndcg_at_k
+from rerank_engine.thresholds import THRESHOLD_FILE
 
 FUSION_FILE = "fusion.json"
 WEIGHTS = tuple(float(w) for w in np.arange(0.0, 60.01, 2.5))  # recall_weight grid (cosine units)
@@ -90,18 +91,22 @@ class Fusion:
 
     @classmethod
     def load(cls, path: str | Path) -> Fusion:
+        """The fusion file at `path`; InputError naming the file where a value is not a fusion's."""
         data = read_json_record(
             path, ("recall_weight", "scale", "bias", "model_id", "recall_model"), "fusion file"
         )
-        return cls(
-            recall_weight=float(data["recall_weight"]),
-            scale=float(data["scale"]),
-            bias=float(data["bias"]),
-            model_id=data["model_id"],
-            recall_model=data["recall_model"],
-            threshold=None if data.get("threshold") is None else float(data["threshold"]),
-            calibration=data.get("calibration", {}),
-        )
+        try:
+            return cls(
+                recall_weight=float(data["recall_weight"]),
+                scale=float(data["scale"]),
+                bias=float(data["bias"]),
+                model_id=data["model_id"],
+                recall_model=data["recall_model"],
+                threshold=None if data.get("threshold") is None else float(data["threshold"]),
+                calibration=data.get("calibration", {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path} is not a valid fusion file: {exc}") from None
 
 
 def calibration_settings(model_dir: str | Path, fusion: Fusion | None = None) -> dict | None:
@@ -109,7 +114,7 @@ def calibration_settings(model_dir: str | Path, fusion: Fusion | None = None) ->
     the score is fused, else the model's `threshold.json`'s; None where there is no calibration."""
     if fusion is not None:
         return fusion.calibration.get("settings", {})
-    path = Path(model_dir) / "threshold.json"
+    path = Path(model_dir) / THRESHOLD_FILE
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("calibration", {}).get("settings", {})
@@ -153,7 +158,7 @@ def platt(z: np.ndarray, y: np.ndarray, l2: float = 1e-6, iterations: int = 100)
     standardised z from zero (where the loss is well curved), with step halving."""
     z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
     if not (0 < y.sum() < len(y)):
-        raise ValueError("Platt scaling needs both relevant and irrelevant candidates")
+        raise InputError("Platt scaling needs both relevant and irrelevant candidates")
     mu, sd = z.mean(), z.std() or 1.0
     x = np.stack([(z - mu) / sd, np.ones_like(z)], axis=1)
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from rerank_engine.fusion import FUSION_FILE
+from rerank_engine.thresholds import THRESHOLD_FILE
+
 # Files beside the weights that do not change what the model computes.
-NOT_MODEL_FILES = {"README.md", "threshold.json", "fusion.json", "metrics.json", "calibration.json"}
+NOT_MODEL_FILES = {"README.md", THRESHOLD_FILE, FUSION_FILE, "metrics.json", "calibration.json"}
 MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model", ".onnx", ".data"}
 
 

@@ -40,10 +40,7 @@ class EmbedStage:
         self.text_col, self.title_col = text_col, title_col
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column(self.text_col).to_pylist()
-        if self.title_col in batch.column_names:
-            titles = batch.column(self.title_col).to_pylist()
-            texts = [f"{t}. {x}" if t and x else x for t, x in zip(titles, texts, strict=True)]
+        texts = schema.passage_texts(batch, self.text_col, self.title_col)
         emb = self.encoder.encode([t if isinstance(t, str) else "" for t in texts])
         return pa.table(
             {
@@ -69,6 +66,7 @@ def embed_corpus(
     holds this corpus file's embeddings by this model at this max_length (returns the meta with
     `"cached": true`). Written to a staging folder and renamed into place when complete."""
     from rerank_engine.job import ensure_ray
+    from rerank_engine.pipeline import cluster_gpus
     from rerank_engine.recall import BiEncoder
 
     cols = columns or ColumnsConfig()
@@ -84,7 +82,7 @@ def embed_corpus(
     ray = ensure_ray()
     from ray.data import ActorPoolStrategy
 
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = cluster_gpus()
     read_cols = [c for c in (cols.doc_id, cols.text, cols.title) if c in table_schema.names]
     n_rows = pq.ParquetFile(corpus).metadata.num_rows
     started = time.perf_counter()

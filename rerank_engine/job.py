@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -27,16 +28,16 @@ from rerank_engine.errors import (
     ConfigError,
     InputError,
     JobTimeoutError,
-    RerankEngineError,
     ScaleMismatchError,
 )
+from rerank_engine.exactly_once import InputIds
 from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length, calibration_settings
 from rerank_engine.inputs import check_corpus, check_index
 from rerank_engine.run_report import QueryFigures, write_report
+from rerank_engine.thresholds import THRESHOLD_FILE
 
 log = logging.getLogger(__name__)
-THRESHOLD_FILE = "threshold.json"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -92,13 +93,6 @@ def check_model_source(model: str) -> None:
 
 def _columns(s: pa.Schema) -> str:
     return "[" + ", ".join(f"{f.name}: {f.type}" for f in s) + "]"
-
-
-def read_ids(files: list[str], filesystem, column: str) -> Counter:
-    counts: Counter = Counter()
-    for f in files:
-        counts.update(pq.read_table(f, columns=[column], filesystem=filesystem).column(column).to_pylist())
-    return counts
 
 
 # -- model and threshold --------------------------------------------------------------------------------
@@ -299,14 +293,14 @@ def run_job(
     for stale in sorted(out.glob("_staging-*")):  # what a killed run of this output left (never committed)
         log.warning("removing %s, left unfinished by an earlier run", stale)
         shutil.rmtree(stale, ignore_errors=True)
-    expected = read_ids(files, filesystem, cols.query_id)
-    duplicated = {k: v for k, v in expected.items() if v > 1}
-    if duplicated:  # kept: each row is reranked and written, and counted as often as it occurs
+    expected = InputIds.read(files, filesystem, cols.query_id)
+    n_duplicated, duplicated_examples = expected.repeated()
+    if n_duplicated:  # kept: each row is reranked and written, and counted as often as it occurs
         log.warning(
             "%d query ids occur more than once in %s (e.g. %s); every row is kept",
-            len(duplicated),
+            n_duplicated,
             input,
-            list(duplicated)[:5],
+            duplicated_examples,
         )
     if n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
         out.mkdir(parents=True, exist_ok=True)
@@ -434,7 +428,7 @@ def run_job(
         # input columns, which are most of an output's bytes (no `k=v` path columns either)
         needed = [cols.query_id, *SUMMARY_COLUMNS]
         table = pq.read_table(written, columns=needed, partitioning=None) if written else None
-        verify_exactly_once(expected, table, cols.query_id, config.exploded)
+        expected.verify(table, cols.query_id, config.exploded)
         verified = time.perf_counter()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -442,9 +436,10 @@ def run_job(
     for f in written:  # commit: the verified files move out of staging
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)
+    committed = time.perf_counter()  # the end of the last stage and of the wall time alike
     figures = QueryFigures.of(table, cols.query_id, config.exploded)
 
-    summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=time.perf_counter() - started)
+    summary = summarize(table, config, pipeline_s=pipeline_s, wall_s=committed - started)
     if cache is not None:
         summary["score_cache_pairs"] = cache.compact(run_id)
     summary["distinct_queries"] = len(distinct.keys) if distinct is not None else summary["queries"]
@@ -466,19 +461,20 @@ def run_job(
         fusion=fusion.weights() if fusion is not None else None,
         reranker_model=manifest.model_id,
         recall_model=recall_model,
-        duplicate_query_ids=len(duplicated),
+        duplicate_query_ids=n_duplicated,
         corpus_duplicate_rows=corpus_check.duplicate_rows,  # same doc id and text: one document
         mode="logged_candidates" if logged else "recall",
         recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
         ray_gpus_for_rerank=gpus,
         ray_version=ray.__version__,
+        driver_peak_rss_mb=driver_peak_rss_mb(),
         top_score_median=figures.median_top_score(),
         stage_s={
             "input checks": round(checked - started, 2),
             "Ray, export, model": round(pipeline_started - checked, 2),
             "pipeline": round(pipeline_s, 2),
             "read back, verify": round(verified - pipeline_started - pipeline_s, 2),
-            "commit": round(time.perf_counter() - verified, 2),
+            "commit": round(committed - verified, 2),
         },
     )
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -490,21 +486,14 @@ def run_job(
     return summary
 
 
-def verify_exactly_once(expected: Counter, table: pa.Table | None, id_col: str, exploded: bool) -> None:
-    """Every input query row appears in the output exactly once (exploded: every query id appears)."""
-    ids = table.column(id_col).to_pylist() if table is not None else []
-    if exploded:  # one row per kept pair: each input query id must be present, nothing else
-        got = Counter(set(ids))
-        expected = Counter(set(expected))
-    else:
-        got = Counter(ids)
-    if got != expected:
-        missing = list((expected - got).elements())[:5]
-        extra = list((got - expected).elements())[:5]
-        raise RerankEngineError(
-            f"output check failed: {sum((expected - got).values())} query rows missing "
-            f"(e.g. {missing}), {sum((got - expected).values())} extra (e.g. {extra})"
-        )
+def driver_peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (the driver's; Ray's workers are apart), in MB."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, else KiB
 
 
 # Per-query output columns that summarize() and the run report read (beside the query id).

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rerank_engine.errors import InputError
+
 
 def paraphrase_positives(
     query_ids: Sequence[str],
@@ -69,13 +71,13 @@ def items_markdown(items, title: str) -> str:
 def tally(judgements: Sequence[dict[str, bool]], key: Sequence[dict[str, str]]) -> dict[str, dict]:
     """Per system: how many of its judged answers were relevant, and the share."""
     if len(judgements) != len(key):
-        raise ValueError(f"{len(judgements)} judgements for {len(key)} items")
+        raise InputError(f"{len(judgements)} judgements for {len(key)} items")
     counts: dict[str, list[int]] = {}
     for i, (judged, k) in enumerate(zip(judgements, key, strict=True)):
         if set(judged) != {"A", "B"}:
-            raise ValueError(f"judgement {i} must judge exactly A and B, got {sorted(judged)}")
+            raise InputError(f"judgement {i} must judge exactly A and B, got {sorted(judged)}")
         if not all(isinstance(v, bool) for v in judged.values()):
-            raise ValueError(f"judgement {i} is {judged}: judge each of A and B true or false")
+            raise InputError(f"judgement {i} is {judged}: judge each of A and B true or false")
         for letter, system in k.items():
             c = counts.setdefault(system, [0, 0])
             c[0] += bool(judged[letter])
@@ -111,7 +113,7 @@ def orders_of(results: Sequence[dict], where: str) -> tuple[list[str], list[str]
     """(recall order, rerank order) of one output row's `results`, which must hold every candidate with
     its recall rank (a job run with `k_rerank` = `k_recall` and threshold 0)."""
     if any(r.get("recall_rank") is None for r in results):
-        raise ValueError(
+        raise InputError(
             f"{where}: results carry no recall_rank (logged-candidates mode has no recall order)"
         )
     by_recall = sorted(results, key=lambda r: r["recall_rank"])

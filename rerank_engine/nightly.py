@@ -48,8 +48,9 @@ from pydantic import Field, field_validator
 
 from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
+from rerank_engine.exactly_once import InputIds
 from rerank_engine.files import check_output_apart
-from rerank_engine.job import inspect_query_log, job_inputs, read_ids, run_job, verify_exactly_once
+from rerank_engine.job import inspect_query_log, job_inputs, run_job
 from rerank_engine.run_report import QueryFigures, write_report, write_trend
 
 log = logging.getLogger(__name__)
@@ -387,7 +388,7 @@ def commit(
     present = set(pq.read_schema(paths_read[0]).names) if parts else set()
     columns = [id_col, *(c for c in QueryFigures.COLUMNS if c in present)]
     table = pq.read_table(paths_read, columns=columns, partitioning=None) if parts else None
-    verify_exactly_once(read_ids(files, filesystem, id_col), table, id_col, config.job.exploded)
+    InputIds.read(files, filesystem, id_col).verify(table, id_col, config.job.exploded)
     figures = QueryFigures.of(table, id_col, config.job.exploded)
 
     for stale in paths.work.glob("final-*"):  # assembled by a run killed before its rename

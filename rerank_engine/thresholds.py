@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.errors import ScaleMismatchError
+from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 
+THRESHOLD_FILE = "threshold.json"  # a model's calibrated threshold, in its folder (`Threshold.save`)
 PROBABILITY = "probability"
 LOGIT = "logit"
 SCALES = (PROBABILITY, LOGIT)
@@ -182,18 +183,22 @@ class Threshold:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON file the batch job reads (`threshold.json` in the model folder)."""
+        """Write the JSON file the batch job reads (`THRESHOLD_FILE` in the model folder)."""
         return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Threshold:
+        """The threshold file at `path`; InputError naming the file where a value is not a threshold's."""
         data = read_json_record(path, ("value", "scale", "model_id"), "threshold file")
-        return cls(
-            value=float(data["value"]),
-            scale=data["scale"],
-            model_id=data["model_id"],
-            calibration=data.get("calibration", {}),
-        )
+        try:
+            return cls(
+                value=float(data["value"]),
+                scale=data["scale"],
+                model_id=data["model_id"],
+                calibration=data.get("calibration", {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path} is not a valid threshold file: {exc}") from None
 
 
 # -- choosing -------------------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def best_f1(queries: Sequence[ScoredQuery], *, model_id: str, scale: str = PROBA
     """The exact cut point with the highest pooled F1 (ties: the lowest such threshold, keeping more)."""
     s = sweep(queries, cut_points(queries))
     if not s.relevant_total:
-        raise ValueError("no relevant passage in the scored set: F1 is 0 at every threshold")
+        raise InputError("no relevant passage in the scored set: F1 is 0 at every threshold")
     i = int(np.flatnonzero(s.f1 >= s.f1.max() - 1e-12)[0])  # ties (to rounding): the lowest threshold
     return Threshold(value=float(s.thresholds[i]), scale=scale, model_id=model_id, calibration=s.at(i))
 
@@ -214,7 +219,7 @@ def for_precision(
     """The lowest cut point whose pooled precision reaches `target` while keeping something (so the one
     with the highest recall among them), or None where no threshold reaches it."""
     if not 0.0 < target <= 1.0:
-        raise ValueError(f"target precision must lie in (0, 1], got {target}")
+        raise ConfigError(f"target precision must lie in (0, 1], got {target}")
     s = sweep(queries, cut_points(queries))
     ok = np.flatnonzero((s.precision >= target) & (s.kept > 0))
     if not len(ok):

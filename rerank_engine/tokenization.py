@@ -114,7 +114,7 @@ class PairTokenizer:
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self._n_special = self.tokenizer.num_special_tokens_to_add(pair=True)
         if self.config.max_length <= self._n_special + 1:
-            raise ValueError(f"max_length {self.config.max_length} leaves no room for text")
+            raise ConfigError(f"max_length {self.config.max_length} leaves no room for text")
         self.query_cap = max(1, int(self.config.max_length * self.config.max_query_share))
         self._memo: dict[tuple[str, int], object] | None = {} if memoize else None
         self.prompt = folder_prompt(tokenizer_dir)

@@ -94,6 +94,16 @@ def _bert_config(vocab_size: int, num_labels: int):
 
 
 @pytest.fixture(scope="session")
+def headless_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    """A tiny random bare BertModel (no classification head) with the MiniLM tokenizer: what export,
+    the job and scoring must refuse, and what training may start from."""
+    from transformers import BertModel
+
+    config = _bert_config(bundled_tokenizer.vocab_size, num_labels=1)
+    return _save_tiny(BertModel, config, bundled_tokenizer, tmp_path_factory.mktemp("bare-bert"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
     """A tiny random BertForSequenceClassification (one logit) with the MiniLM WordPiece tokenizer."""
     from transformers import BertForSequenceClassification

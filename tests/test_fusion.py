@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from rerank_engine.config import JobConfig
-from rerank_engine.errors import ConfigError, ScaleMismatchError
+from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
 from rerank_engine.fusion import Fusion, fit, mean_ndcg, platt
 from rerank_engine.metrics import ndcg_at_k
 from rerank_engine.thresholds import Threshold
@@ -82,6 +82,11 @@ def test_fusion_file_roundtrip_and_checks(tmp_path):
         Fusion(recall_weight=1.0, model_id=MODEL, recall_model=RECALL, threshold=1.5)
     (tmp_path / "bad.json").write_text(json.dumps({"recall_weight": 1.0}))
     with pytest.raises(ValueError, match="not a fusion file"):
+        Fusion.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**f.to_dict(), "scale": -1.0}))
+    with pytest.raises(
+        InputError, match=r"bad\.json is not a valid fusion file: fusion scale must be positive"
+    ):
         Fusion.load(tmp_path / "bad.json")
 
 

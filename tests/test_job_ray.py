@@ -92,7 +92,8 @@ def test_recall_mode_row_by_row(data, tiny_export):
     report = (root / "out" / "_report.md").read_text()  # beside the output, skipped by Parquet readers
     assert report.startswith(f"# Run report: {summary['run_id']}") and "| empty_query | 2 |" in report
     assert all(p.stat().st_size > 2_000 for p in run_report.plot_files(root / "out"))
-    assert 0 < sum(summary["stage_s"].values()) <= summary["wall_s"] and summary["stage_s"]["pipeline"] > 0
+    stages = summary["stage_s"]  # five figures rounded to 0.01 s: their sum may pass wall_s by 0.03
+    assert 0 < sum(stages.values()) <= summary["wall_s"] + 0.03 and stages["pipeline"] > 0
 
     _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, tiny_export)
 
@@ -428,19 +429,11 @@ def test_xlm_roberta_reranker_end_to_end(data, family_dirs):
     _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, export)
 
 
-def test_the_job_refuses_a_checkpoint_without_a_head(data, tmp_path, bundled_tokenizer):
-    from transformers import BertConfig, BertModel
-
+def test_the_job_refuses_a_checkpoint_without_a_head(data, tmp_path, headless_model_dir):
     from rerank_engine.errors import ModelFormatError
 
     root, _ = data
-    config = BertConfig(
-        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(tmp_path / "bare")
-    bundled_tokenizer.save_pretrained(tmp_path / "bare")
     with pytest.raises(ModelFormatError, match=r"classifier\.bias, classifier\.weight would be newly"):
-        _run({"model": str(tmp_path / "bare")}, root, tmp_path / "out", input=str(root / "queries.parquet"),
+        _run({"model": str(headless_model_dir)}, root, tmp_path / "out", input=str(root / "queries.parquet"),
              index=str(root / "index"))  # fmt: skip
     assert not list((tmp_path / "out").glob("*.parquet"))

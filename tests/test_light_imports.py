@@ -21,6 +21,7 @@ LIGHT = [
     "rerank_engine.metrics",
     "rerank_engine.schema",
     "rerank_engine.hashing",
+    "rerank_engine.exactly_once",
     "rerank_engine.files",
     "rerank_engine.inputs",
     "rerank_engine.bm25",

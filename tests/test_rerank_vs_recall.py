@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,10 +79,15 @@ def test_labels_compare_both_orders(tmp_path, capsys):
     }
 
 
-def test_an_output_that_dropped_candidates_is_refused(tmp_path):
+def test_an_output_that_dropped_candidates_is_refused(tmp_path, capsys):
     out = _write(tmp_path / "out.parquet", [_row("q1", ["a", "b", "c"], ["b", "a", "c"], ["b"], kept=2)])
-    with pytest.raises(ValueError, match=r"query_id 'q1'\) keeps 2 of its 3 candidates.*k_rerank=<k_recall>"):
-        rerank_vs_recall.main(["--output", str(out), "--labels-column", "gold"])
+    assert rerank_vs_recall.main(["--output", str(out), "--labels-column", "gold"]) == 2  # an InputError
+    err = capsys.readouterr().err
+    assert re.search(
+        r"^rerank_vs_recall failed: .*query_id 'q1'\) keeps 2 of its 3 candidates.*k_rerank=<k_recall>", err
+    )
+    with pytest.raises(ValueError, match="keeps 2 of its 3 candidates"):  # the library call raises it
+        rerank_vs_recall.load_orders(out, "gold")
 
 
 def test_blind_sample_then_judgements(tmp_path, capsys):
@@ -103,8 +109,10 @@ def test_blind_sample_then_judgements(tmp_path, capsys):
     items = (blind / "blind_items.md").read_text()
     assert items.count("## ") == 4 and "T. text of a" in items  # the title is prepended, as the job does
     key = json.loads((blind / "blind_key.json").read_text())["key"]
-    with pytest.raises(ValueError, match="judge each of A and B true or false"):
-        rerank_vs_recall.main([*args, "--judgements", str(blind / "judgements.json")])  # the blank template
+    assert (
+        rerank_vs_recall.main([*args, "--judgements", str(blind / "judgements.json")]) == 2
+    )  # the blank template
+    assert "judge each of A and B true or false" in capsys.readouterr().err
     # judge every rerank passage relevant and every recall passage not
     judged = [{letter: system == "rerank" for letter, system in k.items()} for k in key]
     (blind / "judgements.json").write_text(json.dumps(judged))

@@ -11,7 +11,14 @@ from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import InputError
-from rerank_engine.stages import RerankStage, TokenizeStage, explode, finalize, logged_candidates
+from rerank_engine.stages import (
+    RerankStage,
+    TokenizeStage,
+    explode,
+    finalize,
+    load_corpus,
+    logged_candidates,
+)
 
 DOCS = {
     "d1": "A standard homeowners policy excludes flood damage.",
@@ -44,6 +51,25 @@ def scored(config, corpus, tiny_export):
     stage_in = logged_candidates(batch, config=config)
     tokenized = TokenizeStage(config, corpus, tiny_export)(stage_in)
     return stage_in, tokenized, RerankStage(config, tiny_export, threads=1)(tokenized)
+
+
+def test_a_passage_reads_title_dot_text_where_both_are_there(tmp_path):
+    """The passage the reranker reads (and the bi-encoder embeds, `schema.passage_texts`)."""
+    path = tmp_path / "titled.parquet"
+    table = pa.table(
+        {
+            "doc_id": ["a", "b", "c", "d"],
+            "text": ["Flood is excluded.", "No title here.", "Empty title.", None],
+            "title": ["Home cover", None, "", "A title alone"],
+        }
+    )
+    pq.write_table(table, path)
+    assert load_corpus(str(path), JobConfig()) == {
+        "a": "Home cover. Flood is excluded.",
+        "b": "No title here.",
+        "c": "Empty title.",
+    }  # d: no text, no passage
+    assert schema.passage_texts(table.drop_columns(["title"]), "text", "title")[0] == "Flood is excluded."
 
 
 def test_logged_candidates_statuses_and_dedupe(scored):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rerank_engine.errors import ScaleMismatchError
+from rerank_engine.errors import InputError, ScaleMismatchError
 from rerank_engine.evaluation import ScoredCascade, handed_on_figures, threshold_comparison
 from rerank_engine.thresholds import (
     GRID,
@@ -144,6 +144,9 @@ def test_threshold_file_round_trip_and_the_job_reads_it(tmp_path):
 
     (tmp_path / "bad.json").write_text(json.dumps({"value": 0.5}))
     with pytest.raises(ValueError, match="missing"):
+        Threshold.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"value": 1.5, "scale": "probability", "model_id": MODEL}))
+    with pytest.raises(InputError, match=r"bad\.json is not a valid threshold file: .*\[0, 1\]"):
         Threshold.load(tmp_path / "bad.json")
 
 

@@ -388,6 +388,27 @@ def test_trained_models_are_scored_on_the_comparison_sets_and_kept(tmp_path, tin
     assert again[1]["name"] == "read back"
 
 
+def test_trained_model_rows_refuse_a_folder_without_a_trained_head(tmp_path, headless_model_dir):
+    """A model folder handed to `compare_recipes --models` is scored as it is: one without a trained
+    head is refused by name instead of being scored with a head drawn at random."""
+    from rerank_engine.errors import ModelFormatError
+    from rerank_engine.training import comparison
+    from rerank_engine.training.finetune import EvalSet
+
+    evalset = EvalSet(
+        queries=["q"],
+        candidates=[["a", "b"]],
+        candidate_ids=[["d0", "d1"]],
+        relevant=[{"d0"}],
+        recall_scores=[[0.5, 0.4]],
+    )
+    with pytest.raises(ModelFormatError, match=r"no trained classification head.*classifier.weight"):
+        comparison.trained_model_rows(
+            {"cascade": evalset}, {"bare": str(headless_model_dir)}, tmp_path / "run", 32
+        )
+    assert not (tmp_path / "run" / "models").exists()
+
+
 def comparison_model(folder):
     from rerank_engine.training.finetune import load_model
 
@@ -423,24 +444,15 @@ def test_paraphrase_sample_lists_exclusions_for_reading():
     assert md == paraphrase_sample(records, questions, answers, n=3, seed=1)  # reproducible
 
 
-def test_load_model_says_when_it_starts_from_a_fresh_head(
-    tmp_path, tiny_model_dir, bundled_tokenizer, caplog
-):
+def test_load_model_says_when_it_starts_from_a_fresh_head(headless_model_dir, tiny_model_dir, caplog):
     """Training may start from a checkpoint without a classification head (the export refuses one), and
     its log says which weights it drew fresh."""
     import logging
 
-    from transformers import BertConfig, BertModel
-
     from rerank_engine.training.finetune import load_model
 
-    config = BertConfig(
-        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(tmp_path / "bare")
     with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
-        model = load_model(tmp_path / "bare", seed=0)
+        model = load_model(headless_model_dir, seed=0)
     assert model.config.num_labels == 1
     fresh = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
     assert fresh and "classifier.bias, classifier.weight" in fresh[0] and "seed 0" in fresh[0]

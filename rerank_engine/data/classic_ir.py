@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from rerank_engine.errors import ConfigError
+
 ENV = "RERANK_ENGINE_CLASSIC_IR"
 _FIELD = re.compile(r"^\.([A-Z])\b ?(.*)$")
 _WS = re.compile(r"\s+")
@@ -104,7 +106,7 @@ def _doc_text(fields: dict[str, str]) -> str:
 
 def load_collection(name: str, root: str | Path | None = None) -> Collection:
     if name not in FILES:
-        raise ValueError(f"unknown collection {name!r}; expected one of {sorted(FILES)}")
+        raise ConfigError(f"unknown collection {name!r}; expected one of {sorted(FILES)}")
     root = classic_ir_dir(root)
     doc_file, query_file, qrel_file, by_order = FILES[name]
     missing = [f for f in (doc_file, query_file, qrel_file) if not (root / f).is_file()]

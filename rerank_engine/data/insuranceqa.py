@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from rerank_engine import progress
-from rerank_engine.errors import require
+from rerank_engine.errors import ConfigError, require
 
 SPLITS = ("train", "valid", "test")
 DATA_VERSION = "insuranceqa-data==1.0"
@@ -40,7 +40,7 @@ def load_answers() -> dict[str, str]:
 @lru_cache(maxsize=3)
 def load_split(split: str) -> tuple[Question, ...]:
     if split not in SPLITS:
-        raise ValueError(f"unknown InsuranceQA split {split!r}; expected one of {SPLITS}")
+        raise ConfigError(f"unknown InsuranceQA split {split!r}; expected one of {SPLITS}")
     data = require("insuranceqa_data", "data")
     raw = getattr(data, f"load_{split}")()
     return tuple(

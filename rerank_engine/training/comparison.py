@@ -106,7 +106,7 @@ def trained_model_rows(
         if out.is_file():
             rows.append(json.loads(out.read_text()))
             continue
-        model = load_model(folder, seed=0)
+        model = load_model(folder, seed=0, require_head=True)  # never score a random head
         tokenizer = PairTokenizer(folder, TokenizerConfig(max_length=max_length))
         row = {"name": name, "model": str(folder), **model_figures(model, tokenizer, evalsets)}
         out.parent.mkdir(parents=True, exist_ok=True)

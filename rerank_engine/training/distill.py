@@ -116,7 +116,7 @@ def kept_layers(layers: int | Sequence[int], n_teacher: int) -> list[int]:
 def make_student(teacher_dir: str | Path, layers: int | Sequence[int], out: str | Path) -> Path:
     """Save into `out` the teacher with only the `kept_layers(layers)`, every weight copied from it,
     and the teacher's tokenizer."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     from transformers import AutoTokenizer
 
     teacher_dir, out = Path(teacher_dir), Path(out)
@@ -189,7 +189,7 @@ def teacher_logits(
     """The teacher's fp32 logits of the (query, passage) pairs, in order, from `cache_dir` when they are
     there. Computed `chunk_pairs` at a time, each chunk saved as it is done; the teacher is loaded only
     when a chunk is missing."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     from tqdm import tqdm
 
     teacher_dir = Path(teacher_dir)
@@ -231,7 +231,7 @@ def record_pairs(records: Sequence[dict]) -> tuple[list[str], list[str]]:
 
 def distill_loss(kind: str, student, teacher):
     """(groups × passages) student vs teacher logits, column 0 the positive."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     if kind == "mse":
         return torch.nn.functional.mse_loss(student, teacher)
     return torch.nn.functional.mse_loss(student[:, :1] - student[:, 1:], teacher[:, :1] - teacher[:, 1:])
@@ -259,7 +259,7 @@ def distill(
 ) -> dict:
     """Make the student in `run_dir/student` (once) and train it on the teacher's cached logits until
     `stop_at` (default: config.steps), resuming from `run_dir/checkpoint.pt`. Returns the run state."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
 
     run_dir, teacher = Path(run_dir), Path(teacher)
     if config.threads:
@@ -287,7 +287,7 @@ def distill(
         make_student(teacher, config.layers, student_dir)
         log(f"made {student_dir} from {teacher}")
     elif not _student_matches(student_dir, teacher_hash, config.layers):
-        raise ValueError(f"{student_dir} was made from another teacher or other layers; use a new run_dir")
+        raise ConfigError(f"{student_dir} was made from another teacher or other layers; use a new run_dir")
     model = load_model(student_dir, config.seed, require_head=True).to(device)
     tokenizer = PairTokenizer(student_dir, tokenization, memoize=True)
     sampler = GroupSampler(records, config.n_negatives, config.seed)

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from rerank_engine.batching import pad_rows, plan_batches
 from rerank_engine.config import TokenizerConfig, _Frozen
-from rerank_engine.errors import ModelFormatError, require
+from rerank_engine.errors import ConfigError, ModelFormatError, require
 from rerank_engine.metrics import mean_metrics
 from rerank_engine.tokenization import PairTokenizer
 
@@ -100,7 +100,7 @@ class EvalSet:
 def load_model(base_model: str | Path, seed: int, *, require_head: bool = False):
     """A one-logit sequence-classification model in fp32. `require_head`: refuse a checkpoint without a
     trained head (a distillation teacher), instead of drawing one from `seed`."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)  # a new classification head is drawn from this seed
@@ -130,7 +130,7 @@ def score_pairs(
     max_batch_tokens: int = 8192,
 ) -> np.ndarray:
     """fp32 logits with length bucketing, in input order (PyTorch, evaluation mode)."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     pairs = tokenizer(queries, passages)
     out = np.zeros(len(pairs), dtype=np.float32)
     device = next(model.parameters()).device
@@ -254,7 +254,7 @@ def _doc_id(record: dict, side: str, i: int) -> str | None:
 def _bucketed_logits(model, tokenizer: PairTokenizer, queries, passages, device, max_batch_tokens=4096):
     """Training forward with length bucketing inside the step: each sub-batch is padded to its own
     longest row, and the logits are put back in input order (gradients flow through the gather)."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     pairs = tokenizer(queries, passages)
     plan = plan_batches(pairs.lengths, max_batch_tokens=max_batch_tokens, max_batch_rows=256)
     parts, order = [], []
@@ -278,7 +278,7 @@ def _bucketed_logits(model, tokenizer: PairTokenizer, queries, passages, device,
 
 def _group_loss(kind: str, grouped, pos_weight: float = 1.0):
     """Loss over (groups × passages) scores whose column 0 is the positive."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     if kind == "listwise":
         target = torch.zeros(grouped.shape[0], dtype=torch.long, device=grouped.device)
         return torch.nn.functional.cross_entropy(grouped, target)
@@ -304,7 +304,7 @@ def train(
 
     `cosine(qid, doc_ids) -> array` gives the bi-encoder's recall cosines; required when the config
     has a fused loss term."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -354,7 +354,7 @@ def train(
 
 def optimizer_and_schedule(model, *, lr: float, weight_decay: float, steps: int, warmup_share: float):
     """AdamW (no decay on biases and LayerNorm weights) and a linear warm-up then linear decay to 0."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     no_decay = ("bias", "LayerNorm.weight")
     params = [
         {
@@ -397,7 +397,7 @@ def fit(
 
     `config` needs steps, lr, weight_decay, warmup_share, groups_per_step, eval_every,
     checkpoint_every, fusion_weight and select_on."""
-    torch = require("torch", "torch")
+    torch = require("torch", package="torch")
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -417,7 +417,7 @@ def fit(
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=True)  # tensors and plain values only
         if saved["state"]["config_key"] != config_key:
-            raise ValueError(f"{ckpt} was written with another config; use a new run_dir")
+            raise ConfigError(f"{ckpt} was written with another config; use a new run_dir")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
