@@ -422,6 +422,102 @@ def family_dirs(tmp_path_factory, family_model):
     return get
 
 
+# Tiny LLM rerankers (tests/test_llm_reranker.py, tests/test_job_ray.py).
+# Qwen2 / Qwen3's pre-tokenizer split (their tokenizer.json)
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _qwen_tokenizer(drop_word: str | None = None):
+    """Byte-level BPE behind Qwen2TokenizerFast, trained on the probe texts, the prompt and lines of
+    "yes" / "no" (so that both are single tokens), less every text holding `drop_word`."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import Qwen2TokenizerFast
+
+    from rerank_engine.llm_reranker import QWEN3_RERANKER
+
+    rng = np.random.default_rng(0)
+    words = " ".join(QUERIES + PASSAGES).split()
+    texts = QUERIES + PASSAGES + [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(300)]
+    texts += [QWEN3_RERANKER.prefix, QWEN3_RERANKER.text(QWEN3_RERANKER.instruction, "q", "p")] * 20
+    texts += ["yes", "no", "yes\nno", "Yes, no."] * 30
+    if drop_word is not None:
+        texts = [t for t in texts if drop_word not in t]
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=131072,
+    )
+    tokenizer.add_tokens(["<think>", "</think>"])
+    return tokenizer
+
+
+def _build_qwen3(out, *, tied: bool = True, drop_word: str | None = None):
+    """A tiny random Qwen3ForCausalLM (the shape of Qwen/Qwen3-Reranker-0.6B, 2 layers, hidden 32)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = _qwen_tokenizer(drop_word)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=tied, initializer_range=0.1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def build_qwen3():
+    """`build_qwen3(out, tied=True, drop_word=None) -> out`: a tiny random Qwen3-Reranker-shaped causal LM."""
+    return _build_qwen3
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory):
+    return _build_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_export(tmp_path_factory, qwen3_dir):
+    from rerank_engine.exporting import export_model
+
+    return export_model(qwen3_dir, tmp_path_factory.mktemp("tiny-qwen3-onnx") / "export", precisions=["fp32"])
+
+
 def free_port() -> int:
     import socket
 

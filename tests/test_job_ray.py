@@ -98,14 +98,16 @@ def test_recall_mode_row_by_row(data, tiny_export):
     _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, tiny_export)
 
 
-def _assert_recall_rows(out, inp, index, docs, model_dir):
-    """Each output row as the bare RecallIndex + engine rank it: recall top-8, rerank top-3."""
+def _assert_recall_rows(out, inp, index, docs, model_dir, max_length=None):
+    """Each output row as the bare RecallIndex + engine (at `max_length`, else the model's default) rank
+    it: recall top-8, rerank top-3."""
     from rerank_engine.config import EngineConfig
     from rerank_engine.engine import CrossEncoderEngine
     from rerank_engine.recall import BiEncoder
 
     encoder = BiEncoder()
-    engine = CrossEncoderEngine(EngineConfig.build(model_dir=model_dir, precision="fp32"))
+    tokenizer = {} if max_length is None else {"max_length": max_length}
+    engine = CrossEncoderEngine(EngineConfig.build(model_dir=model_dir, precision="fp32", tokenizer=tokenizer))
     by_id = {r["query_id"]: r for r in inp}
     for row in out:
         src = by_id[row["query_id"]]
@@ -407,26 +409,52 @@ def test_rerank_actor_killed_mid_run_every_query_once(data, tiny_export, tmp_pat
     print(f"killed rerank actor pid {killed[0][0]} after {killed[0][1]} staged files; {n} rows, 0 lost")
 
 
-def test_xlm_roberta_reranker_end_to_end(data, family_dirs):
-    """The seed's family (bge-reranker-v2-m3 is an XLM-R): a tiny random XLM-R with its own Unigram
-    tokenizer (`<s> q </s></s> p </s>`, pad id 1) through the whole job; every row as the bare engine
-    ranks it."""
+@pytest.mark.parametrize("family", ["xlm-roberta", "deberta-v2", "modernbert", "electra", "bert-2"])
+def test_each_family_through_the_job_end_to_end(data, family_dirs, family):
+    """Each family of the README's table (tiny random models with their own kind of tokenizer, built in
+    conftest; bge-reranker-v2-m3 is an XLM-R, "bert-2" a two-logit BERT) through the whole job on the
+    module's Ray; every row as the bare engine ranks it, at the job's default max_length cap."""
     from rerank_engine.recall import RecallIndex
 
     root, docs = data
-    _, export = family_dirs("xlm-roberta")
+    _, export = family_dirs(family)
+    out_dir = root / f"out-{family}"
     summary = _run(
         {"model": str(export), "precision": "fp32", "k_recall": 8, "k_rerank": 3, "threshold": 0.0},
         root,
-        root / "out-xlmr",
+        out_dir,
         input=str(root / "queries.parquet"),
         index=str(root / "index"),
     )
-    out = pq.read_table(root / "out-xlmr").to_pylist()
+    out = pq.read_table(out_dir).to_pylist()
     inp = pq.read_table(root / "queries.parquet").to_pylist()
     assert sorted(r["query_id"] for r in out) == sorted(r["query_id"] for r in inp)
     assert summary["queries"] == len(inp) and summary["max_length"] == 256
     _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, export)
+
+
+def test_an_llm_reranker_through_the_job_end_to_end(data, qwen3_export):
+    """A tiny Qwen3-Reranker-shaped causal LM (its export is a one-logit classifier that keeps the prompt in
+    its manifest) through the whole job on Ray, with the README's settings for it; every row as the bare
+    engine ranks it (tests/test_llm_reranker.py proves the engine equals the model card's scoring)."""
+    from rerank_engine.recall import RecallIndex
+
+    root, docs = data
+    summary = _run(
+        {
+            "model": str(qwen3_export), "precision": "fp32", "k_recall": 8, "k_rerank": 3, "threshold": 0.0,
+            "dedupe_queries": False, "tokenizer": {"max_length": 512},
+        },
+        root,
+        root / "out-qwen3",
+        input=str(root / "queries.parquet"),
+        index=str(root / "index"),
+    )  # fmt: skip
+    out = pq.read_table(root / "out-qwen3").to_pylist()
+    inp = pq.read_table(root / "queries.parquet").to_pylist()
+    assert sorted(r["query_id"] for r in out) == sorted(r["query_id"] for r in inp)
+    assert summary["queries"] == len(inp) and summary["max_length"] == 512
+    _assert_recall_rows(out, inp, RecallIndex.load(root / "index"), docs, qwen3_export, max_length=512)
 
 
 def test_the_job_refuses_a_checkpoint_without_a_head(data, tmp_path, headless_model_dir):

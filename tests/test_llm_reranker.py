@@ -1,9 +1,10 @@
 """Yes/no LLM rerankers (Qwen3-Reranker) served as one-logit sequence classifiers (llm_reranker.py).
 
-A tiny random `Qwen3ForCausalLM` (2 layers, hidden 32) with a byte-level BPE tokenizer of Qwen2's kind
-trained offline (its pre-tokenizer regex, <|im_start|> / <|im_end|> / <|endoftext|>, <think> tokens). The
-reference is the model card's: prefix + `<Instruct>: … <Query>: … <Document>: …` + suffix, padded on the
-left, softmax([logit("no"), logit("yes")])[yes] of the causal LM at the last position.
+A tiny random `Qwen3ForCausalLM` (2 layers, hidden 32; `qwen3_dir` in tests/conftest.py) with a byte-level
+BPE tokenizer of Qwen2's kind trained offline (its pre-tokenizer regex, <|im_start|> / <|im_end|> /
+<|endoftext|>, <think> tokens). The reference is the model card's: prefix + `<Instruct>: … <Query>: …
+<Document>: …` + suffix, padded on the left, softmax([logit("no"), logit("yes")])[yes] of the causal LM at
+the last position.
 """
 
 from __future__ import annotations
@@ -22,93 +23,6 @@ from rerank_engine.probe_pairs import PASSAGES, QUERIES
 from rerank_engine.tokenization import PairTokenizer
 
 pytestmark = pytest.mark.slow
-
-# Qwen2 / Qwen3's pre-tokenizer split (their tokenizer.json)
-QWEN_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
-    r"\s+(?!\S)|\s+"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-def _qwen_tokenizer(drop_word: str | None = None):
-    """Byte-level BPE behind Qwen2TokenizerFast, trained on the probe texts, the prompt and lines of
-    "yes" / "no" (so that both are single tokens), less every text holding `drop_word`."""
-    from tokenizers import (
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import Qwen2TokenizerFast
-
-    rng = np.random.default_rng(0)
-    words = " ".join(QUERIES + PASSAGES).split()
-    texts = QUERIES + PASSAGES + [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(300)]
-    texts += [QWEN3_RERANKER.prefix, QWEN3_RERANKER.text(QWEN3_RERANKER.instruction, "q", "p")] * 20
-    texts += ["yes", "no", "yes\nno", "Yes, no."] * 30
-    if drop_word is not None:
-        texts = [t for t in texts if drop_word not in t]
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts, trainer)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=tok,
-        unk_token=None,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        model_max_length=131072,
-    )
-    tokenizer.add_tokens(["<think>", "</think>"])
-    return tokenizer
-
-
-def _build_qwen3(out, *, tied: bool = True, drop_word: str | None = None):
-    """A tiny random Qwen3ForCausalLM (the shape of Qwen/Qwen3-Reranker-0.6B, 2 layers, hidden 32)."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    tokenizer = _qwen_tokenizer(drop_word)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=tied, initializer_range=0.1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def qwen3_dir(tmp_path_factory):
-    return _build_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
-
-
-@pytest.fixture(scope="session")
-def qwen3_export(tmp_path_factory, qwen3_dir):
-    from rerank_engine.exporting import export_model
-
-    return export_model(qwen3_dir, tmp_path_factory.mktemp("tiny-qwen3-onnx") / "export", precisions=["fp32"])
-
 
 def _card_ids(model_dir, queries, passages, *, max_length=8192, instruction=None):
     """The model card's inputs: prefix ids + the body tokenized as one text (cut to what the prefix and
@@ -178,7 +92,7 @@ def test_prompted_pair_ids_equal_the_model_cards(qwen3_export):
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_converted_classifier_is_the_causal_lms_yes_no_softmax(tied, tmp_path):
+def test_converted_classifier_is_the_causal_lms_yes_no_softmax(tied, tmp_path, build_qwen3):
     """sigmoid(classifier logit) on right-padded rows = softmax([no, yes])[yes] of the causal LM at each
     row's last real token = the model card's left-padded reference, to 1e-5; with tied embeddings (0.6B,
     4B) and an untied LM head (8B)."""
@@ -188,7 +102,7 @@ def test_converted_classifier_is_the_causal_lms_yes_no_softmax(tied, tmp_path):
     from rerank_engine.batching import pad_rows
     from rerank_engine.llm_reranker import to_sequence_classifier, yes_no_token_ids
 
-    src = _build_qwen3(tmp_path / "qwen3", tied=tied)
+    src = build_qwen3(tmp_path / "qwen3", tied=tied)
     lm = AutoModelForCausalLM.from_pretrained(str(src)).eval()
     assert (lm.lm_head.weight is lm.model.embed_tokens.weight) == tied
     tokenizer = AutoTokenizer.from_pretrained(str(src))
@@ -282,14 +196,14 @@ def test_the_jobs_stages_score_through_the_prompt(qwen3_export, qwen3_dir, tmp_p
         np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(got[row]))), card, atol=1e-5)
 
 
-def test_yes_or_no_not_a_single_token_is_refused(tmp_path):
+def test_yes_or_no_not_a_single_token_is_refused(tmp_path, build_qwen3):
     """A tokenizer without a single "yes" token: the export and the job's resolve_export refuse it, naming
     the model and the tokens expected."""
     from transformers import AutoTokenizer
 
     from rerank_engine.exporting import export_model, resolve_export
 
-    src = _build_qwen3(tmp_path / "qwen3-no-yes", drop_word="yes")
+    src = build_qwen3(tmp_path / "qwen3-no-yes", drop_word="yes")
     assert "yes" not in AutoTokenizer.from_pretrained(str(src)).get_vocab()
     for call in (lambda: export_model(src, tmp_path / "out"), lambda: resolve_export(src)):
         with pytest.raises(ModelFormatError) as info:
