@@ -107,7 +107,9 @@ def _assert_recall_rows(out, inp, index, docs, model_dir, max_length=None):
 
     encoder = BiEncoder()
     tokenizer = {} if max_length is None else {"max_length": max_length}
-    engine = CrossEncoderEngine(EngineConfig.build(model_dir=model_dir, precision="fp32", tokenizer=tokenizer))
+    engine = CrossEncoderEngine(
+        EngineConfig.build(model_dir=model_dir, precision="fp32", tokenizer=tokenizer)
+    )
     by_id = {r["query_id"]: r for r in inp}
     for row in out:
         src = by_id[row["query_id"]]

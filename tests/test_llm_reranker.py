@@ -24,6 +24,7 @@ from rerank_engine.tokenization import PairTokenizer
 
 pytestmark = pytest.mark.slow
 
+
 def _card_ids(model_dir, queries, passages, *, max_length=8192, instruction=None):
     """The model card's inputs: prefix ids + the body tokenized as one text (cut to what the prefix and
     suffix leave) + suffix ids, padded on the left."""
