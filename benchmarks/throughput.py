@@ -9,6 +9,8 @@ Variants (every one scores the same (query, passage) pairs of a workload; timing
 - C `C_onnx_<precision>_<bucketed|inputorder>_<max_batch_tokens>`: our engine (`CrossEncoderEngine.score`).
   With `--experiments`, extra int8 graphs quantized here from the export's fp32 graph (per-tensor weights,
   uint8 weights, static QDQ calibrated on InsuranceQA valid) and a one-thread run.
+- S `S_student_onnx_fp32_bucketed_8192` (with `--student DIR`): a distilled student's engine on the same
+  pairs, and both models' NDCG@5 on labelled valid questions as served (`benchmarks/student.py`).
 - D `pipeline`: the whole Ray job (`run_job`) on the sample against the bare engine on the same pairs.
 - `query_log`: the job over a Zipf-repeated query log (logged-candidates mode) against A run query by query.
 
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import student
 from rerank_engine.metrics import ndcg_at_k, top_k_overlap
 
 DEFAULT_MODEL = "models/insurance-minilm-l6-ce"
@@ -695,6 +698,7 @@ def query_log_benchmark(
     from rerank_engine.data.insuranceqa import load_answers, load_split
     from rerank_engine.job import run_job
 
+    work.mkdir(parents=True, exist_ok=True)
     answers = load_answers()
     questions = load_split("test")[:n_questions]
     log_idx = zipf_log(n_entries, len(questions))
@@ -782,7 +786,13 @@ def targets(result: dict) -> list[dict]:
     if "ratio_vs_A" in result.get("query_log", {}):
         r = result["query_log"]["ratio_vs_A"]
         rows.append(("query log: job queries/s ≥ 20× A", r, r >= 20.0))
-    return [{"target": t, "variant": best_name, "value": v, "met": bool(m)} for t, v, m in rows]
+    out = [{"target": t, "variant": best_name, "value": v, "met": bool(m)} for t, v, m in rows]
+    if student.STUDENT in table:
+        out += [
+            {"target": t, "variant": student.STUDENT, "value": v, "met": bool(m)}
+            for t, v, m in student.targets(result)
+        ]
+    return out
 
 
 def _fmt(x, digits=2):
@@ -842,7 +852,15 @@ def markdown(result: dict) -> str:
             f"{q.get('ratio_vs_A_same_max_length', q['ratio_vs_A'])}.",
             "",
         ]
-    for key in ("pipeline", "query_log"):
+    lines += student.markdown(result)
+    sq = result.get("student_query_log")
+    if sq and "ratio_vs_A" in sq:
+        lines += [
+            f"Query log with the student: {sq['queries_per_s']} queries/s, ratio {sq['ratio_vs_A']} vs A "
+            f"running the teacher.",
+            "",
+        ]
+    for key in ("pipeline", "query_log", "student_query_log"):
         if "error" in result.get(key, {}):
             lines += [f"{key}: failed ({result[key]['error']})", ""]
     if result.get("targets"):
@@ -899,6 +917,8 @@ def run(args) -> dict:
     naive = NaiveTorch(model, args.threads)
     base = {"A_naive_torch_fp32": naive, "B_st_crossencoder": STCrossEncoder(model, args.threads)}
     grid = engine_variants(export_dir, args.threads, args.quick)
+    if args.student:
+        grid[student.STUDENT] = student.variant(args.student, args.threads)
     if args.experiments:
         grid |= experiment_variants(export_dir, args.threads, Path(args.work) / "int8-variants")
     result = {
@@ -923,8 +943,18 @@ def run(args) -> dict:
     real, long = workloads
     measured = measure({**base, **grid}, real, args.reps, shapes, gemm)
     result["variants"], result["gemm"] = measured["variants"], measured["gemm"]
-    long_grid = {k: v for k, v in grid.items() if "bucketed_8192" in k or "inputorder" in k}
+    if args.student:
+        student.rescale_flops(result["variants"][student.STUDENT], shapes, args.student, real.lengths)
+    long_grid = {
+        k: v for k, v in grid.items() if ("bucketed_8192" in k or "inputorder" in k) and k != student.STUDENT
+    }
     result["long_passages"] = measure({**base, **long_grid}, long, args.reps, shapes, gemm)
+    if args.student and not args.synthetic:
+        result["student_quality"] = student.valid_quality(
+            {"teacher": model, "student": args.student},
+            40 if args.quick else args.valid_queries,
+            Path(args.work) / "scores",
+        )
     if not args.synthetic and not args.no_job:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
@@ -937,6 +967,10 @@ def run(args) -> dict:
                 model, naive, entries, questions, a_sample, args.threads, work
             ),
         }
+        if args.student:  # the student's job over the same log, against A running the teacher
+            parts["student_query_log"] = lambda: query_log_benchmark(
+                args.student, naive, entries, questions, a_sample, args.threads, work / "student"
+            )
         for key, part in parts.items():
             try:
                 result[key] = part()
@@ -1018,6 +1052,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face model folder (A and B load it)")
     p.add_argument("--export", default=None, help="its export folder (default: the cached export)")
+    p.add_argument(
+        "--student", default=None, help="a distilled student's model folder, timed beside the teacher"
+    )
+    p.add_argument("--valid-queries", type=int, default=300, help="valid questions for the student's quality")
     p.add_argument("--quick", action="store_true", help="small workloads and grid (< 5 min on 2 cores)")
     p.add_argument("--experiments", action="store_true", help="other int8 graphs and thread settings")
     p.add_argument("--synthetic", type=int, default=0, help="N random queries instead of InsuranceQA; no job")

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import gpu_check, throughput
+from benchmarks import gpu_check, student, throughput
 
 
 def test_zipf_log_repeats_head_queries():
@@ -147,3 +147,57 @@ def test_reports_record_no_machine_paths(tmp_path, monkeypatch):
         f"{f.relative_to(root)}: {m.group(0)}" for f in files for m in machine_path.finditer(f.read_text())
     ]
     assert found == []
+
+
+@pytest.mark.slow
+def test_throughput_times_a_student_beside_its_teacher(tmp_path, tiny_model_dir, tiny_export, build_family):
+    """`--student DIR`: the student's engine is timed on the same pairs as the teacher's, its FLOPs counted
+    with its own shapes, and the issue's speed targets are stated against the teacher's engine."""
+    # the tiny teacher's shapes and tokenizer (a BERT of hidden 32, MiniLM's WordPiece), one layer of its two
+    student_dir = build_family("bert-2", tmp_path / "student", num_hidden_layers=1, num_labels=1)
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_model_dir), "--export", str(tiny_export), "--synthetic", "2"]
+    assert (
+        throughput.main([*argv, "--student", str(student_dir), "--quick", "--reps", "3", "--json", str(out)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    table = result["variants"]
+    s, t = table[student.STUDENT], table[student.TEACHER]
+    assert s["pairs_per_s"] > 0 and len(s["seconds"]) == 3
+    assert s["ratio_vs_A"] == pytest.approx(
+        s["pairs_per_s"] / table["A_naive_torch_fp32"]["pairs_per_s"], rel=0.01
+    )
+    assert student.STUDENT not in result["long_passages"]["variants"]
+    # one layer of two: half the teacher's FLOPs per pair, so half its useful GFLOP/s at equal speed
+    per_pair = s["useful_gflops"] / s["pairs_per_s"], t["useful_gflops"] / t["pairs_per_s"]
+    assert per_pair[0] == pytest.approx(per_pair[1] / 2, rel=0.05)
+    speed = {r["target"]: r for r in result["targets"] if r["variant"] == student.STUDENT}
+    row = speed["student ≥ 2× the teacher's pairs/s"]
+    assert row["value"] == pytest.approx(s["pairs_per_s"] / t["pairs_per_s"], rel=0.01)
+    assert row["met"] == (row["value"] >= 2.0)
+    assert "student_quality" not in result  # --synthetic has no labelled valid questions
+
+
+def test_student_targets_and_report_from_valid_quality():
+    """The quality target is the teacher's served NDCG@5 minus the student's, on valid; the report shows
+    both."""
+    variants = {
+        student.STUDENT: {"pairs_per_s": 50.0, "ratio_vs_B": 3.0},
+        student.TEACHER: {"pairs_per_s": 20.0, "ratio_vs_B": 1.2},
+    }
+    quality = {
+        "questions": 300,
+        "recall_ndcg5": 0.32,
+        "teacher": {"model": "t", "max_length": 128, "ndcg5_alone": 0.389, "ndcg5_served": 0.390},
+        "student": {"model": "s", "max_length": 128, "ndcg5_alone": 0.370, "ndcg5_served": 0.375},
+    }
+    rows = {t: (v, m) for t, v, m in student.targets({"variants": variants, "student_quality": quality})}
+    assert rows["student ≥ 2× the teacher's pairs/s"] == (2.5, True)
+    assert rows["student ≥ 2.5× B (pairs/s)"] == (3.0, True)
+    assert rows["valid NDCG@5 as served within 0.01 of the teacher's (gap)"] == (0.015, False)
+    text = "\n".join(student.markdown({"student_quality": quality}))
+    assert (
+        "| teacher `t` | 128 | 0.3890 | 0.3900 |" in text
+        and "| student `s` | 128 | 0.3700 | 0.3750 |" in text
+    )
