@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine import cli, evaluation
-from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
+from rerank_engine.errors import ModelNotFoundError
 from rerank_engine.label_audit import blind_items, items_markdown, paired, paraphrase_positives, tally
 from rerank_engine.metrics import mean_metrics
+from rerank_engine.score_policy import FUSION_FILE, calibrated_max_length, read_fusion
 
 THRESHOLDS = (0.95, 0.9, 0.85)
 CRITERION = (
@@ -67,8 +68,9 @@ def run(args) -> int:
     model_id, _, sc = evaluation.score_cascade(
         args.model, questions, candidates, answers, args.scores_cache, precision="fp32", max_length=max_length
     )
-    fusion = Fusion.load(Path(args.model) / FUSION_FILE)
-    fusion.check(model_id=model_id)
+    fusion = read_fusion(args.model, model_id)
+    if fusion is None:
+        raise ModelNotFoundError(f"{Path(args.model) / FUSION_FILE} not found (write it with jobs.calibrate)")
     fused = evaluation.fused_cascade(sc, fusion, cosines)
     orders = {
         RECALL: candidates,

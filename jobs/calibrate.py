@@ -30,9 +30,10 @@ from pathlib import Path
 from rerank_engine import cli, evaluation, plots
 from rerank_engine.errors import ConfigError, ModelNotFoundError
 from rerank_engine.exporting import resolve_export
-from rerank_engine.fusion import FUSION_FILE, Fusion, fit, logit_of
+from rerank_engine.fusion import Fusion, fit, logit_of
 from rerank_engine.manifest import read_manifest
-from rerank_engine.thresholds import GRID, THRESHOLD_FILE, Threshold, best_f1, for_precision, sweep
+from rerank_engine.score_policy import FUSION_FILE, THRESHOLD_FILE, calibrated_with
+from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
 
 _log_info = logging.getLogger(__name__).info
 
@@ -93,21 +94,14 @@ def calibrate(
     }
     path = model / THRESHOLD_FILE
     plots_dir = Path(plots_dir) if plots_dir else None
-    if path.is_file() and not force:
-        current = json.loads(path.read_text())
-        fusion_path = model / FUSION_FILE
-        fresh = (
-            current.get("model_id") == model_id
-            and current.get("calibration", {}).get("settings") == settings
-            and fusion_path.is_file()
-            and Fusion.load(fusion_path).calibration.get("settings") == settings
-        )
+    current = None if force else calibrated_with(model, model_id, settings)
+    if current is not None:
         have_plots = plots_dir is None or all(
             (plots_dir / f).is_file() for f in ("threshold_curves.png", "score_histograms.png")
         )
-        if fresh and have_plots:
-            log(f"{path} is up to date for {model_id} ({current['value']:.4f}); --force recalibrates")
-            return {**current, "skipped": True}
+        if have_plots:
+            log(f"{path} is up to date for {model_id} ({current.value:.4f}); --force recalibrates")
+            return {**current.to_dict(), "skipped": True}
 
     recall = recall() if callable(recall) else recall
     if recall[0].model_id != settings["recall_model"]:
@@ -228,7 +222,9 @@ def main(argv=None, prog: str = "python -m jobs.calibrate") -> int:
     p.add_argument("--plots", default=None, help="plot folder (reports/calibration/<model folder name>)")
     p.add_argument("--embeddings-cache", default=".cache/embeddings")
     p.add_argument("--cache-dir", default=".cache/scores")
-    p.add_argument("--force", action="store_true", help="recalibrate even when threshold.json is up to date")
+    p.add_argument(
+        "--force", action="store_true", help=f"recalibrate even when {THRESHOLD_FILE} is up to date"
+    )
     args = p.parse_args(argv)
     return cli.run_main("calibrate", args, lambda: run(args))
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.evaluate import model_fusion
 from rerank_engine import cli, evaluation
-from rerank_engine.fusion import calibrated_max_length
 from rerank_engine.metrics import ndcg_at_k
+from rerank_engine.score_policy import ScorePolicy, calibrated_max_length
 
 _log_info = logging.getLogger(__name__).info
 
@@ -35,7 +34,8 @@ def ranked(model, questions, answers, recall, candidates, cosines, *, precision,
     model_id, _, sc = evaluation.score_cascade(
         model, questions, candidates, answers, cache_dir, precision=precision, max_length=max_length, log=log
     )
-    fusion = model_fusion(Path(model), model_id, max_length, recall[0].model_id)
+    policy = ScorePolicy.for_evaluation(model, model_id, recall[0].model_id, max_length=max_length)
+    fusion = policy.fusion if policy is not None else None
     how = f"alone, max_length {max_length}"
     if fusion is not None:
         sc = evaluation.fused_cascade(sc, fusion, cosines)

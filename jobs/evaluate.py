@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from rerank_engine import cli, evaluation
-from rerank_engine.errors import ConfigError, ScaleMismatchError
-from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
-from rerank_engine.thresholds import GRID, THRESHOLD_FILE, Threshold, best_f1, sweep
+from rerank_engine.fusion import Fusion
+from rerank_engine.score_policy import FUSION_FILE, THRESHOLD_FILE, ScorePolicy, calibrated_max_length
+from rerank_engine.thresholds import GRID, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
 K = 5
@@ -99,7 +99,9 @@ def evaluate(args) -> int:
         scorers[model_id], scored[model_id] = score, sc
     first_model, first_id = args.models[0], next(iter(scored))
     windows = evaluation.long_passage_settings(args.long_passages, args.stride)
-    fusion = model_fusion(Path(first_model), first_id, args.max_length, recall[0].model_id, windows)
+    calibrated = {"max_length": args.max_length, "windows": windows}  # what a calibration must match
+    fused_policy = ScorePolicy.for_evaluation(first_model, first_id, recall[0].model_id, **calibrated)
+    fusion = fused_policy.fusion if fused_policy is not None else None
     fused = evaluation.fused_cascade(scored[first_id], fusion, cosines) if fusion else None
     bm25 = BM25([answers[d] for d in answer_ids()])
     rows = scored if fused is None else {**scored, f"{first_id} + recall fusion": fused}
@@ -114,10 +116,13 @@ def evaluate(args) -> int:
             fusions={first_id: fusion} if fusion else None,
         )
 
-    threshold = _calibrated(Path(first_model), first_id, args.max_length, windows)
-    if threshold is not None:
-        results["threshold"] = evaluation.threshold_comparison(scored[first_id], threshold.value, K)
-        results["threshold"]["_info"]["calibration"] = threshold.calibration.get("settings", {})
+    plain = ScorePolicy.for_evaluation(first_model, first_id, recall[0].model_id, **calibrated, fused=False)
+    if plain is None:
+        path = Path(first_model) / THRESHOLD_FILE
+        print(f"{path} not found: the report has no thresholded row (run python -m jobs.calibrate)")
+    else:
+        results["threshold"] = evaluation.threshold_comparison(scored[first_id], plain.threshold, K)
+        results["threshold"]["_info"]["calibration"] = plain.settings
         if fused is not None and fusion.threshold is not None:
             f = evaluation.threshold_comparison(fused, fusion.threshold, K)
             plain_rows = [name for name in f if not name.startswith("_")]
@@ -153,59 +158,10 @@ def evaluate(args) -> int:
         if setting in results
     )
     (out / "table.md").write_text(table + "\n")
-    write_report(out, results, scored[first_id], threshold, args, fusion)
+    write_report(out, results, scored[first_id], plain, args, fusion)
     print(table)
     print(f"report: {out / 'report.md'}")
     return 0
-
-
-def _check_length(path: Path, settings: dict, max_length: int, windows: dict | None = None) -> None:
-    """The calibration in `path` scored as this evaluation does: at `max_length`, and reading long
-    passages by `windows` (`evaluation.long_passage_settings`; empty: truncate)."""
-    if settings.get("max_length", 256) != max_length:
-        raise ConfigError(
-            f"{path} was calibrated at max_length {settings.get('max_length', 256)}; this evaluation "
-            f"scores at {max_length} (recalibrate, or pass --max-length {settings.get('max_length', 256)})"
-        )
-    calibrated = {k: settings[k] for k in ("long_passages", "stride") if k in settings}
-    if calibrated != (windows or {}):
-        raise ValueError(
-            f"{path} was calibrated reading long passages by {calibrated or 'truncate'}; this evaluation "
-            f"reads them by {windows or 'truncate'} (recalibrate with jobs.calibrate --long-passages, or "
-            "pass the calibration's --long-passages and --stride)"
-        )
-
-
-def _calibrated(
-    model_dir: Path, model_id: str, max_length: int, windows: dict | None = None
-) -> Threshold | None:
-    """The model's calibrated threshold, checked against the model; None where it has none."""
-    path = model_dir / THRESHOLD_FILE
-    if not path.is_file():
-        print(f"{path} not found: the report has no thresholded row (run python -m jobs.calibrate)")
-        return None
-    threshold = Threshold.load(path)
-    threshold.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
-    _check_length(path, threshold.calibration.get("settings", {}), max_length, windows)
-    return threshold
-
-
-def model_fusion(
-    model_dir: Path, model_id: str, max_length: int, recall_model: str, windows: dict | None = None
-) -> Fusion | None:
-    """The model's score fusion (`fusion.json`), checked like the threshold and against the bi-encoder
-    whose cosines it fuses; None where it has none."""
-    path = model_dir / FUSION_FILE
-    if not path.is_file():
-        return None
-    fusion = Fusion.load(path)
-    fusion.check(model_id=model_id)  # a stale file (another model) is an error, not a silent row
-    _check_length(path, fusion.calibration.get("settings", {}), max_length, windows)
-    if fusion.recall_model != recall_model:
-        raise ScaleMismatchError(
-            f"{path} was fitted on {fusion.recall_model}'s cosines, not {recall_model}'s"
-        )
-    return fusion
 
 
 # -- report.md ------------------------------------------------------------------------------------------
@@ -251,9 +207,10 @@ def _table(rows: dict[str, dict], columns) -> str:
 
 
 def write_report(
-    out: Path, results: dict, sc, threshold: Threshold | None, args, fusion: Fusion | None = None
+    out: Path, results: dict, sc, plain: ScorePolicy | None, args, fusion: Fusion | None = None
 ) -> Path:
-    """report.md and its plots in `out`."""
+    """report.md and its plots in `out`: `plain` is the reranker's calibrated score (threshold.json's),
+    `fusion` the fused one (fusion.json's)."""
     from rerank_engine import plots
 
     scored = sc.scored_queries(K)
@@ -280,15 +237,15 @@ def write_report(
     lines += ["", f"## Better none than bad: the calibrated threshold (top-{K} handed on)", ""]
     grid = sweep(scored, GRID)
     marks = {}
-    if threshold is None:
-        lines += ["No `threshold.json` beside the model: run `python -m jobs.calibrate` first.", ""]
+    if plain is None:
+        lines += [f"No `{THRESHOLD_FILE}` beside the model: run `python -m jobs.calibrate` first.", ""]
     else:
         cmp = results["threshold"]
-        info, settings = cmp["_info"], threshold.calibration.get("settings", {})
+        info, settings = cmp["_info"], plain.settings
         lines += [
-            f"Threshold **{threshold.value:.4f}** (probability, `{threshold.model_id}`), chosen on "
+            f"Threshold **{plain.threshold:.4f}** ({plain.scale}, `{plain.reranker_model}`), chosen on "
             f"**{settings.get('split', '?')}** ({settings.get('questions', '?')} questions, best pooled F1 "
-            f"{threshold.calibration.get('at_threshold', {}).get('f1', float('nan')):.3f} there), never on "
+            f"{plain.calibration.get('at_threshold', {}).get('f1', float('nan')):.3f} there), never on "
             f"test. {info['questions']} {meta['split']} questions, recall top-{info['k_recall']}; "
             f"{info['positive_not_in_recall']} have no positive among the recall candidates.",
             "",
@@ -297,14 +254,14 @@ def write_report(
             *NOTES,
             "",
         ]
-        marks["calibrated (valid)"] = threshold.value
+        marks["calibrated (valid)"] = plain.threshold
         rows = [name for name in cmp if not name.startswith("_")]
-        pairs = [("reranker alone", threshold.value, cmp[rows[1]], cmp[rows[2]])]
+        pairs = [("reranker alone", plain.threshold, cmp[rows[1]], cmp[rows[2]])]
         if len(rows) == 5:  # the fused score's top-5 and its threshold (the job's default)
             pairs.append(("fused with recall (job default)", fusion.threshold, cmp[rows[3]], cmp[rows[4]]))
             lines += [
                 f"Fused score: sigmoid({fusion.scale:.4f} · (logit + {fusion.recall_weight:g} · cosine) "
-                f"{fusion.bias:+.4f}), fitted on the same valid questions (`fusion.json`); its threshold "
+                f"{fusion.bias:+.4f}), fitted on the same valid questions (`{FUSION_FILE}`); its threshold "
                 f"**{fusion.threshold:.4f}** is a calibrated probability of relevance.",
                 "",
             ]
@@ -333,11 +290,11 @@ def write_report(
     title = f"{sc.model_id}, {meta['split']} ({len(scored)} q), rerank top-{K}"
     plots.threshold_curves(grid, out / "threshold_curves.png", marks=marks, title=title)
     plots.score_histograms(
-        scored, out / "score_histograms.png", threshold=threshold.value if threshold else None, title=title
+        scored, out / "score_histograms.png", threshold=plain.threshold if plain else None, title=title
     )
     lines += ["![P/R/F1 against the threshold](threshold_curves.png)", ""]
     lines += ["![scores of relevant and irrelevant pairs](score_histograms.png)", ""]
-    if threshold is not None:
+    if plain is not None:
         plots.grouped_bars(
             results["threshold"],
             (f"P@{K}", f"NDCG@{K}", "precision", "F1", "noise", "no_relevant"),

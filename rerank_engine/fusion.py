@@ -14,13 +14,13 @@ top-k, then `scale` and `bias` by logistic regression of relevance on `logit + r
 over every candidate (Platt scaling), so the score reads as a probability of relevance. The threshold
 is then calibrated on the fused score and kept in the same record (`jobs.calibrate` does all three).
 
-`fusion.json` lives beside the model, bound to the reranker's model id and to the bi-encoder whose
-cosines it was fitted on: the job applies it only where both match (`JobConfig.fusion`).
+`fusion.json` (`score_policy.FUSION_FILE`) lives beside the model, bound to the reranker's model id and
+to the bi-encoder whose cosines it was fitted on: the job applies it only where both match
+(`JobConfig.fusion`, resolved by `rerank_engine.score_policy`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +30,7 @@ import numpy as np
 from rerank_engine.errors import InputError, ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 from rerank_engine.metrics import ndcg_at_k
-from rerank_engine.thresholds import THRESHOLD_FILE
 
-FUSION_FILE = "fusion.json"
 WEIGHTS = tuple(float(w) for w in np.arange(0.0, 60.01, 2.5))  # recall_weight grid (cosine units)
 
 
@@ -107,23 +105,6 @@ class Fusion:
             )
         except (TypeError, ValueError) as exc:
             raise InputError(f"{path} is not a valid fusion file: {exc}") from None
-
-
-def calibration_settings(model_dir: str | Path, fusion: Fusion | None = None) -> dict | None:
-    """The settings the score in use was calibrated with (`jobs.calibrate`'s record): the fusion's where
-    the score is fused, else the model's `threshold.json`'s; None where there is no calibration."""
-    if fusion is not None:
-        return fusion.calibration.get("settings", {})
-    path = Path(model_dir) / THRESHOLD_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("calibration", {}).get("settings", {})
-
-
-def calibrated_max_length(model_dir: str | Path, fusion: Fusion | None = None) -> int | None:
-    """The max_length the score in use was calibrated at (`calibration_settings`); None where no
-    calibration records one."""
-    return (calibration_settings(model_dir, fusion) or {}).get("max_length")
 
 
 def logit_of(probabilities) -> np.ndarray:

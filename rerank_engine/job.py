@@ -24,21 +24,14 @@ import pyarrow.parquet as pq
 
 from rerank_engine import progress, schema
 from rerank_engine.config import JobConfig
-from rerank_engine.errors import (
-    ConfigError,
-    InputError,
-    JobTimeoutError,
-    ScaleMismatchError,
-)
+from rerank_engine.errors import ConfigError, InputError, JobTimeoutError
 from rerank_engine.exactly_once import InputIds
 from rerank_engine.files import check_output_apart, resolve_files
-from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length, calibration_settings
 from rerank_engine.inputs import check_corpus, check_index
 from rerank_engine.run_report import QueryFigures, write_report
-from rerank_engine.thresholds import THRESHOLD_FILE
+from rerank_engine.score_policy import ScorePolicy
 
 log = logging.getLogger(__name__)
-DEFAULT_THRESHOLD = 0.5
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -93,107 +86,6 @@ def check_model_source(model: str) -> None:
 
 def _columns(s: pa.Schema) -> str:
     return "[" + ", ".join(f"{f.name}: {f.type}" for f in s) + "]"
-
-
-# -- model and threshold --------------------------------------------------------------------------------
-
-
-def resolve_threshold(config: JobConfig, model: str, model_id: str) -> tuple[float, str]:
-    """(threshold, where it came from): the config's value, else the model's calibration file, else 0.5."""
-    if config.threshold is not None:
-        return config.threshold, "config"
-    path = Path(model) / THRESHOLD_FILE
-    if not path.is_file():
-        return DEFAULT_THRESHOLD, "default"
-    data = json.loads(path.read_text())
-    if data.get("scale") != "probability":
-        raise ScaleMismatchError(
-            f"{path} holds a threshold on scale {data.get('scale')!r}; the job thresholds probabilities"
-        )
-    if data.get("model_id") != model_id:
-        raise ScaleMismatchError(
-            f"{path} was calibrated for model {data.get('model_id')!r}, "
-            f"not for {model_id!r}; recalibrate with jobs.calibrate"
-        )
-    return float(data["value"]), str(path)
-
-
-def resolve_fusion(config: JobConfig, model: str, model_id: str, recall_model: str | None):
-    """The model's `fusion.json` where the job should fuse (`JobConfig.fusion`), else None.
-
-    auto: fuse where the file exists, names this model and was fitted on this index's bi-encoder
-    (`recall_model`; None for logged candidates, which carry no cosines); on: the same, but anything
-    missing is an error; off: never."""
-    if config.fusion == "off":
-        return None
-    path = Path(model) / FUSION_FILE
-    required = config.fusion == "on"
-    if recall_model is None:
-        if required:
-            raise ConfigError("fusion 'on' needs recall cosines; logged candidates carry none (fusion: off)")
-        return None
-    if not path.is_file():
-        if required:
-            raise ConfigError(f"fusion 'on' but {path} does not exist (write it with jobs.calibrate)")
-        return None
-    fusion = Fusion.load(path)
-    try:
-        fusion.check(model_id=model_id)
-    except ScaleMismatchError as exc:
-        raise ScaleMismatchError(f"{path}: {exc}, or set fusion: off") from None
-    if fusion.recall_model != recall_model:
-        if required:
-            raise ScaleMismatchError(
-                f"{path} was fitted on the cosines of {fusion.recall_model!r}; the index holds "
-                f"{recall_model!r}"
-            )
-        log.warning(
-            "%s was fitted on %s; the index is %s: not fusing", path, fusion.recall_model, recall_model
-        )
-        return None
-    return fusion
-
-
-def serve_at_calibrated_length(config: JobConfig, calibrated: int | None, source: str) -> JobConfig:
-    """Serve at the max_length the score was calibrated at (`calibrated`, recorded in `source`) unless the
-    config sets `tokenizer.max_length`: thresholds and fusion weights are fitted to one score
-    distribution, and truncation moves it."""
-    if calibrated is None:
-        return config
-    if "max_length" not in config.tokenizer.model_fields_set:
-        tokenizer = config.tokenizer.model_copy(update={"max_length": int(calibrated)})
-        return config.model_copy(update={"tokenizer": tokenizer})
-    if config.tokenizer.max_length != calibrated:
-        log.warning(
-            "tokenizer.max_length %d, but %s was calibrated at %d: its weights and threshold may not fit",
-            config.tokenizer.max_length,
-            source,
-            calibrated,
-        )
-    return config
-
-
-def warn_long_passages_differ(config: JobConfig, calibrated: dict | None, source: str) -> None:
-    """A warning where the score was calibrated (settings `calibrated`, recorded in `source`) reading long
-    passages otherwise than the job will: chunk_max's best window scores higher than a truncated
-    passage's first, so the threshold and fusion weights fitted on one do not fit the other."""
-    if calibrated is None:
-        return
-    served = {"long_passages": config.tokenizer.long_passages, "stride": config.tokenizer.stride}
-    fitted = {
-        "long_passages": calibrated.get("long_passages", "truncate"),
-        "stride": calibrated.get("stride"),
-    }
-    if served != fitted:
-        log.warning(
-            "tokenizer.long_passages %s (stride %s), but %s was calibrated with %s (stride %s): its weights "
-            "and threshold may not fit (recalibrate with jobs.calibrate --long-passages)",
-            served["long_passages"],
-            served["stride"],
-            source,
-            fitted["long_passages"],
-            fitted["stride"],
-        )
 
 
 # -- running --------------------------------------------------------------------------------------------
@@ -330,27 +222,15 @@ def run_job(
     gpus = rerank_gpus(config)
     export_dir = resolve_export(config.model, needed_precisions(config.precision, gpu=bool(gpus)))
     manifest = read_manifest(export_dir)
-    recall_model, shard_bytes = "logged", ()
+    recall_model, shard_bytes = None, ()
     if not logged:
         recall_model = str(index_manifest.get("model", "unknown"))
         shard_bytes = tuple(
             (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
             for shard in index_manifest.get("shard_files", [])
         )
-    fusion = resolve_fusion(config, config.model, manifest.model_id, None if logged else recall_model)
-    if fusion is None:
-        threshold, threshold_source = resolve_threshold(config, config.model, manifest.model_id)
-    elif config.threshold is not None:
-        threshold, threshold_source = config.threshold, "config"
-    elif fusion.threshold is not None:
-        threshold, threshold_source = fusion.threshold, str(Path(config.model) / FUSION_FILE)
-    else:
-        threshold, threshold_source = DEFAULT_THRESHOLD, "default"
-    calibrated_in = str(Path(config.model) / (FUSION_FILE if fusion is not None else THRESHOLD_FILE))
-    config = serve_at_calibrated_length(  # whatever the threshold's source: the fusion weights too
-        config, calibrated_max_length(config.model, fusion), calibrated_in
-    )
-    warn_long_passages_differ(config, calibration_settings(config.model, fusion), calibrated_in)
+    policy = ScorePolicy.for_job(config, manifest.model_id, recall_model)  # score, threshold, max_length
+    config = policy.serve(config)
     from rerank_engine.tokenization import check_long_passages
 
     check_long_passages(config.tokenizer, manifest.prompt, config.model)  # before any actor starts
@@ -377,11 +257,8 @@ def run_job(
         index_dir=index,
         model_source=config.model,
         export_dir=str(export_dir),
-        reranker_model=manifest.model_id,
-        recall_model=recall_model,
-        threshold=threshold,
+        policy=policy,
         run_id=run_id,
-        fusion=fusion.weights() if fusion is not None else None,
         filesystem=filesystem,
         cache_namespace=cache.dir.name if cache is not None else None,
         cache_precision=precision if cache is not None else None,
@@ -453,14 +330,10 @@ def run_job(
         input=input,
         input_files=len(files),  # Parquet files read (what engines leave beside them skipped)
         output=str(out),
-        threshold=threshold,
-        threshold_source=threshold_source,
+        **policy.summary(),  # score_kind, threshold, fusion and where each came from, the models
         max_length=config.tokenizer.max_length,
         long_passages=config.tokenizer.long_passages,
         stride=config.tokenizer.stride,
-        fusion=fusion.weights() if fusion is not None else None,
-        reranker_model=manifest.model_id,
-        recall_model=recall_model,
         duplicate_query_ids=n_duplicated,
         corpus_duplicate_rows=corpus_check.duplicate_rows,  # same doc id and text: one document
         mode="logged_candidates" if logged else "recall",

@@ -346,11 +346,13 @@ SUMMED = (  # run summary counts that add up over chunks
 
 
 def aggregate(summaries: list[dict]) -> dict:
-    """Chunk run summaries → one: counts summed; model, threshold and mode must agree."""
+    """Chunk run summaries → one: counts summed; models, score kind, threshold and mode must agree."""
     totals: Counter = Counter()
     errors: Counter = Counter()
     providers: set[str] = set()
-    same: dict[str, set] = {k: set() for k in ("reranker_model", "recall_model", "threshold", "mode")}
+    same: dict[str, set] = {
+        k: set() for k in ("reranker_model", "recall_model", "score_kind", "threshold", "mode")
+    }
     for s in summaries:
         for k in SUMMED:
             totals[k] += s.get(k, 0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rerank_engine.config import JobConfig
 from rerank_engine.dedupe import FanOut
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.stages import (
     QueryEmbedStage,
     RecallStage,
@@ -32,11 +33,8 @@ class PipelineInputs:
     index_dir: str | None
     model_source: str  # what the rerank actors export (cached per node) and load
     export_dir: str  # the driver's export (tokenizer files for the tokenize stage)
-    reranker_model: str
-    recall_model: str
-    threshold: float
+    policy: ScorePolicy  # the score written and thresholded, and the models named in the output
     run_id: str
-    fusion: dict | None = None  # Fusion.weights() where the score fuses the recall cosine
     filesystem: object = None
     cache_namespace: str | None = None  # score cache of this model, precision and tokenizer
     cache_precision: str | None = None  # the precision the rerank actors must score in
@@ -145,11 +143,8 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
         finalize,
         fn_kwargs={
             "k_rerank": config.k_rerank,
-            "threshold": inp.threshold,
-            "reranker_model": inp.reranker_model,
-            "recall_model": inp.recall_model,
+            "policy": inp.policy,
             "run_id": inp.run_id,
-            "fusion": inp.fusion,
         },
         batch_format="pyarrow",
         num_cpus=r.io_cpus,

@@ -137,6 +137,7 @@ def write_report(out_dir: str | Path, figures: QueryFigures, summary: dict) -> P
         f"# Run report: {summary.get('run_id', '—')}",
         "",
         f"Reranker `{summary.get('reranker_model', '—')}`, recall `{summary.get('recall_model', '—')}`, "
+        f"score `{summary.get('score_kind', '—')}`, "
         f"threshold {threshold if threshold is None else f'{threshold:.4f}'} "
         f"({summary.get('threshold_source', '—')}).",
         "",

@@ -23,12 +23,19 @@ UNKNOWN_CANDIDATES = "unknown_candidates"
 NONFINITE_SCORE = "nonfinite_score"
 STATUSES = (OK, NO_RELEVANT, EMPTY_QUERY, INVALID_QUERY, NO_CANDIDATES, UNKNOWN_CANDIDATES, NONFINITE_SCORE)
 
+# What a row's `score`s are, written to the output `score_kind` column (`score_policy.ScorePolicy.kind`).
+# Both are probabilities of relevance in [0, 1], fp32; only the logit they are the sigmoid of differs.
+RERANKER_PROBABILITY = "reranker_probability"  # sigmoid(logit), the cross-encoder alone
+FUSED_PROBABILITY = "fused_probability"  # sigmoid(scale · (logit + w · recall_score) + bias), fusion.json
+SCORE_KINDS = (RERANKER_PROBABILITY, FUSED_PROBABILITY)
+
 RESULT_TYPE = pa.struct(
     [
         ("doc_id", pa.string()),
         ("rank", pa.int32()),
-        ("score", pa.float32()),  # probability of relevance, sigmoid(logit), fp32
-        ("logit", pa.float32()),
+        # probability of relevance, fp32: sigmoid(logit), or the fused score (the row's `score_kind`)
+        ("score", pa.float32()),
+        ("logit", pa.float32()),  # the cross-encoder's own, never fused
         ("recall_score", pa.float32()),  # bi-encoder cosine; null in logged-candidates mode
         ("recall_rank", pa.int32()),  # 1-based position in the recall (or logged) list
     ]
@@ -47,7 +54,8 @@ OUTPUT_FIELDS = [
     # the row was not ranked (an error status)
     pa.field("top_score", pa.float32()),
     pa.field("status", pa.string()),
-    pa.field("threshold", pa.float32()),
+    pa.field("threshold", pa.float32()),  # applied to `score`: kept when score >= threshold
+    pa.field("score_kind", pa.string()),  # what `score` is: one of SCORE_KINDS
     pa.field("reranker_model", pa.string()),
     pa.field("recall_model", pa.string()),
     pa.field("run_id", pa.string()),

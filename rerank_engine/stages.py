@@ -19,6 +19,7 @@ from rerank_engine import schema
 from rerank_engine.config import EngineConfig, JobConfig
 from rerank_engine.errors import ConfigError, InputError
 from rerank_engine.score_cache import KEY_BYTES, ScoreCache, as_arrow_keys, as_numpy_keys, pair_keys
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.tokenization import TokenizedPairs
 from rerank_engine.validation import EMPTY_TEXT, text_problem
 
@@ -487,25 +488,11 @@ class RerankStage:
 # -- threshold and top-k (plain function) ---------------------------------------------------------------
 
 
-def finalize(
-    batch,
-    *,
-    k_rerank: int,
-    threshold: float,
-    reranker_model: str,
-    recall_model: str,
-    run_id: str,
-    fusion: dict | None = None,
-) -> pa.Table:
-    """Sort each query's candidates by probability (ties by doc_id), keep top-k ≥ threshold, set status.
+def finalize(batch, *, k_rerank: int, policy: ScorePolicy, run_id: str) -> pa.Table:
+    """Sort each query's candidates by score (ties by doc_id), keep top-k ≥ threshold, set status.
 
-    The probability is sigmoid(logit), or with `fusion` (`Fusion.weights()`) the fused score of the logit
-    and the recall cosine (`rerank_engine.fusion`)."""
-    from rerank_engine.engine import sigmoid
-    from rerank_engine.fusion import Fusion
-
-    fused = Fusion(model_id=reranker_model, recall_model=recall_model, **fusion) if fusion else None
-
+    The score, its threshold and the models come from `policy` (`rerank_engine.score_policy`): sigmoid(logit),
+    or the fused score of the logit and the recall cosine; the row's `score_kind` says which."""
     batch = _table(batch)
     require_columns(batch, [STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS, LOGITS], "finalize")
     status = batch.column(STATUS).to_pylist()
@@ -528,13 +515,11 @@ def finalize(
             n_kept.append(0)
             top_scores.append(None)
             continue
-        if fused is not None and rscores is None:
-            raise ConfigError("score fusion needs the recall cosines; logged candidates have none")
         # ordered by the (fused) logit: the same order as the probability, without fp32 saturation ties
-        z = logits if fused is None else fused.fused_logits(logits, rscores)
-        scores = sigmoid(logits) if fused is None else fused.scores(logits, rscores)
+        z, scores = policy.scores(logits, rscores)
         order = sorted(range(len(ids)), key=lambda j: (-z[j], ids[j]))[:k_rerank]
-        kept = [j for j in order if scores[j] >= threshold]
+        passes = policy.keep(scores)
+        kept = [j for j in order if passes[j]]
         top_scores.append(float(scores[order[0]]) if order else None)
         results.append(
             [
@@ -559,9 +544,10 @@ def finalize(
         n_kept=pa.array(n_kept, pa.int32()),
         top_score=pa.array(top_scores, pa.float32()),
         status=pa.array(status, pa.string()),
-        threshold=pa.array([threshold] * n, pa.float32()),
-        reranker_model=pa.array([reranker_model] * n, pa.string()),
-        recall_model=pa.array([recall_model] * n, pa.string()),
+        threshold=pa.array([policy.threshold] * n, pa.float32()),
+        score_kind=pa.array([policy.kind] * n, pa.string()),
+        reranker_model=pa.array([policy.reranker_model] * n, pa.string()),
+        recall_model=pa.array([policy.recall_model] * n, pa.string()),
         run_id=pa.array([run_id] * n, pa.string()),
     )
     if N_UNKNOWN in out.column_names:  # counted by the tokenize stage

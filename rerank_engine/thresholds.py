@@ -23,8 +23,11 @@ exactly; the grid is for plots and tables.
 
     curve = sweep(queries, cut_points(queries))
     t = best_f1(queries, model_id="insurance-minilm-l6-ce@260128f32f77")
-    t.save("models/insurance-minilm-l6-ce/threshold.json", calibration={...})
+    t.save(model_dir / THRESHOLD_FILE)                                  # `rerank_engine.score_policy`
     keep = Threshold.load(path).apply(scores, model_id=engine.model_id)   # ScaleMismatchError if not ours
+
+The batch job reads the file through its score policy (`rerank_engine.score_policy.read_threshold`), which
+holds the threshold it applies with the score it applies it to.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import numpy as np
 from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
 from rerank_engine.files import read_json_record, write_json
 
-THRESHOLD_FILE = "threshold.json"  # a model's calibrated threshold, in its folder (`Threshold.save`)
 PROBABILITY = "probability"
 LOGIT = "logit"
 SCALES = (PROBABILITY, LOGIT)
@@ -183,7 +185,7 @@ class Threshold:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON file the batch job reads (`THRESHOLD_FILE` in the model folder)."""
+        """Write the JSON file the batch job reads (`score_policy.THRESHOLD_FILE` in the model folder)."""
         return write_json(path, self.to_dict())
 
     @classmethod

@@ -19,6 +19,7 @@ from rerank_engine.config import EngineConfig, JobConfig, load_job_config
 from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError
 from rerank_engine.job import inspect_query_log, run_job
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.stages import RerankStage, TokenizeStage, finalize, logged_candidates
 
 DOCS = {
@@ -256,7 +257,12 @@ def bad_rows_output(tmp_path_factory, row_config, module_corpus, tiny_export):
     staged = logged_candidates(table, config=row_config)
     tokenized = TokenizeStage(row_config, module_corpus, tiny_export)(staged)
     reranked = RerankStage(row_config, tiny_export, threads=1)(tokenized)
-    out = finalize(reranked, k_rerank=3, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    out = finalize(
+        reranked,
+        k_rerank=3,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
+        run_id="r",
+    )
     return table, tokenized, out
 
 
@@ -338,9 +344,7 @@ def test_two_logit_model_runs_through_the_stage(two_logit_export, module_corpus)
     out = finalize(
         RerankStage(config, two_logit_export, threads=1)(staged),
         k_rerank=3,
-        threshold=0.0,
-        reranker_model="m",
-        recall_model="logged",
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
         run_id="r",
     )
     assert out.column("status").to_pylist() == [schema.OK]
@@ -374,7 +378,7 @@ def test_nonfinite_logits_are_flagged_never_written():
         ),
     }
     rows = finalize(
-        batch, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="r", run_id="x"
+        batch, k_rerank=2, policy=ScorePolicy(reranker_model="m", recall_model="r", threshold=0.0), run_id="x"
     ).to_pylist()
     assert [r["status"] for r in rows] == [schema.NONFINITE_SCORE] * 3 + [schema.OK]
     assert all(r["results"] == [] and r["n_kept"] == 0 for r in rows[:3])

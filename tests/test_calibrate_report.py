@@ -18,6 +18,7 @@ import pytest
 from rerank_engine.data import classic_ir
 from rerank_engine.evaluation import ScoredCascade, out_of_domain, threshold_comparison
 from rerank_engine.fusion import Fusion
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.thresholds import ScoredQuery, Threshold, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -238,13 +239,15 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
         scores=[np.array(s, np.float32) for s in ([0.9, 0.2, 0.4], [0.3, 0.6, 0.1], [0.8, 0.7, 0.2])],
         relevant=[{"a"}, {"z"}, {"h", "i"}],
     )
-    threshold = Threshold(value=0.65, model_id=sc.model_id, calibration={"settings": {"split": "valid"}})
+    calibrated = ScorePolicy(
+        reranker_model=sc.model_id, threshold=0.65, calibration={"settings": {"split": "valid"}}
+    )
     results = {
         "cascade": {
             "sys": {c: 0.5 for c in ("P@1", "P@5", "NDCG@5", "MRR@10", "R@10", "noise@5")},
             "_info": {},
         },
-        "threshold": threshold_comparison(sc, threshold.value),
+        "threshold": threshold_comparison(sc, calibrated.threshold),
         "out_of_domain": {"toy": ood},
         "_meta": {"split": "test", "data": "tiny", "seconds": 1.0},
     }
@@ -258,7 +261,7 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
         max_length=256,
         out="o",
     )
-    report = write_report(tmp_path, results, sc, threshold, args).read_text()
+    report = write_report(tmp_path, results, sc, calibrated, args).read_text()
     for png in ("threshold_curves.png", "score_histograms.png", "handed_on.png", "out_of_domain.png"):
         assert_png(tmp_path / png)
         assert f"({png})" in report

@@ -1,4 +1,5 @@
-"""Score fusion (`rerank_engine.fusion`): the fit, the file, the job's resolution and the finalize stage."""
+"""Score fusion (`rerank_engine.fusion`): the fit, the file, the job's resolution (`score_policy`) and the
+finalize stage."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
 from rerank_engine.fusion import Fusion, fit, mean_ndcg, platt
 from rerank_engine.metrics import ndcg_at_k
+from rerank_engine.score_policy import ScorePolicy, calibrated_max_length
 from rerank_engine.thresholds import Threshold
 
 MODEL, RECALL = "ce@0123456789ab", "model@9ebede561b58"
@@ -101,31 +103,31 @@ def _model_dir(tmp_path, **changes):
     return str(tmp_path)
 
 
-def test_job_resolves_fusion_by_model_and_bi_encoder(tmp_path):
-    from rerank_engine.job import resolve_fusion
+def resolve_fusion(config: JobConfig, model_id: str, recall_model: str | None) -> Fusion | None:
+    """The fusion of the job's score policy for `config.model`'s folder."""
+    return ScorePolicy.for_job(config, model_id, recall_model).fusion
 
+
+def test_job_resolves_fusion_by_model_and_bi_encoder(tmp_path):
     model = _model_dir(tmp_path)
     auto, on, off = (JobConfig.build(model=model, fusion=m) for m in ("auto", "on", "off"))
-    assert resolve_fusion(auto, model, MODEL, RECALL).recall_weight == 10.0
-    assert resolve_fusion(off, model, MODEL, RECALL) is None
-    assert resolve_fusion(auto, model, MODEL, None) is None  # logged candidates carry no cosines
+    assert resolve_fusion(auto, MODEL, RECALL).recall_weight == 10.0
+    assert resolve_fusion(off, MODEL, RECALL) is None
+    assert resolve_fusion(auto, MODEL, None) is None  # logged candidates carry no cosines
     with pytest.raises(ConfigError, match="logged candidates"):
-        resolve_fusion(on, model, MODEL, None)
-    assert resolve_fusion(auto, model, MODEL, "other@000000000000") is None  # another bi-encoder: unfused
+        resolve_fusion(on, MODEL, None)
+    assert resolve_fusion(auto, MODEL, "other@000000000000") is None  # another bi-encoder: unfused
     with pytest.raises(ScaleMismatchError, match="cosines of"):
-        resolve_fusion(on, model, MODEL, "other@000000000000")
+        resolve_fusion(on, MODEL, "other@000000000000")
     with pytest.raises(ScaleMismatchError, match="fitted for model"):
-        resolve_fusion(auto, model, "retrained@abcdefabcdef", RECALL)  # a stale file is refused
+        resolve_fusion(auto, "retrained@abcdefabcdef", RECALL)  # a stale file is refused
     (tmp_path / "fusion.json").unlink()
-    assert resolve_fusion(auto, model, MODEL, RECALL) is None
+    assert resolve_fusion(auto, MODEL, RECALL) is None
     with pytest.raises(ConfigError, match="does not exist"):
-        resolve_fusion(on, model, MODEL, RECALL)
+        resolve_fusion(on, MODEL, RECALL)
 
 
 def test_job_serves_at_the_calibrated_max_length(tmp_path, caplog):
-    from rerank_engine.fusion import calibrated_max_length
-    from rerank_engine.job import serve_at_calibrated_length
-
     _model_dir(tmp_path, calibration={"settings": {"max_length": 128}})
     fusion = Fusion.load(tmp_path / "fusion.json")
     assert calibrated_max_length(tmp_path, fusion) == 128
@@ -135,13 +137,19 @@ def test_job_serves_at_the_calibrated_max_length(tmp_path, caplog):
     )
     assert calibrated_max_length(tmp_path) == 192 and calibrated_max_length(tmp_path, fusion) == 128
 
+    def served(config: JobConfig) -> int:
+        return ScorePolicy.for_job(config, MODEL, RECALL).serve(config).tokenizer.max_length
+
+    model = str(tmp_path)
     # an explicit threshold does not drop the length the fusion weights were fitted at
-    with_threshold = JobConfig.build(threshold=0.3)
-    assert serve_at_calibrated_length(with_threshold, 128, "fusion.json").tokenizer.max_length == 128
-    explicit = JobConfig.build(tokenizer={"max_length": 256})
-    assert serve_at_calibrated_length(explicit, 128, "fusion.json").tokenizer.max_length == 256
+    with_threshold = JobConfig.build(model=model, threshold=0.3)
+    assert served(with_threshold) == 128
+    policy = ScorePolicy.for_job(with_threshold, MODEL, RECALL)
+    assert (policy.threshold_source, policy.max_length_source) == ("config", str(tmp_path / "fusion.json"))
+    explicit = JobConfig.build(model=model, tokenizer={"max_length": 256})
+    assert served(explicit) == 256
     assert "calibrated at 128" in caplog.text
-    assert serve_at_calibrated_length(JobConfig.build(), None, "-").tokenizer.max_length == 256
+    assert served(JobConfig.build(model=str(tmp_path / "uncalibrated"))) == 256
 
 
 def test_finalize_orders_and_thresholds_the_fused_score():
@@ -158,15 +166,21 @@ def test_finalize_orders_and_thresholds_the_fused_score():
             "__rerank_logits": pa.array([logits], pa.list_(pa.float32())),
         }
     )
-    weights = {"recall_weight": 10.0, "scale": 0.5, "bias": -4.0}
+    weights = Fusion(recall_weight=10.0, scale=0.5, bias=-4.0, model_id=MODEL, recall_model=RECALL)
     fused = 0.5 * (np.array(logits) + 10.0 * np.array(np.float32(cos), np.float64)) - 4.0
     prob = 1 / (1 + np.exp(-fused))  # a 0.62, b 0.27, c 0.08, d 0.38
-    kw = dict(k_rerank=4, reranker_model=MODEL, recall_model=RECALL, run_id="r", fusion=weights)
-    row = finalize(batch, threshold=0.15, **kw).to_pylist()[0]
+
+    def policy(threshold: float, fusion: Fusion | None = weights) -> ScorePolicy:
+        return ScorePolicy(reranker_model=MODEL, recall_model=RECALL, threshold=threshold, fusion=fusion)
+
+    kw = dict(k_rerank=4, run_id="r")
+    row = finalize(batch, policy=policy(0.15), **kw).to_pylist()[0]
     assert [r["doc_id"] for r in row["results"]] == ["a", "d", "b"]  # c (the best logit) falls below
     np.testing.assert_allclose([r["score"] for r in row["results"]], prob[[0, 3, 1]], rtol=1e-6)
     assert [r["logit"] for r in row["results"]] == [0.0, -1.0, 1.0]  # the reranker's own, unfused
-    row = finalize(batch, threshold=0.4, **kw).to_pylist()[0]
+    assert row["score_kind"] == "fused_probability"
+    row = finalize(batch, policy=policy(0.4), **kw).to_pylist()[0]
     assert [r["doc_id"] for r in row["results"]] == ["a"] and row["status"] == "ok"
-    plain = finalize(batch, threshold=0.0, **{**kw, "fusion": None}).to_pylist()[0]
+    plain = finalize(batch, policy=policy(0.0, fusion=None), **kw).to_pylist()[0]
     assert [r["doc_id"] for r in plain["results"]] == ["c", "b", "a", "d"]
+    assert plain["score_kind"] == "reranker_probability"

@@ -18,6 +18,7 @@ from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError
 from rerank_engine.job import run_job
 from rerank_engine.nightly import NightlyConfig, run_nightly
+from rerank_engine.score_policy import ScorePolicy
 
 DOCS = {
     "d1": "A standard homeowners policy excludes flood damage.",
@@ -407,7 +408,9 @@ def test_finalize_passes_through_columns_whose_names_start_with_an_underscore():
     from rerank_engine.stages import finalize
 
     batch = _scored_batch(_note=["kept"], __private=[7], _status=["mine"])
-    out = finalize(batch, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="r", run_id="x")
+    out = finalize(
+        batch, k_rerank=2, policy=ScorePolicy(reranker_model="m", recall_model="r", threshold=0.0), run_id="x"
+    )
     assert out.column_names == [
         "query_id",
         "query",

@@ -173,7 +173,9 @@ def test_recall_mode_fuses_the_recall_cosine(data, tiny_export, copy_export):
     )
     assert summary["fusion"] == fusion.weights() and summary["threshold"] == pytest.approx(cut)
     assert summary["threshold_source"].endswith("fusion.json") and summary["max_length"] == 64
+    assert summary["score_kind"] == "fused_probability" and summary["fusion_source"].endswith("fusion.json")
     rows = {r["query_id"]: r for r in pq.read_table(root / "out-fused").to_pylist()}
+    assert {r["score_kind"] for r in rows.values()} == {"fused_probability"}  # the output says which score
     for qid, top in expected.items():
         kept = [(d, s) for d, s in top if s >= cut]
         assert [r["doc_id"] for r in rows[qid]["results"]] == [d for d, _ in kept]

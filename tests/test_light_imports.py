@@ -28,6 +28,8 @@ LIGHT = [
     "rerank_engine.evaluation",
     "rerank_engine.nightly",
     "rerank_engine.thresholds",
+    "rerank_engine.fusion",
+    "rerank_engine.score_policy",
     "rerank_engine.label_audit",
     "rerank_engine.plots",
     "rerank_engine.run_report",

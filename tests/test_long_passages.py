@@ -20,6 +20,7 @@ from rerank_engine.config import EngineConfig, JobConfig, TokenizerConfig, descr
 from rerank_engine.errors import ConfigError
 from rerank_engine.probe_pairs import PASSAGES, QUERIES
 from rerank_engine.score_cache import namespace
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.tokenization import TokenizedPairs
 from rerank_engine.windows import best_of_windows, window_spans, window_stride
 
@@ -352,7 +353,12 @@ def test_the_jobs_stages_score_each_candidate_by_its_best_window(tiny_export, ch
     }
     tokenized = TokenizeStage(config, str(corpus), tiny_export)(logged_candidates(batch, config=config))
     reranked = RerankStage(config, tiny_export, threads=1)(tokenized)
-    out = finalize(reranked, k_rerank=6, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    out = finalize(
+        reranked,
+        k_rerank=6,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
+        run_id="r",
+    )
     rows = out.to_pylist()
     for row, logits, query, ids in zip(
         rows[:2],

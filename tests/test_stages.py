@@ -11,6 +11,7 @@ from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import InputError
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.stages import (
     RerankStage,
     TokenizeStage,
@@ -112,7 +113,12 @@ def test_rerank_scores_equal_the_engine(scored, config, tiny_export):
 
 def test_finalize_sorts_thresholds_and_sets_status(scored):
     _, _, reranked = scored
-    out = finalize(reranked, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    out = finalize(
+        reranked,
+        k_rerank=2,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
+        run_id="r",
+    )
     assert out.schema.names[:4] == ["query_id", "query", "candidates", "team"]
     assert out.schema.names[4:] == [f.name for f in schema.OUTPUT_FIELDS]
     rows = out.to_pylist()
@@ -125,7 +131,10 @@ def test_finalize_sorts_thresholds_and_sets_status(scored):
     assert all(r["results"] == [] and r["n_kept"] == 0 for r in rows[1:4])
 
     none = finalize(
-        reranked, k_rerank=2, threshold=1.0, reranker_model="m", recall_model="logged", run_id="r"
+        reranked,
+        k_rerank=2,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=1.0),
+        run_id="r",
     )
     assert none.column("status").to_pylist()[0] == schema.NO_RELEVANT
     assert none.column("results").to_pylist()[0] == []
@@ -141,7 +150,9 @@ def test_finalize_breaks_ties_by_doc_id_and_flags_nan():
         "__rerank_recall_ranks": [[1, 2, 3], [1, 2]],
         "__rerank_logits": pa.array([[0.5, 0.5, 0.5], [float("nan"), 1.0]], pa.list_(pa.float32())),
     }
-    out = finalize(batch, k_rerank=3, threshold=0.1, reranker_model="m", recall_model="r", run_id="x")
+    out = finalize(
+        batch, k_rerank=3, policy=ScorePolicy(reranker_model="m", recall_model="r", threshold=0.1), run_id="x"
+    )
     rows = out.to_pylist()
     assert [r["doc_id"] for r in rows[0]["results"]] == ["a", "b", "z"]
     assert rows[1]["status"] == schema.NONFINITE_SCORE and rows[1]["results"] == []
@@ -149,7 +160,12 @@ def test_finalize_breaks_ties_by_doc_id_and_flags_nan():
 
 def test_explode_one_row_per_kept_pair_and_one_for_empty(scored):
     _, _, reranked = scored
-    out = finalize(reranked, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    out = finalize(
+        reranked,
+        k_rerank=2,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
+        run_id="r",
+    )
     flat = explode(out, query_id="query_id", query="query")
     ids = flat.column("query_id").to_pylist()
     assert ids.count("q1") == 2 and ids.count("q2") == 1 and ids.count("q5") == 1

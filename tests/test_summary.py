@@ -10,6 +10,7 @@ from rerank_engine import cli
 from rerank_engine.config import JobConfig
 from rerank_engine.job import summarize
 from rerank_engine.nightly import aggregate
+from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.stages import RerankStage, TokenizeStage, finalize, logged_candidates
 from rerank_engine.summary import format_summary
 
@@ -30,7 +31,12 @@ def output(tiny_export, tmp_path_factory):
     }
     tokenized = TokenizeStage(config, str(corpus), tiny_export)(logged_candidates(batch, config=config))
     reranked = RerankStage(config, tiny_export, threads=1)(tokenized)
-    out = finalize(reranked, k_rerank=2, threshold=0.0, reranker_model="m", recall_model="logged", run_id="r")
+    out = finalize(
+        reranked,
+        k_rerank=2,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
+        run_id="r",
+    )
     return config, out, reranked
 
 
@@ -74,7 +80,12 @@ def test_the_table_holds_every_figure_of_a_job_summary(output):
 
 def test_passages_under_the_threshold_are_those_of_a_top_k_not_kept(output):
     config, _, reranked = output
-    out = finalize(reranked, k_rerank=2, threshold=1.0, reranker_model="m", recall_model="logged", run_id="r")
+    out = finalize(
+        reranked,
+        k_rerank=2,
+        policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=1.0),
+        run_id="r",
+    )
     summary = summarize(out, config, pipeline_s=1.0, wall_s=1.0)
     assert summary["kept"] == 0 and summary["no_relevant"] == 2
     assert summary["passages_below_threshold"] == 3  # q1's top 2 of its 3, q5's one

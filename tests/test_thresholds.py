@@ -127,7 +127,11 @@ def test_threshold_validates_itself():
 
 def test_threshold_file_round_trip_and_the_job_reads_it(tmp_path):
     from rerank_engine.config import JobConfig
-    from rerank_engine.job import resolve_threshold
+    from rerank_engine.score_policy import ScorePolicy
+
+    def resolve_threshold(config, model_id):  # the job's threshold and where it came from
+        policy = ScorePolicy.for_job(config, model_id, None)
+        return policy.threshold, policy.threshold_source
 
     t = best_f1(QUERIES, model_id=MODEL)
     path = t.save(tmp_path / "threshold.json")
@@ -136,11 +140,11 @@ def test_threshold_file_round_trip_and_the_job_reads_it(tmp_path):
     again = Threshold.load(path)
     assert again == t and again.calibration == t.calibration
 
-    config = JobConfig()
+    config = JobConfig.build(model=str(tmp_path))
     assert config.threshold is None
-    assert resolve_threshold(config, str(tmp_path), MODEL) == (0.3, str(path))
+    assert resolve_threshold(config, MODEL) == (0.3, str(path))
     with pytest.raises(ScaleMismatchError):
-        resolve_threshold(config, str(tmp_path), "retrained@abcdefabcdef")  # a stale file is refused
+        resolve_threshold(config, "retrained@abcdefabcdef")  # a stale file is refused
 
     (tmp_path / "bad.json").write_text(json.dumps({"value": 0.5}))
     with pytest.raises(ValueError, match="missing"):
