@@ -39,20 +39,12 @@ def rescale_flops(row: dict, teacher_shapes, student_model: str | Path, lengths)
         row[key] = round(row[key] * ratio, 3)
 
 
-def served(model: str | Path) -> tuple[object | None, int]:
-    """(its fusion or None, the max_length it is served at) as the job resolves them for `model`."""
-    from rerank_engine.fusion import FUSION_FILE, Fusion, calibrated_max_length
-
-    path = Path(model) / FUSION_FILE
-    fusion = Fusion.load(path) if path.is_file() else None
-    return fusion, calibrated_max_length(model, fusion) or 256
-
-
 def valid_quality(models: dict[str, str | Path], n_questions: int, cache_dir: str | Path) -> dict:
     """NDCG@5 of each model on the first `n_questions` valid questions' recall top-20, alone and as
     served (fused where it has a fusion.json), with recall's own beside them."""
     from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
     from rerank_engine.evaluation import fused_cascade, recall_top_k, score_cascade, summarise
+    from rerank_engine.score_policy import calibrated_max_length, read_fusion
 
     answers = load_answers()
     questions = load_split("valid")[:n_questions]
@@ -64,8 +56,8 @@ def valid_quality(models: dict[str, str | Path], n_questions: int, cache_dir: st
         "recall_ndcg5": summarise(list(zip(cands, relevant, strict=True)))["NDCG@5"],
     }
     for name, model in models.items():
-        fusion, max_length = served(model)
-        _, _, sc = score_cascade(
+        max_length = calibrated_max_length(model) or 256  # as the job serves it
+        model_id, _, sc = score_cascade(
             model,
             questions,
             cands,
@@ -75,6 +67,7 @@ def valid_quality(models: dict[str, str | Path], n_questions: int, cache_dir: st
             max_length=max_length,
             log=lambda m: None,
         )
+        fusion = read_fusion(model, model_id)  # checked to be this model's
         row = {"model": str(model), "max_length": max_length, "ndcg5_alone": _ndcg5(sc)}
         if fusion is not None:
             row["ndcg5_served"] = _ndcg5(fused_cascade(sc, fusion, cosines))
