@@ -169,7 +169,7 @@ def _check_length(path: Path, settings: dict, max_length: int, windows: dict | N
         )
     calibrated = {k: settings[k] for k in ("long_passages", "stride") if k in settings}
     if calibrated != (windows or {}):
-        raise ValueError(
+        raise ConfigError(
             f"{path} was calibrated reading long passages by {calibrated or 'truncate'}; this evaluation "
             f"reads them by {windows or 'truncate'} (recalibrate with jobs.calibrate --long-passages, or "
             "pass the calibration's --long-passages and --stride)"
