@@ -875,7 +875,7 @@ def markdown(result: dict) -> str:
 def shown_path(path: str | Path) -> str:
     """`path` as a report may record it: under the export cache as `$RERANK_ENGINE_CACHE/…`, under the
     working directory relative to it, else as given (reports carry no machine's home or work folder)."""
-    from rerank_engine.exporting import default_cache_root
+    from rerank_engine.export_cache import default_cache_root
 
     resolved = Path(path).resolve()
     for root, shown in ((default_cache_root().resolve(), "$RERANK_ENGINE_CACHE"), (Path.cwd(), ".")):

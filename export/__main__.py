@@ -11,7 +11,8 @@ import json
 import sys
 
 from rerank_engine import cli
-from rerank_engine.exporting import CONTRACT, export_model
+from rerank_engine.export_contract import CONTRACT
+from rerank_engine.exporting import export_model
 from rerank_engine.manifest import read_manifest
 
 EXAMPLE = "--model models/insurance-minilm-l6-ce --out artifacts/export --precision fp32 int8"

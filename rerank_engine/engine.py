@@ -23,7 +23,7 @@ import numpy as np
 from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
-from rerank_engine.exporting import CONTRACT
+from rerank_engine.export_contract import CONTRACT
 from rerank_engine.manifest import Manifest, Variant, read_manifest
 from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, check_long_passages, pad_token_id
 from rerank_engine.validation import check_pairs

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from rerank_engine.errors import ConfigError
 from rerank_engine.files import write_json
 from rerank_engine.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
 from rerank_engine.thresholds import ScoredQuery
@@ -206,7 +207,7 @@ def paired_difference(runs, baseline, k: int = 5, n_boot: int = 10_000, seed: in
     delta = _ndcg_deltas(runs, baseline, k)
     n = len(delta)
     if n < 2:
-        raise ValueError(f"a paired difference needs at least 2 questions, got {n}")
+        raise ConfigError(f"a paired difference needs at least 2 questions, got {n}")
     rng = np.random.default_rng(seed)
     boot = np.array([delta[rng.integers(0, n, n)].mean() for _ in range(n_boot)])
     low, high = np.percentile(boot, [2.5, 97.5])

@@ -153,7 +153,7 @@ def model_hash(model: str) -> str:
 
     if (Path(model) / MANIFEST_NAME).is_file():
         return str(read_manifest(model).source["content_hash"])
-    from rerank_engine.exporting import resolve_source
+    from rerank_engine.export_cache import resolve_source
     from rerank_engine.hashing import content_hash
 
     return content_hash(resolve_source(model)[0])

@@ -1,4 +1,5 @@
-"""The typed errors: what `require` tells a user to install names something pyproject.toml provides."""
+"""The typed errors: what `require` tells a user to install names something pyproject.toml provides, and
+mismatches a command line can cause are ConfigErrors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rerank_engine.errors import MissingExtraError, require
+from rerank_engine.errors import ConfigError, MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,3 +50,20 @@ def test_a_missing_module_names_what_to_install():
     assert isinstance(err.value, ImportError)
     with pytest.raises(MissingExtraError, match=r"pip install 'faiss-cpu' \(a dependency of rerank-engine;"):
         require("rerank_engine_no_such_module", package="faiss-cpu")
+
+
+def test_mismatches_a_command_line_can_cause_are_config_errors(tmp_path):
+    """A CLI prints a RerankEngineError as one line and exits 2 (cli.run_main): `compare_models --queries 1`
+    and an evaluation reading long passages otherwise than its calibration reach these."""
+    from rerank_engine.evaluation import paired_difference
+    from rerank_engine.score_policy import check_scored_as
+
+    one = [(["a"], {"a"})]
+    with pytest.raises(ConfigError, match="a paired difference needs at least 2 questions, got 1"):
+        paired_difference(one, one)
+    calibrated = {"max_length": 256, "long_passages": "chunk_max", "stride": 64}
+    with pytest.raises(ConfigError, match="was calibrated reading long passages by"):
+        check_scored_as(tmp_path / "threshold.json", calibrated, 256)
+    check_scored_as(
+        tmp_path / "threshold.json", calibrated, 256, {"long_passages": "chunk_max", "stride": 64}
+    )

@@ -15,7 +15,9 @@ from rerank_engine.batching import pad_rows
 from rerank_engine.config import EngineConfig
 from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
-from rerank_engine.exporting import CONTRACT, content_hash, validate_fp32
+from rerank_engine.export_contract import CONTRACT
+from rerank_engine.export_validation import validate_fp32
+from rerank_engine.hashing import content_hash
 from rerank_engine.manifest import read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -342,7 +344,8 @@ def test_a_causal_lm_checkpoint_is_refused(tmp_path, bundled_tokenizer):
 def test_an_unsupported_model_type_names_itself_and_the_supported_ones(tmp_path, bundled_tokenizer):
     from transformers import GPT2Config, GPT2ForSequenceClassification, ViTConfig
 
-    from rerank_engine.exporting import SUPPORTED_MODEL_TYPES, export_model
+    from rerank_engine.export_conversion import SUPPORTED_MODEL_TYPES
+    from rerank_engine.exporting import export_model
 
     supported = ", ".join(SUPPORTED_MODEL_TYPES)
     assert {"bert", "xlm-roberta", "deberta-v2", "modernbert", "electra"} <= set(SUPPORTED_MODEL_TYPES)
@@ -374,7 +377,8 @@ def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
     external data. The tiny BERT is forced through that path with optimum's own switch; every variant
     built from it (optimized fp32 and int8; fp16 from the plain graph) is listed with its data files and
     loads back from a copy of the folder with PyTorch's scores."""
-    from rerank_engine.exporting import _run, _session, export_model
+    from rerank_engine.export_validation import cpu_session, run_output
+    from rerank_engine.exporting import export_model
 
     monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
     queries, passages = random_pairs(24, seed=9)
@@ -410,7 +414,7 @@ def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
             ids, mask = pad_rows(pairs.input_ids, int(pairs.lengths.max()), engine.pad_id)
             types, _ = pad_rows(pairs.token_type_ids, int(pairs.lengths.max()), 0)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            got = _run(_session(folder / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]
+            got = run_output(cpu_session(folder / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]
             assert np.max(np.abs(got - ref)) <= 1e-2
     (folder / "model.onnx_data").unlink()
     with pytest.raises(ModelNotFoundError, match=r"model\.onnx_data \(external data of model\.onnx\)"):
@@ -423,7 +427,8 @@ def test_fp16_of_an_optimized_graph_loads_and_scores_as_pytorch(
     """The tiny model's LayerNorms all hold their init values, so the optimizer merges their weights into
     one initializer: the fp16 converter then wrote the same Cast once per LayerNorm, and a blocked
     SkipLayerNormalization got fp16 and fp32 inputs; onnxruntime refused both graphs."""
-    from rerank_engine.exporting import _run, _session, export_model
+    from rerank_engine.export_validation import cpu_session, run_output
+    from rerank_engine.exporting import export_model
 
     queries, passages = random_pairs(24, seed=4)
     out = export_model(
@@ -437,7 +442,8 @@ def test_fp16_of_an_optimized_graph_loads_and_scores_as_pytorch(
     ids, mask = pad_rows(pairs.input_ids, int(pairs.lengths.max()), engine.pad_id)
     types, _ = pad_rows(pairs.token_type_ids, int(pairs.lengths.max()), 0)
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    got = _run(_session(out / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]  # CUDA only in the engine
+    # CUDA only in the engine
+    got = run_output(cpu_session(out / "model_fp16.onnx"), manifest.inputs, feed)[:, 0]
     assert np.max(np.abs(got - ref)) <= 1e-2
 
 
@@ -446,7 +452,8 @@ def test_an_export_cached_before_the_head_check_is_rebuilt_through_it(
 ):
     """An export the old code made of a headless checkpoint (with a random head) sits in the cache under
     the old export-code version: asking again must not serve it but refuse the checkpoint."""
-    from rerank_engine.exporting import cache_key, export_model, tool_versions
+    from rerank_engine.export_cache import cache_key, tool_versions
+    from rerank_engine.exporting import export_model
 
     stale = copy_export(tiny_export, "stale")  # stands for the old export of bare_encoder_dir
     manifest = json.loads((stale / "manifest.json").read_text())

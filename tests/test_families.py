@@ -1,5 +1,5 @@
-"""The encoder families the export serves (exporting.SUPPORTED_MODEL_TYPES), each as a tiny random model
-with a tokenizer of its own kind trained offline with the `tokenizers` library (conftest.py):
+"""The encoder families the export serves (export_conversion.SUPPORTED_MODEL_TYPES), each as a tiny random
+model with a tokenizer of its own kind trained offline with the `tokenizers` library (conftest.py):
 
 - xlm-roberta (bge-reranker-v2-m3, bge-reranker-base): Unigram with SentencePiece's ▁ pre-tokenizer,
   `<s> q </s></s> p </s>`, pad id 1, learned positions that start after the padding index;
@@ -110,7 +110,8 @@ def test_export_matches_torch_with_padded_rows(family, family_dirs, random_pairs
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rerank_engine.exporting import CONTRACT, validate_fp32
+    from rerank_engine.export_contract import CONTRACT
+    from rerank_engine.export_validation import validate_fp32
 
     src, out = family_dirs(family)
     manifest = read_manifest(out)

@@ -1,5 +1,6 @@
 """The int8 recipe benchmark (`benchmarks/int8_agreement.py`) and the recipe machinery it drives
-(`rerank_engine.exporting.Int8Recipe`, `int8_node_groups`, `quantize_int8`), on the tiny random BERT."""
+(`rerank_engine.export_quantization.Int8Recipe`, `int8_node_groups`, `quantize_int8`), on the tiny random
+BERT."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from benchmarks import int8_agreement
 from rerank_engine.errors import ModelFormatError
-from rerank_engine.exporting import INT8_RECIPE, Int8Recipe, cache_key, int8_node_groups, quantize_int8
+from rerank_engine.export_cache import cache_key
+from rerank_engine.export_quantization import INT8_RECIPE, Int8Recipe, int8_node_groups, quantize_int8
 
 
 def test_node_groups_of_the_tiny_bert(tiny_export):

@@ -18,6 +18,8 @@ LIGHT = [
     "rerank_engine.windows",
     "rerank_engine.validation",
     "rerank_engine.manifest",
+    "rerank_engine.export_contract",
+    "rerank_engine.export_cache",
     "rerank_engine.metrics",
     "rerank_engine.schema",
     "rerank_engine.hashing",

@@ -134,7 +134,8 @@ def test_export_scores_as_the_model_card(qwen3_export, qwen3_dir):
     engine's length-bucketed right-padded batches, against the model card's reference."""
     from transformers import AutoModelForCausalLM
 
-    from rerank_engine.exporting import CONTRACT, validate_fp32
+    from rerank_engine.export_contract import CONTRACT
+    from rerank_engine.export_validation import validate_fp32
     from rerank_engine.llm_reranker import to_sequence_classifier
 
     manifest = read_manifest(qwen3_export)
