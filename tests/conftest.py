@@ -332,7 +332,6 @@ SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, interme
 
 def _build_family(family: str, out: Path, **overrides) -> Path:
     """Save a tiny random `family` cross-encoder (config `overrides` applied) and its tokenizer into `out`."""
-    import torch
     import transformers as tf
 
     if family == "xlm-roberta":
@@ -380,10 +379,7 @@ def _build_family(family: str, out: Path, **overrides) -> Path:
     config.initializer_range = 0.2  # logits far enough from 0 that a padding or position bug shows
     for key, value in overrides.items():
         setattr(config, key, value)
-    torch.manual_seed(0)
-    model_cls(config).eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_tiny(model_cls, config, tokenizer, out)
 
 
 @pytest.fixture(scope="session")
@@ -484,7 +480,6 @@ def _qwen_tokenizer(drop_word: str | None = None):
 
 def _build_qwen3(out, *, tied: bool = True, drop_word: str | None = None):
     """A tiny random Qwen3ForCausalLM (the shape of Qwen/Qwen3-Reranker-0.6B, 2 layers, hidden 32)."""
-    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = _qwen_tokenizer(drop_word)
@@ -494,10 +489,7 @@ def _build_qwen3(out, *, tied: bool = True, drop_word: str | None = None):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=tied, initializer_range=0.1,
     )  # fmt: skip
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_tiny(Qwen3ForCausalLM, config, tokenizer, out)
 
 
 @pytest.fixture(scope="session")
