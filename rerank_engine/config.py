@@ -149,8 +149,9 @@ class RecallConfig(_Frozen):
 class ResourcesConfig(_Frozen):
     """Placement, read only by `rerank_engine.pipeline.build_pipeline`.
 
-    The defaults fit a 2-core machine: the actors reserve 1 CPU in all, so Ray Data's read tasks (its
-    ListFiles step asks for a whole CPU) and write tasks can always run. Threads are set separately.
+    The defaults fit a 2-core machine: the actors reserve 1 CPU in all, spread over the nodes Ray
+    finds; the read, finalize and write tasks take `io_cpus` each, so no step waits for a whole free
+    CPU, and a cluster of 1-CPU nodes runs too. Threads are set separately.
     """
 
     recall_actors: int = Field(1, ge=1, description="bi-encoder + FAISS actors")

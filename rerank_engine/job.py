@@ -214,7 +214,14 @@ def run_job(
     from rerank_engine.dedupe import plan_distinct
     from rerank_engine.exporting import needed_precisions, resolve_export
     from rerank_engine.manifest import read_manifest
-    from rerank_engine.pipeline import PipelineInputs, build_fanout, build_pipeline, rerank_gpus
+    from rerank_engine.pipeline import (
+        PipelineInputs,
+        build_fanout,
+        build_pipeline,
+        fit_to_cluster,
+        node_cpus,
+        rerank_gpus,
+    )
     from rerank_engine.watch import running_operators, watch_executions
 
     checked = time.perf_counter()
@@ -229,6 +236,12 @@ def run_job(
             (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
             for shard in index_manifest.get("shard_files", [])
         )
+    shards = len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0
+    nodes = node_cpus()
+    resources, scale = fit_to_cluster(config.resources, nodes, logged=logged, shards=shards)
+    if scale < 1.0:
+        log.info("actor CPU shares scaled by %.2f to fit nodes of %s CPUs", scale, sorted(nodes))
+        config = config.model_copy(update={"resources": resources})
     policy = ScorePolicy.for_job(config, manifest.model_id, recall_model)  # score, threshold, max_length
     config = policy.serve(config)
     from rerank_engine.tokenization import check_long_passages

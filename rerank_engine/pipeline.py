@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rerank_engine.config import JobConfig
+from rerank_engine.config import JobConfig, ResourcesConfig
 from rerank_engine.dedupe import FanOut
+from rerank_engine.errors import ConfigError
 from rerank_engine.score_policy import ScorePolicy
 from rerank_engine.stages import (
     QueryEmbedStage,
@@ -48,6 +49,53 @@ def cluster_gpus() -> int:
     return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
+IO_SLOTS = 3  # read / finalize / write tasks that must find room on a node beside the actors
+
+
+def actor_cpus(r: ResourcesConfig, *, logged: bool, shards: int) -> float:
+    """The CPUs the actors of one scoring pass reserve together."""
+    recall = 0.0 if logged else r.recall_actors * r.recall_cpus + shards * r.shard_actors * r.shard_cpus
+    return recall + r.tokenize_actors * r.tokenize_cpus + r.rerank_actors * r.rerank_cpus
+
+
+def fit_to_cluster(
+    r: ResourcesConfig, node_cpus: list[float], *, logged: bool, shards: int = 0
+) -> tuple[ResourcesConfig, float]:
+    """The actors' CPU shares scaled down, where the cluster found cannot hold them and still run
+    `IO_SLOTS` io tasks on every node, and the scale used (1.0: unchanged).
+
+    Sized per node, not from the total: each node keeps `IO_SLOTS × io_cpus` free, the actors share
+    what is left, and no actor asks for more than the largest node leaves. A share is only a
+    scheduling token (threads are set apart), so a smaller share costs no speed."""
+    headroom = IO_SLOTS * r.io_cpus
+    room = [max(0.0, c - headroom) for c in node_cpus]
+    need = actor_cpus(r, logged=logged, shards=shards)
+    largest = max((r.recall_cpus, r.tokenize_cpus, r.rerank_cpus, r.shard_cpus if shards else 0.0))
+    scale = min(1.0, sum(room) / need if need else 1.0, max(room, default=0.0) / largest)
+    if scale <= 0:
+        raise ConfigError(
+            f"the Ray cluster's nodes have {sorted(node_cpus)} CPUs: none leaves room for the actors "
+            f"beside {IO_SLOTS} io tasks of resources.io_cpus={r.io_cpus}"
+        )
+    if scale == 1.0:
+        return r, 1.0
+    return r.model_copy(
+        update={
+            "recall_cpus": r.recall_cpus * scale,
+            "shard_cpus": r.shard_cpus * scale,
+            "tokenize_cpus": r.tokenize_cpus * scale,
+            "rerank_cpus": r.rerank_cpus * scale,
+        }
+    ), scale
+
+
+def node_cpus() -> list[float]:
+    """The CPUs of each live node of the Ray cluster."""
+    import ray
+
+    return [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+
+
 def rerank_gpus(config: JobConfig) -> int:
     if config.resources.rerank_gpus != "auto":
         return int(config.resources.rerank_gpus)
@@ -55,16 +103,27 @@ def rerank_gpus(config: JobConfig) -> int:
 
 
 def _read(config: JobConfig, inp: PipelineInputs):
+    """The query log's files (already listed, see `files`) as blocks of about `block_rows` queries.
+
+    Ray Data's V2 reader starts with a ListFiles task that asks for a whole CPU whatever `num_cpus`
+    says; once the actors hold their shares, a cluster of 1-CPU nodes has no whole CPU left and the job
+    waits forever. The V1 reader's tasks take `io_cpus`, so it is used here."""
     import ray
+    from ray.data import DataContext
 
     r = config.resources
-    return ray.data.read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
-        inp.files,
-        filesystem=inp.filesystem,
-        num_cpus=r.io_cpus,
-        override_num_blocks=max(1, math.ceil(inp.n_rows / r.block_rows)),
-        partitioning=None,
-    )
+    context = DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
+            inp.files,
+            filesystem=inp.filesystem,
+            num_cpus=r.io_cpus,
+            override_num_blocks=max(1, math.ceil(inp.n_rows / r.block_rows)),
+            partitioning=None,
+        )
+    finally:
+        context.use_datasource_v2 = v2
 
 
 def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str]):

@@ -518,24 +518,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def start_ray_head():
-    """`with start_ray_head(folder, *ray_start_args) as head:` a head of our own beside any other Ray on the
-    machine: its own temp dir (so its address never lands in /tmp/ray/ray_current_cluster, where another
-    run would find it), its own ports, and `ray start --block`, whose SIGTERM stops this cluster and no
-    other (`ray stop` would stop every Ray here). Inside, this process is connected to it and RAY_ADDRESS
-    points at it; `head` holds its address, dashboard and metrics URLs, env (for subprocesses), temp_dir."""
+def _ray_node(cmd: list[str], env: dict, log_path: Path, ready):
+    """Start `ray start … --block` in its own session and wait until `ready()` is true."""
+    import subprocess
+    import time
+
+    log = log_path.open("w")
+    node = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    node.log = log
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert node.poll() is None, f"ray start exited {node.returncode}: see {log_path}"
+        assert time.monotonic() < deadline, f"ray start not up after 120 s: see {log_path}"
+        time.sleep(0.5)
+    return node
+
+
+def _stop_ray_node(node) -> None:
+    """SIGTERM to `ray start --block` stops this node's processes and no other Ray on the machine."""
     import signal
     import subprocess
+
+    node.terminate()
+    try:
+        node.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+    node.log.close()
+
+
+def _node_ports() -> list[str]:
+    """Ports that default to fixed numbers: another Ray node on this machine would hold them already."""
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def start_ray_head():
+    """`with start_ray_head(folder, *ray_start_args, num_cpus=2, env=None) as head:` a head of our own
+    beside any other Ray on the machine: its own temp dir (so its address never lands in
+    /tmp/ray/ray_current_cluster, where another run would find it), its own ports, and
+    `ray start --block`, whose SIGTERM stops this cluster and no other (`ray stop` would stop every Ray
+    here). `env` is added to the node's environment (its workers inherit it). Inside, this process is
+    connected to it and RAY_ADDRESS points at it; `head` holds its address, dashboard and metrics URLs,
+    env (for subprocesses), temp_dir."""
     import sys
     import tempfile
-    import time
     from contextlib import contextmanager
 
     ray_cli = str(Path(sys.executable).parent / "ray")
 
     @contextmanager
-    def start(folder: Path, *extra: str):
+    def start(folder: Path, *extra: str, num_cpus: int = 2, env: dict | None = None):
         import ray
 
         if ray.is_initialized():  # a local Ray left by an earlier module (build_index, benchmarks): not ours
@@ -544,41 +585,32 @@ def start_ray_head():
         temp_dir = Path(tempfile.mkdtemp(prefix="ray-test-"))  # short: socket paths must stay < 108 chars
         env = {
             **os.environ,
+            **(env or {}),
             "RAY_AUTH_MODE": "token",
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         }
         env.pop("RAY_ADDRESS", None)
-        log = (Path(folder) / "ray_start.log").open("w")
-        head = subprocess.Popen(
-            [
-                ray_cli,
-                "start",
-                "--head",
-                "--block",
-                f"--port={port}",
-                "--num-cpus=2",
-                "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash}",
-                # ports that default to fixed numbers: another Ray on this machine would hold them already
-                f"--dashboard-agent-listen-port={free_port()}",
-                f"--ray-client-server-port={free_port()}",
-                f"--metrics-export-port={metrics}",
-                "--disable-usage-stats",
-                f"--temp-dir={temp_dir}",
-                *extra,
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        cmd = [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--metrics-export-port={metrics}",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            *extra,
+        ]
+        head = _ray_node(
+            cmd, env, Path(folder) / "ray_start.log", lambda: (temp_dir / "ray_current_cluster").exists()
         )
         try:
-            deadline = time.monotonic() + 120
-            while not (temp_dir / "ray_current_cluster").exists():  # written once the head is up
-                assert head.poll() is None, f"ray start exited {head.returncode}: see {log.name}"
-                assert time.monotonic() < deadline, f"ray start not up after 120 s: see {log.name}"
-                time.sleep(0.5)
             address = f"127.0.0.1:{port}"
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("RAY_ADDRESS", address)  # the job's own ray.init and the state API find this head
@@ -594,13 +626,50 @@ def start_ray_head():
                 finally:
                     ray.shutdown()
         finally:
-            head.terminate()
-            try:
-                head.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait()
-            log.close()
+            _stop_ray_node(head)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def start_ray_worker():
+    """`with start_ray_worker(head, folder, num_cpus=1, env=None) as worker:` a worker node joined to a
+    head from `start_ray_head`, on this machine, with its own temp dir and ports; `worker` holds its Ray
+    `node_id` and `temp_dir`. Leaving the block stops that node alone."""
+    import sys
+    import tempfile
+    from contextlib import contextmanager
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+
+    @contextmanager
+    def start(head: dict, folder: Path, num_cpus: int = 1, env: dict | None = None):
+        import ray
+
+        before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        temp_dir = Path(tempfile.mkdtemp(prefix="ray-worker-"))
+        cmd = [
+            ray_cli,
+            "start",
+            f"--address={head['address']}",
+            "--block",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            *_node_ports(),
+        ]
+
+        def joined() -> set[str]:
+            return {n["NodeID"] for n in ray.nodes() if n["Alive"]} - before
+
+        node = _ray_node(cmd, {**head["env"], **(env or {})}, Path(folder) / "ray_worker.log", joined)
+        try:
+            (node_id,) = joined()
+            yield {"node_id": node_id, "temp_dir": temp_dir}
+        finally:
+            _stop_ray_node(node)
             shutil.rmtree(temp_dir, ignore_errors=True)
 
     return start
