@@ -85,6 +85,7 @@ def run_size(rows: int, args, sample: Path, work: Path) -> dict:
         "job_wall_s": summary["wall_s"],
         "rows_per_s": round(rows / summary["wall_s"], 1),
         "driver_peak_rss_mb": summary.get("driver_peak_rss_mb"),
+        "output_files": len(list(output.glob("*.parquet"))),
         "stage_s": summary.get("stage_s"),
     }
 
@@ -94,14 +95,14 @@ def markdown(result: dict) -> str:
         f"Logged-candidates logs over {result['distinct']} distinct questions × {K} candidates "
         f"({result['date']}, {result['machine']}):",
         "",
-        "| rows | wall time (s) | rows/s | driver peak RSS (MB) | time vs the first size |",
-        "|---|---|---|---|---|",
+        "| rows | wall time (s) | rows/s | driver peak RSS (MB) | output files | time vs the first size |",
+        "|---|---|---|---|---|---|",
     ]
     first = result["sizes"][0]["job_wall_s"] if result["sizes"] else None
     for r in result["sizes"]:
         lines.append(
             f"| {r['rows']:,} | {r['job_wall_s']:.1f} | {r['rows_per_s']:,.0f} | {r['driver_peak_rss_mb']} "
-            f"| {r['job_wall_s'] / first:.2f}× |"
+            f"| {r.get('output_files', '–')} | {r['job_wall_s'] / first:.2f}× |"
         )
     return "\n".join(lines)
 

@@ -169,7 +169,18 @@ class ResourcesConfig(_Frozen):
     rerank_batch_rows: int = Field(32, ge=1, description="queries per rerank call (× k_recall pairs)")
     rerank_threads: int = Field(2, ge=0, description="onnxruntime intra-op threads per rerank actor")
     io_cpus: float = Field(0.1, gt=0, description="CPU share of read / finalize / write tasks")
+    fit_to_nodes: bool = Field(
+        True,
+        description="scale the actors' CPU shares down where the nodes present at start cannot hold them "
+        "beside the read / write tasks; false on an autoscaling cluster, whose nodes come on demand",
+    )
     block_rows: int = Field(64, ge=1, description="input is cut into blocks of about this many queries")
+    fanout_block_rows: int = Field(
+        50_000,
+        ge=1,
+        description="with dedupe_queries, the input is read again in blocks of about this many rows to "
+        "receive their distinct query's results and be written (at most one output file per block)",
+    )
 
 
 class JobConfig(_Frozen):

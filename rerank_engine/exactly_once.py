@@ -4,6 +4,7 @@ rows), read a batch at a time; the ids' text is read again only to name examples
 
     ids = InputIds.read(files, filesystem, "query_id")   # before the run
     ids.verify(table, "query_id", exploded)              # after it: raises naming missing / extra ids
+    ids.verify_digests(parts, exploded, id_column)       # the same on digests read a file at a time
 
 Light module: numpy and pyarrow only.
 """
@@ -11,7 +12,7 @@ Light module: numpy and pyarrow only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,10 +91,15 @@ class InputIds:
     def verify(self, table: pa.Table | None, id_col: str, exploded: bool) -> None:
         """Every input query row appears in `table` exactly once (exploded: every input id appears, and
         no other); otherwise a RerankEngineError naming how many rows are missing and extra, with examples."""
-        column = table.column(id_col) if table is not None else pa.chunked_array([], pa.string())
-        got = np.sort(
-            np.concatenate([digests(c.to_pylist()) for c in column.chunks] or [np.empty(0, dtype=DIGEST)])
-        )
+        column = table.column(id_col) if table is not None else None
+        self.verify_digests([ids_digests(column)] if column is not None else [], exploded, lambda: column)
+
+    def verify_digests(
+        self, parts: list[np.ndarray], exploded: bool, id_column: Callable[[], pa.ChunkedArray | None]
+    ) -> None:
+        """`verify` on the output's id digests (`ids_digests`, in parts); `id_column()` gives the output's
+        ids again, read only when something is wrong, to name the extra ones."""
+        got = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=DIGEST)
         expected = self.sorted_digests
         if exploded:  # one row per kept pair: each input id present, nothing else
             got, expected = np.unique(got), np.unique(expected)
@@ -101,12 +107,19 @@ class InputIds:
             return
         missing, n_missing = _difference(expected, got)
         extra, n_extra = _difference(got, expected)
-        ids = column.to_pylist()  # only now, to name examples
+        column = id_column()
+        ids = column.to_pylist() if column is not None else []  # only now, to name examples
         extra_ids = [ids[i] for i in np.flatnonzero(np.isin(digests(ids), extra))]
         raise RerankEngineError(
             f"output check failed: {n_missing} query rows missing (e.g. {self.examples(missing)}), "
             f"{n_extra} extra (e.g. {list(dict.fromkeys(extra_ids))[:5]})"
         )
+
+
+def ids_digests(column: pa.ChunkedArray) -> np.ndarray:
+    """The digests of an id column, a chunk at a time (unsorted)."""
+    parts = [digests(chunk.to_pylist()) for chunk in column.chunks]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=DIGEST)
 
 
 def _batches(files: Iterable[str], filesystem, column: str):

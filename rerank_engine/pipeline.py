@@ -62,15 +62,20 @@ def fit_to_cluster(
     r: ResourcesConfig, node_cpus: list[float], *, logged: bool, shards: int = 0
 ) -> tuple[ResourcesConfig, float]:
     """The actors' CPU shares scaled down, where the cluster found cannot hold them and still run
-    `IO_SLOTS` io tasks on every node, and the scale used (1.0: unchanged).
+    `IO_SLOTS` io tasks on every node, and the scale used (1.0: unchanged). Off with
+    `resources.fit_to_nodes: false` (an autoscaling cluster) and where no node has CPUs yet.
 
     Sized per node, not from the total: each node keeps `IO_SLOTS × io_cpus` free, the actors share
     what is left, and no actor asks for more than the largest node leaves. A share is only a
     scheduling token (threads are set apart), so a smaller share costs no speed."""
+    node_cpus = [c for c in node_cpus if c > 0]  # a head with no task CPUs holds nothing
+    if not r.fit_to_nodes or not node_cpus:  # no CPU node yet: an autoscaler will bring them
+        return r, 1.0
     headroom = IO_SLOTS * r.io_cpus
     room = [max(0.0, c - headroom) for c in node_cpus]
     need = actor_cpus(r, logged=logged, shards=shards)
-    largest = max((r.recall_cpus, r.tokenize_cpus, r.rerank_cpus, r.shard_cpus if shards else 0.0))
+    shares = [r.tokenize_cpus, r.rerank_cpus, *([] if logged else [r.recall_cpus])]
+    largest = max(shares + ([r.shard_cpus] if shards else []))
     scale = min(1.0, sum(room) / need if need else 1.0, max(room, default=0.0) / largest)
     if scale <= 0:
         raise ConfigError(
@@ -102,8 +107,8 @@ def rerank_gpus(config: JobConfig) -> int:
     return cluster_gpus()
 
 
-def _read(config: JobConfig, inp: PipelineInputs):
-    """The query log's files (already listed, see `files`) as blocks of about `block_rows` queries.
+def _read(config: JobConfig, inp: PipelineInputs, block_rows: int):
+    """The query log's files (already listed, see `files`) as blocks of about `block_rows` rows.
 
     Ray Data's V2 reader starts with a ListFiles task that asks for a whole CPU whatever `num_cpus`
     says; once the actors hold their shares, a cluster of 1-CPU nodes has no whole CPU left and the job
@@ -119,7 +124,7 @@ def _read(config: JobConfig, inp: PipelineInputs):
             inp.files,
             filesystem=inp.filesystem,
             num_cpus=r.io_cpus,
-            override_num_blocks=max(1, math.ceil(inp.n_rows / r.block_rows)),
+            override_num_blocks=max(1, math.ceil(inp.n_rows / block_rows)),
             partitioning=None,
         )
     finally:
@@ -127,14 +132,17 @@ def _read(config: JobConfig, inp: PipelineInputs):
 
 
 def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str]):
-    """The input rows again, each joined to the results of its distinct query (see `dedupe`)."""
+    """The input rows again, each joined to the results of its distinct query (see `dedupe`), in blocks
+    of `fanout_block_rows`: the join is cheap per row, so small blocks would cost a task and an output
+    file each."""
     from ray.data import ActorPoolStrategy
 
-    return _read(config, inp).map_batches(
+    r = config.resources
+    return _read(config, inp, r.fanout_block_rows).map_batches(
         FanOut,
         fn_constructor_kwargs={"config": config, "results": results, "keys": keys, "logged": inp.logged},
         batch_format="pyarrow",
-        batch_size=config.resources.recall_batch_rows,
+        batch_size=r.fanout_block_rows,
         compute=ActorPoolStrategy(size=1),
         num_cpus=config.resources.io_cpus,
     )
@@ -145,7 +153,7 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
 
     r = config.resources
     gpus = rerank_gpus(config)
-    ds = _read(config, inp)
+    ds = _read(config, inp, r.block_rows)
     if inp.logged:
         ds = ds.map_batches(
             logged_candidates,

@@ -58,10 +58,13 @@ class QueryFigures:
             table = table.group_by(keys, use_threads=False).aggregate([])
         top = table.column("top_score").drop_null().to_numpy().astype(np.float32)
         return cls(
-            Counter(table.column("status").fill_null("unknown").to_pylist()),
-            Counter(int(k) for k in table.column("n_kept").fill_null(0).to_pylist()),
-            top,
+            _value_counts(table.column("status"), "unknown"), _value_counts(table.column("n_kept"), 0), top
         )
+
+    def __add__(self, other: QueryFigures) -> QueryFigures:
+        """The figures of two sets of query rows together (an output read a file at a time)."""
+        top = np.concatenate([self.top_scores, other.top_scores])
+        return QueryFigures(self.status + other.status, self.kept + other.kept, top)
 
     def under(self, threshold: float | None) -> int:
         """Ranked queries whose top score is under `threshold` (none without one)."""
@@ -69,6 +72,18 @@ class QueryFigures:
 
     def median_top_score(self) -> float | None:
         return round(float(np.median(self.top_scores)), 4) if len(self.top_scores) else None
+
+
+def _value_counts(column: pa.ChunkedArray, missing) -> Counter:
+    """How often each value occurs (nulls as `missing`), counted in Arrow: no Python object per row."""
+    counts = pa.compute.value_counts(
+        column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+    )
+    found = Counter()
+    for entry in counts.to_pylist():
+        value = missing if entry["values"] is None else entry["values"]
+        found[int(value) if isinstance(value, int) else value] += entry["counts"]
+    return found
 
 
 def _status_plot(status: Counter, path: Path) -> Path:

@@ -523,7 +523,12 @@ def test_a_stalled_job_times_out_naming_the_stage_and_leaves_no_staging(local_ra
     out = tmp_path / "out"
     # A rerank actor that asks for more CPUs than the cluster has is never placed: the pipeline stalls,
     # as the cluster of 1-CPU nodes did.
-    config = _ray_config(tiny_export, timeout_s=20, dedupe_queries=False, **{"resources.rerank_cpus": 64})
+    config = _ray_config(
+        tiny_export,
+        timeout_s=20,
+        dedupe_queries=False,
+        **{"resources.rerank_cpus": 64, "resources.fit_to_nodes": False},  # kept as asked: never placed
+    )
     with pytest.raises(JobTimeoutError) as err:
         run_job(config, input=str(folder), corpus=str(corpus), output=str(out))
     message = str(err.value)

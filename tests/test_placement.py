@@ -42,3 +42,21 @@ def test_logged_mode_counts_no_recall_actor_and_shards_count_theirs():
 def test_a_cluster_with_no_room_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"resources.io_cpus=0.5"):
         fit_to_cluster(ResourcesConfig(io_cpus=0.5), [1.0], logged=False)
+
+
+def test_not_fitted_when_asked_not_to_or_before_an_autoscaler_brings_cpu_nodes():
+    r = ResourcesConfig(fit_to_nodes=False)
+    assert fit_to_cluster(r, [1.0], logged=False) == (r, 1.0)
+    r = ResourcesConfig(rerank_cpus=2.0)
+    assert fit_to_cluster(r, [0.0], logged=False) == (r, 1.0)  # only a head with no task CPUs so far
+    assert fit_to_cluster(r, [0.0, 16.0], logged=False) == (r, 1.0)  # the 0-CPU head is not counted
+
+
+def test_the_cluster_config_autoscales_so_it_is_not_fitted():
+    from pathlib import Path
+
+    from rerank_engine.config import load_job_config
+
+    repo = Path(__file__).resolve().parents[1]
+    assert load_job_config(repo / "jobs/configs/cluster.yaml", {}).resources.fit_to_nodes is False
+    assert load_job_config(repo / "jobs/configs/local.yaml", {}).resources.fit_to_nodes is True

@@ -125,3 +125,28 @@ def test_the_command_prints_the_table_or_with_json_the_summary(output, capsys):
     assert capsys.readouterr().out == format_summary(summary) + "\n"
     cli.print_summary(summary, as_json=True)
     assert json.loads(capsys.readouterr().out) == summary
+
+
+def test_an_output_scanned_a_file_at_a_time_sums_to_the_whole(output, tmp_path):
+    """The driver reads its output one file at a time (bounded memory, #24 finding 6): the tallies, the
+    report's figures and the exactly-once check over the parts equal those over the whole table."""
+    from rerank_engine.exactly_once import InputIds
+    from rerank_engine.job import SUMMARY_COLUMNS, scan_output
+    from rerank_engine.run_report import QueryFigures
+
+    config, out, _ = output
+    files = []
+    for i, (start, n) in enumerate([(0, 2), (2, 1), (3, 2)]):
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        pq.write_table(out.slice(start, n), files[-1])
+    expected = InputIds.read(files, None, "query_id")
+    counts, figures = scan_output(files, config, expected)
+    whole = summarize(out, config, pipeline_s=2.0, wall_s=9.5)
+    assert summarize(counts, config, pipeline_s=2.0, wall_s=9.5) == whole
+    assert whole["queries"] == 5 and whole["providers"] == ["CPUExecutionProvider"]
+    one = QueryFigures.of(out.select(["query_id", *SUMMARY_COLUMNS]), "query_id", False)
+    assert figures.status == one.status and figures.kept == one.kept
+    assert sorted(figures.top_scores) == sorted(one.top_scores)
+
+    with pytest.raises(Exception, match=r"1 query rows missing \(e.g. \['q3'\]\), 0 extra"):
+        scan_output([files[0], files[2]], config, expected)
