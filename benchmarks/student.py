@@ -39,20 +39,25 @@ def rescale_flops(row: dict, teacher_shapes, student_model: str | Path, lengths)
         row[key] = round(row[key] * ratio, 3)
 
 
-def valid_quality(models: dict[str, str | Path], n_questions: int, cache_dir: str | Path) -> dict:
+def valid_quality(
+    models: dict[str, str | Path], n_questions: int, cache_dir: str | Path, answers: int | None = None
+) -> dict:
     """NDCG@5 of each model on the first `n_questions` valid questions' recall top-20, alone and as
-    served (fused where it has a fusion.json), with recall's own beside them."""
-    from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
+    served (fused where it has a fusion.json), with recall's own beside them; recalled from all answers,
+    or from the first `answers` of them and the gold ones (`answer_subset`, for --quick)."""
+    from rerank_engine.data.insuranceqa import answer_recall, answer_subset, load_answers, load_split
     from rerank_engine.evaluation import fused_cascade, recall_top_k, score_cascade, summarise
     from rerank_engine.score_policy import calibrated_max_length, read_fusion
 
     answers = load_answers()
     questions = load_split("valid")[:n_questions]
-    cands, cosines = recall_top_k(questions, answer_recall(".cache/embeddings"))
+    pool = answer_subset(questions, answers) if answers else None
+    cands, cosines = recall_top_k(questions, answer_recall(".cache/embeddings", ids=pool))
     relevant = [set(q.answers) for q in questions]
     out = {
         "split": "valid",
         "questions": len(questions),
+        "answers": len(pool) if pool else "all",
         "recall_ndcg5": summarise(list(zip(cands, relevant, strict=True)))["NDCG@5"],
     }
     for name, model in models.items():
@@ -111,8 +116,11 @@ def markdown(result: dict) -> list[str]:
     quality = result.get("student_quality")
     if not quality:
         return []
+    pool = quality.get("answers", "all")
+    over = "" if pool == "all" else f" over {pool:,} answers, --quick"
     lines = [
-        f"Student vs teacher on {quality['questions']} labelled InsuranceQA valid questions (recall top-20; "
+        f"Student vs teacher on {quality['questions']} labelled InsuranceQA valid questions (recall top-20"
+        f"{over}; "
         f"recall alone NDCG@5 {quality['recall_ndcg5']:.4f}):",
         "",
         "| model | max_length | NDCG@5 alone | NDCG@5 as served |",

@@ -88,11 +88,15 @@ def _grouped(name, per_query: list[tuple[str, list[str], list[int] | None]], max
     )
 
 
-def recall_candidates(questions, k: int = 20) -> list[list[str]]:
-    """Bi-encoder top-k answer ids over all InsuranceQA answers (embeddings cached in .cache/embeddings)."""
+QUICK_ANSWERS = 2_000  # --quick recalls from these answers (+ the gold ones), not all 27,413
+
+
+def recall_candidates(questions, k: int = 20, ids: list[str] | None = None) -> list[list[str]]:
+    """Bi-encoder top-k answer ids over all InsuranceQA answers, or over `ids` (embeddings cached in
+    .cache/embeddings)."""
     from rerank_engine.data.insuranceqa import answer_recall
 
-    encoder, index, _ = answer_recall(".cache/embeddings")
+    encoder, index, _ = answer_recall(".cache/embeddings", ids=ids)
     _, ids = index.search(encoder.encode([q.text for q in questions]), k)
     return [[str(d) for d in row] for row in ids]
 
@@ -112,19 +116,22 @@ def labelled_top20(
     )
 
 
-def insuranceqa_workloads(n_real: int, n_long: int) -> list[Workload]:
-    """`real`: top-20 of the first `n_real` test questions; `long`: long passages for the first `n_long`."""
-    from rerank_engine.data.insuranceqa import load_answers, load_split
+def insuranceqa_workloads(n_real: int, n_long: int, quick: bool = False) -> list[Workload]:
+    """`real`: top-20 of the first `n_real` test questions; `long`: long passages for the first `n_long`.
+    `quick`: recalled from `QUICK_ANSWERS` answers and the gold ones instead of all of them."""
+    from rerank_engine.data.insuranceqa import answer_subset, load_answers, load_split
 
     answers = load_answers()
     questions = load_split("test")[: max(n_real, n_long)]
-    cands = recall_candidates(questions)
+    pool = answer_subset(questions, QUICK_ANSWERS) if quick else None
+    cands = recall_candidates(questions, ids=pool)
+    over = f"{len(pool):,} answers (--quick)" if quick else "all answers"
     real = labelled_top20(
         "real",
         questions[:n_real],
         cands,
         answers,
-        f"bi-encoder top-20 of the first {n_real} InsuranceQA test questions, max_length 256",
+        f"bi-encoder top-20 over {over} of the first {n_real} InsuranceQA test questions, max_length 256",
     )
     rng = np.random.default_rng(0)
     long_groups = []
@@ -909,7 +916,7 @@ def run(args) -> dict:
         workloads = synthetic_workloads(args.synthetic)
     else:
         n_real, n_long = (8, 3) if args.quick else (args.queries, args.long_queries)
-        workloads = insuranceqa_workloads(n_real, n_long)
+        workloads = insuranceqa_workloads(n_real, n_long, quick=args.quick)
     for w in workloads:
         w.lengths = lengths_of(w, export_dir)
     gemm = Gemm(shapes, tokens=4096, threads=args.threads)
@@ -954,6 +961,7 @@ def run(args) -> dict:
             {"teacher": model, "student": args.student},
             40 if args.quick else args.valid_queries,
             Path(args.work) / "scores",
+            answers=QUICK_ANSWERS if args.quick else None,
         )
     if not args.synthetic and not args.no_job:
         work = Path(args.work)

@@ -119,6 +119,13 @@ def ensure_ray():
     import ray
 
     if not ray.is_initialized():
+        import os
+
+        if os.environ.get("RAY_ADDRESS", "local") == "local":  # our own local Ray: first, a killed run's
+            from rerank_engine.orphans import reap_orphaned_agents
+
+            if stopped := reap_orphaned_agents():
+                log.warning("stopped %d Ray agents left by a killed run (pids %s)", len(stopped), stopped)
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
         from ray.data import DataContext
 

@@ -59,12 +59,20 @@ def answer_ids() -> list[str]:
     return sorted(load_answers(), key=int)
 
 
-def answer_recall(cache_dir: str, encoder=None):
-    """(BiEncoder, RecallIndex over all 27,413 answers, {answer id: embedding}); embeddings cached."""
+def answer_recall(cache_dir: str, encoder=None, ids: list[str] | None = None):
+    """(BiEncoder, RecallIndex over all 27,413 answers or the answer ids given, {answer id: embedding});
+    embeddings cached."""
     from rerank_engine.recall import BiEncoder, RecallIndex, embed_cached
 
     encoder = encoder or BiEncoder()
-    answers, ids = load_answers(), answer_ids()
+    answers, ids = load_answers(), (ids if ids is not None else answer_ids())
     emb = embed_cached(encoder, [answers[i] for i in ids], cache_dir, progress=progress.enabled())
     index = RecallIndex.build(emb, ids, model=encoder.model_id, corpus=DATA_VERSION)
     return encoder, index, dict(zip(ids, emb, strict=True))
+
+
+def answer_subset(questions, n: int) -> list[str]:
+    """The first `n` answer ids with the questions' relevant answers added: a small corpus to recall from
+    when embedding all 27,413 answers (minutes on a CPU) is too slow, as for a quick benchmark."""
+    wanted = set(answer_ids()[:n]) | {a for q in questions for a in q.answers}
+    return sorted(wanted, key=int)
