@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.config import EngineConfig
-from rerank_engine.engine import CrossEncoderEngine
-from rerank_engine.exporting import export_model
+from rerank_engine.serving.engine import CrossEncoderEngine
+from rerank_engine.serving.exporting import export_model
 
 
 def real_pairs(n_queries: int) -> tuple[list[str], list[str]]:

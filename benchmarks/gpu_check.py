@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.throughput import DEFAULT_MODEL, Shapes, machine, synthetic_workloads
-from rerank_engine.batching import pad_rows, plan_batches
-from rerank_engine.metrics import spearman, top_k_overlap
+from rerank_engine.quality.metrics import spearman, top_k_overlap
+from rerank_engine.serving.batching import pad_rows, plan_batches
 
 # Dense (no sparsity) fp16/bf16 tensor-core peak of an H100 SXM, TFLOP/s (NVIDIA's datasheet: 1,979 with
 # sparsity). The PCIe card's is 756.
@@ -84,7 +84,7 @@ class TorchBucketed:
         self.takes_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
 
     def __call__(self, pairs, plan, pad_id: int) -> np.ndarray:
-        from rerank_engine.engine import relevance_logits
+        from rerank_engine.serving.engine import relevance_logits
 
         torch = self.torch
         out = []
@@ -117,7 +117,7 @@ def timed(fn, reps: int) -> tuple[float, np.ndarray]:
 
 def parity(ref: np.ndarray, got: np.ndarray, group: int = 20) -> dict:
     """fp32 probabilities `ref` vs `got`: max |Δscore|, per-group top-5 overlap and Spearman means."""
-    from rerank_engine.engine import sigmoid
+    from rerank_engine.serving.engine import sigmoid
 
     a, b = sigmoid(ref), sigmoid(got)
     groups = [slice(i, min(i + group, len(a))) for i in range(0, len(a), group)]
@@ -135,9 +135,9 @@ def run(args) -> dict:
     import torch
 
     from rerank_engine.config import EngineConfig, TokenizerConfig
-    from rerank_engine.engine import CUDA, CrossEncoderEngine
-    from rerank_engine.exporting import export_model, resolve_export
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.engine import CUDA, CrossEncoderEngine
+    from rerank_engine.serving.exporting import export_model, resolve_export
+    from rerank_engine.serving.tokenization import PairTokenizer
 
     cuda = torch.cuda.is_available() and CUDA in ort.get_available_providers()
     result = {

@@ -67,7 +67,7 @@ def measure(
 ) -> list[dict]:
     import faiss
 
-    from rerank_engine.recall import RecallIndex, exact_recall_at_k
+    from rerank_engine.recall.index import RecallIndex, exact_recall_at_k
 
     emb = unit_vectors(n, dim, seed)
     queries = unit_vectors(n_queries, dim, seed + 1)

@@ -4,7 +4,7 @@
         --json reports/throughput/int8_agreement.json
 
 Every row scores the same pairs with our engine (bucketed, 8,192 tokens, tokenization included); the int8
-graphs are built here from the export's fp32 graph (`rerank_engine.export_quantization.quantize_int8`,
+graphs are built here from the export's fp32 graph (`rerank_engine.serving.export_quantization.quantize_int8`,
 static QDQ with `onnxruntime.quantization.quantize_static`). Per row: pairs/s (median of `--reps` interleaved
 repetitions) and its ratio to fp32, agreement with fp32 (max and mean |Δscore|, per-query top-5 overlap mean
 and min) and NDCG@5 on the gold labels with its difference from fp32. The bar (issue #9): mean top-5
@@ -36,8 +36,8 @@ import numpy as np
 
 from benchmarks import throughput
 from benchmarks.throughput import EngineVariant, Workload
-from rerank_engine.engine import CrossEncoderEngine
-from rerank_engine.export_quantization import INT8_RECIPE, Int8Recipe
+from rerank_engine.serving.engine import CrossEncoderEngine
+from rerank_engine.serving.export_quantization import INT8_RECIPE, Int8Recipe
 
 BAR_OVERLAP, BAR_NDCG = 0.98, 0.005
 BUCKETED = {"bucketing": True, "max_batch_tokens": 8192}
@@ -55,7 +55,7 @@ class Row:
 
 
 def dynamic(name: str, recipe: Int8Recipe, timed: bool = True) -> Row:
-    from rerank_engine.export_quantization import quantize_int8
+    from rerank_engine.serving.export_quantization import quantize_int8
 
     return Row(
         name,
@@ -181,7 +181,7 @@ def static_rows(export_dir: Path, calib_queries: int, start: int, methods: list[
         def run(src: Path, dst: Path) -> None:
             import onnx
 
-            from rerank_engine.export_quantization import int8_node_groups
+            from rerank_engine.serving.export_quantization import int8_node_groups
 
             groups = int8_node_groups(onnx.load(str(src), load_external_data=False))
             nodes = [n for g in ("qkv", "attn_out", "ffn_in", "ffn_out") for n in groups[g]]
@@ -225,7 +225,7 @@ def valid_workload(n_queries: int) -> Workload:
 
 def compare(w: Workload, scores: np.ndarray, ref: np.ndarray, ref_ndcg: float | None) -> dict:
     """Agreement with fp32 (`throughput.agreement`, plus mean |Δscore| and the worst query's overlap)."""
-    from rerank_engine.metrics import top_k_overlap
+    from rerank_engine.quality.metrics import top_k_overlap
 
     got = throughput.agreement(w, scores, ref)
     out = {
@@ -369,7 +369,7 @@ def fastest_meeting_bar(rows: dict) -> str | None:
 
 
 def run(args) -> dict:
-    from rerank_engine.exporting import resolve_export
+    from rerank_engine.serving.exporting import resolve_export
 
     export_dir = Path(args.export) if args.export else resolve_export(args.model, ["fp32"])
     n_queries = 8 if args.quick and not args.synthetic else args.queries

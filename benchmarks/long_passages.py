@@ -7,7 +7,7 @@
 For `tokenizer.long_passages: truncate` and `chunk_max` at each stride, all at the same max_length (the
 served one, 128 for the shipped model), side by side in one run: NDCG@5 of the rerank of the bi-encoder
 top-20, the reranker alone and fused with the recall cosine (the fusion weight refitted for each setting
-on the same questions, `rerank_engine.fusion.fit`, as `benchmarks.max_length` does, so each is read at
+on the same questions, `rerank_engine.quality.fusion.fit`, as `benchmarks.max_length` does, so each is read at
 its best weight), the windows scored per pair, and pairs/s (and windows/s) of the fp32 engine on the first
 `--time-queries` questions' pairs, the settings interleaved over `--reps` repetitions (the median). The
 scores are the engine's, as the job and `jobs.evaluate` compute them (`evaluation.score_cascade` with the
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine import evaluation
-from rerank_engine.fusion import fit, logit_of, mean_ndcg
+from rerank_engine.quality import evaluation
+from rerank_engine.quality.fusion import fit, logit_of, mean_ndcg
 
 TRUNCATE = "truncate"
 
@@ -42,8 +42,8 @@ def windows_per_pair(model, max_length: int, setting: dict, queries, passages) -
     """The windows each pair is scored in under `setting` (1 each for truncate), from the engine's own
     tokenizer."""
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.exporting import resolve_export
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.exporting import resolve_export
+    from rerank_engine.serving.tokenization import PairTokenizer
 
     config = TokenizerConfig.build(max_length=max_length, **evaluation.long_passage_settings(**setting))
     pairs = PairTokenizer(resolve_export(model, ["fp32"]), config)(queries, passages)

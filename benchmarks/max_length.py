@@ -4,8 +4,8 @@
         [--lengths 128 192 256] [--time-queries 50] [--json reports/throughput/max_length.json]
 
 For each max_length: NDCG@5 of the rerank of the bi-encoder top-20 (the reranker alone, and fused with
-the recall cosine at the weight fitted at that length, `rerank_engine.fusion`), and pairs/s of the fp32
-engine on the first `--time-queries` questions' pairs, the lengths interleaved over 3 repetitions (the
+the recall cosine at the weight fitted at that length, `rerank_engine.quality.fusion`), and pairs/s of the
+fp32 engine on the first `--time-queries` questions' pairs, the lengths interleaved over 3 repetitions (the
 median), so the speed ratios are measured side by side. Scores are cached like `jobs.calibrate`'s.
 """
 
@@ -17,8 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
-from rerank_engine import evaluation
-from rerank_engine.fusion import fit, logit_of, mean_ndcg
+from rerank_engine.quality import evaluation
+from rerank_engine.quality.fusion import fit, logit_of, mean_ndcg
 
 
 def main(argv=None) -> int:

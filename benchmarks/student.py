@@ -19,7 +19,7 @@ TEACHER = "C_onnx_fp32_bucketed_8192"  # the teacher's engine at the same precis
 def variant(student: str | Path, threads: int):
     """The student's engine, configured as the teacher's `TEACHER` variant."""
     from benchmarks.throughput import EngineVariant
-    from rerank_engine.exporting import resolve_export
+    from rerank_engine.serving.exporting import resolve_export
 
     return EngineVariant(
         resolve_export(student, ["fp32"]),
@@ -46,8 +46,8 @@ def valid_quality(
     served (fused where it has a fusion.json), with recall's own beside them; recalled from all answers,
     or from the first `answers` of them and the gold ones (`answer_subset`, for --quick)."""
     from rerank_engine.data.insuranceqa import answer_recall, answer_subset, load_answers, load_split
-    from rerank_engine.evaluation import fused_cascade, recall_top_k, score_cascade, summarise
-    from rerank_engine.score_policy import calibrated_max_length, read_fusion
+    from rerank_engine.quality.evaluation import fused_cascade, recall_top_k, score_cascade, summarise
+    from rerank_engine.quality.score_policy import calibrated_max_length, read_fusion
 
     answers = load_answers()
     questions = load_split("valid")[:n_questions]
@@ -84,7 +84,7 @@ def valid_quality(
 
 
 def _ndcg5(sc) -> float:
-    from rerank_engine.evaluation import summarise
+    from rerank_engine.quality.evaluation import summarise
 
     runs = [(ids, rel) for (ids, _), rel in zip(sc.reranked(len(sc.candidates[0])), sc.relevant, strict=True)]
     return summarise(runs)["NDCG@5"]

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import student
-from rerank_engine.metrics import ndcg_at_k, top_k_overlap
+from rerank_engine.quality.metrics import ndcg_at_k, top_k_overlap
 
 DEFAULT_MODEL = "models/insurance-minilm-l6-ce"
 WORDS = [
@@ -299,7 +299,7 @@ class NaiveTorch:
         ).eval()
 
     def score_group(self, query: str, passages: list[str], max_length: int) -> tuple[np.ndarray, int, int]:
-        from rerank_engine.engine import relevance_logits
+        from rerank_engine.serving.engine import relevance_logits
 
         enc = self.tokenizer(
             [query] * len(passages),
@@ -367,11 +367,11 @@ class EngineVariant:
         )
         self.engines = {}
 
-    engine_class = None  # None: rerank_engine.engine.CrossEncoderEngine
+    engine_class = None  # None: rerank_engine.serving.engine.CrossEncoderEngine
 
     def engine(self, max_length: int):
         from rerank_engine.config import EngineConfig
-        from rerank_engine.engine import CrossEncoderEngine
+        from rerank_engine.serving.engine import CrossEncoderEngine
 
         if max_length not in self.engines:
             self.engines[max_length] = (self.engine_class or CrossEncoderEngine)(
@@ -411,7 +411,7 @@ def engine_variants(export_dir: Path, threads: int, quick: bool) -> dict[str, En
 
 def _derived_export(export_dir: Path, out: Path, build: Callable[[Path, Path], None]) -> Path:
     """A copy of the export folder (tokenizer, config, manifest) whose model_int8.onnx is built by `build`."""
-    from rerank_engine.manifest import Variant, read_manifest, write_manifest
+    from rerank_engine.serving.manifest import Variant, read_manifest, write_manifest
 
     if (out / "model_int8.onnx").is_file():
         return out
@@ -436,11 +436,11 @@ class _CalibrationReader:
     (each question's first 2 positives and 14 negatives, questions `start` to `start + n_queries`)."""
 
     def __init__(self, export_dir: Path, n_queries: int, start: int = 0):
-        from rerank_engine.batching import pad_rows
         from rerank_engine.config import TokenizerConfig
         from rerank_engine.data.insuranceqa import load_answers, load_split
-        from rerank_engine.manifest import read_manifest
-        from rerank_engine.tokenization import PairTokenizer
+        from rerank_engine.serving.batching import pad_rows
+        from rerank_engine.serving.manifest import read_manifest
+        from rerank_engine.serving.tokenization import PairTokenizer
 
         answers = load_answers()
         tok = PairTokenizer(export_dir, TokenizerConfig(max_length=256))
@@ -584,7 +584,7 @@ def measure(
 
 def lengths_of(w: Workload, export_dir: Path) -> np.ndarray:
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.tokenization import PairTokenizer
 
     return PairTokenizer(export_dir, TokenizerConfig(max_length=w.max_length))(w.queries, w.passages).lengths
 
@@ -614,9 +614,9 @@ def pipeline_overhead(model: str, export_dir: Path, n_queries: int, threads: int
     import pyarrow.parquet as pq
 
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.job import run_job
-    from rerank_engine.recall import BiEncoder, RecallIndex
+    from rerank_engine.job.driver import run_job
+    from rerank_engine.recall.index import BiEncoder, RecallIndex
+    from rerank_engine.serving.engine import CrossEncoderEngine
 
     sample = Path("sample")
     if not (sample / "index" / "manifest.json").is_file():
@@ -703,7 +703,7 @@ def query_log_benchmark(
     import pyarrow.parquet as pq
 
     from rerank_engine.data.insuranceqa import load_answers, load_split
-    from rerank_engine.job import run_job
+    from rerank_engine.job.driver import run_job
 
     work.mkdir(parents=True, exist_ok=True)
     answers = load_answers()
@@ -882,7 +882,7 @@ def markdown(result: dict) -> str:
 def shown_path(path: str | Path) -> str:
     """`path` as a report may record it: under the export cache as `$RERANK_ENGINE_CACHE/…`, under the
     working directory relative to it, else as given (reports carry no machine's home or work folder)."""
-    from rerank_engine.export_cache import default_cache_root
+    from rerank_engine.serving.export_cache import default_cache_root
 
     resolved = Path(path).resolve()
     for root, shown in ((default_cache_root().resolve(), "$RERANK_ENGINE_CACHE"), (Path.cwd(), ".")):
@@ -907,7 +907,7 @@ def machine() -> str:
 
 
 def run(args) -> dict:
-    from rerank_engine.exporting import resolve_export
+    from rerank_engine.serving.exporting import resolve_export
 
     model = args.model
     export_dir = Path(args.export) if args.export else resolve_export(model, ["fp32", "int8"])
@@ -992,7 +992,7 @@ def run(args) -> dict:
 def run_job_part(args) -> dict:
     """Only one Ray job part at full size: `pipeline` (the job on 300 sample queries against the bare
     engine on the same pairs) or `query_log` (the job over a Zipf log against A query by query)."""
-    from rerank_engine.exporting import resolve_export
+    from rerank_engine.serving.exporting import resolve_export
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     import torch
 
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.recall import bundled_minilm_dir
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.recall.index import bundled_minilm_dir
+    from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.finetune import GroupSampler, _bucketed_logits, _group_loss, load_model
     from rerank_engine.training.hard_negatives import read_records
 

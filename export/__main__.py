@@ -11,9 +11,9 @@ import json
 import sys
 
 from rerank_engine import cli
-from rerank_engine.export_contract import CONTRACT
-from rerank_engine.exporting import export_model
-from rerank_engine.manifest import read_manifest
+from rerank_engine.serving.export_contract import CONTRACT
+from rerank_engine.serving.exporting import export_model
+from rerank_engine.serving.manifest import read_manifest
 
 EXAMPLE = "--model models/insurance-minilm-l6-ce --out artifacts/export --precision fp32 int8"
 

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine import cli, evaluation
+from rerank_engine import cli
 from rerank_engine.errors import ModelNotFoundError
-from rerank_engine.label_audit import blind_items, items_markdown, paired, paraphrase_positives, tally
-from rerank_engine.metrics import mean_metrics
-from rerank_engine.score_policy import FUSION_FILE, calibrated_max_length, read_fusion
+from rerank_engine.quality import evaluation
+from rerank_engine.quality.label_audit import blind_items, items_markdown, paired, paraphrase_positives, tally
+from rerank_engine.quality.metrics import mean_metrics
+from rerank_engine.quality.score_policy import FUSION_FILE, calibrated_max_length, read_fusion
 
 THRESHOLDS = (0.95, 0.9, 0.85)
 CRITERION = (
@@ -58,7 +59,7 @@ def run(args) -> int:
     started = time.perf_counter()
 
     from rerank_engine.data.insuranceqa import SPLITS, answer_recall, load_answers, load_split
-    from rerank_engine.recall import embed_cached
+    from rerank_engine.recall.index import embed_cached
 
     questions = load_split(args.split)[: args.queries]
     answers = load_answers()

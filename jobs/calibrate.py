@@ -4,10 +4,10 @@
         [--target-precision 0.5] [--plots reports/calibration/insurance-minilm-l6-ce] [--force]
 
 Runs the cascade as the job does (bi-encoder recall top-20 over all 27,413 answers → cross-encoder,
-fp32 ONNX on CPU → top-5), sweeps thresholds over the scored top-5 (`rerank_engine.thresholds`), and writes
-`<model>/threshold.json`: the best-F1 threshold on the probability scale, bound to the model id, with the
-settings and figures it was chosen by. It also fits the score fusion of the reranker's logit with the
-recall cosine on the same questions (`rerank_engine.fusion`) and writes `<model>/fusion.json` with the
+fp32 ONNX on CPU → top-5), sweeps thresholds over the scored top-5 (`rerank_engine.quality.thresholds`), and
+writes `<model>/threshold.json`: the best-F1 threshold on the probability scale, bound to the model id, with
+the settings and figures it was chosen by. It also fits the score fusion of the reranker's logit with the
+recall cosine on the same questions (`rerank_engine.quality.fusion`) and writes `<model>/fusion.json` with the
 fused score's own best-F1 threshold. The batch job uses the fused score and its threshold by default, the
 plain one where it cannot fuse (logged candidates, another bi-encoder, `fusion: off`). Plots:
 `threshold_curves.png` (precision / recall / F1 / share no_relevant against the threshold) and
@@ -27,13 +27,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rerank_engine import cli, evaluation, plots
+from rerank_engine import cli
 from rerank_engine.errors import ConfigError, ModelNotFoundError
-from rerank_engine.exporting import resolve_export
-from rerank_engine.fusion import Fusion, fit, logit_of
-from rerank_engine.manifest import read_manifest
-from rerank_engine.score_policy import FUSION_FILE, THRESHOLD_FILE, calibrated_with
-from rerank_engine.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+from rerank_engine.quality import evaluation, plots
+from rerank_engine.quality.fusion import Fusion, fit, logit_of
+from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE, calibrated_with
+from rerank_engine.quality.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+from rerank_engine.serving.exporting import resolve_export
+from rerank_engine.serving.manifest import read_manifest
 
 _log_info = logging.getLogger(__name__).info
 
@@ -160,8 +161,8 @@ def calibrate(
 
 
 def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=_log_info) -> Fusion:
-    """Fit the score fusion of the reranker with the recall cosine (`rerank_engine.fusion`) on the same
-    questions, calibrate its threshold (best F1, as for the plain score) and write `path`."""
+    """Fit the score fusion of the reranker with the recall cosine (`rerank_engine.quality.fusion`) on the
+    same questions, calibrate its threshold (best F1, as for the plain score) and write `path`."""
     fusion = fit(
         sc.candidates,
         [logit_of(s) for s in sc.scores],
@@ -231,7 +232,7 @@ def main(argv=None, prog: str = "python -m jobs.calibrate") -> int:
 
 def run(args) -> int:
     from rerank_engine.data.insuranceqa import DATA_VERSION, answer_recall, load_answers, load_split
-    from rerank_engine.recall import BiEncoder
+    from rerank_engine.recall.index import BiEncoder
 
     questions = load_split(args.split)[: args.queries]
     result = calibrate(

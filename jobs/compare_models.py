@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine import cli, evaluation
-from rerank_engine.metrics import ndcg_at_k
-from rerank_engine.score_policy import ScorePolicy, calibrated_max_length
+from rerank_engine import cli
+from rerank_engine.quality import evaluation
+from rerank_engine.quality.metrics import ndcg_at_k
+from rerank_engine.quality.score_policy import ScorePolicy, calibrated_max_length
 
 _log_info = logging.getLogger(__name__).info
 

@@ -22,14 +22,14 @@ import pyarrow.parquet as pq
 from rerank_engine import cli
 from rerank_engine.config import load_job_config
 from rerank_engine.errors import RerankEngineError
-from rerank_engine.metrics import mean_metrics, noise_ratio
+from rerank_engine.quality.metrics import mean_metrics, noise_ratio
 
 RECALL, RERANK, KEPT = "recall top-5 (bi-encoder)", "rerank top-5", "rerank top-5 ≥ threshold"
 
 
 def recall_top5(index_dir: Path, queries: Path) -> dict:
     """{query_id: the bi-encoder's top-5 doc ids} over the sample's index."""
-    from rerank_engine.recall import BiEncoder, RecallIndex
+    from rerank_engine.recall.index import BiEncoder, RecallIndex
 
     src = pq.read_table(queries).to_pylist()
     _, ids = RecallIndex.load(index_dir).search(BiEncoder().encode([r["query"] for r in src]), 5)
@@ -110,8 +110,8 @@ def main(argv=None, prog: str = "python -m jobs.demo") -> int:
 
 def run(args) -> int:
     from jobs.make_sample import make_sample
-    from rerank_engine.indexing import build_index
-    from rerank_engine.job import run_job
+    from rerank_engine.job.driver import run_job
+    from rerank_engine.recall.build import build_index
 
     root = Path(args.out)
     config = load_job_config(args.config)

@@ -20,10 +20,11 @@ import math
 import time
 from pathlib import Path
 
-from rerank_engine import cli, evaluation
-from rerank_engine.fusion import Fusion
-from rerank_engine.score_policy import FUSION_FILE, THRESHOLD_FILE, ScorePolicy, calibrated_max_length
-from rerank_engine.thresholds import GRID, best_f1, sweep
+from rerank_engine import cli
+from rerank_engine.quality import evaluation
+from rerank_engine.quality.fusion import Fusion
+from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE, ScorePolicy, calibrated_max_length
+from rerank_engine.quality.thresholds import GRID, best_f1, sweep
 
 SEED = {"F1": (0.74, 0.81), "threshold": 0.52, "noise": (0.42, 0.11)}  # the seed's reported figures
 K = 5
@@ -68,7 +69,6 @@ def main(argv=None, prog: str = "python -m jobs.evaluate") -> int:
 def evaluate(args) -> int:
     started = time.perf_counter()
 
-    from rerank_engine.bm25 import BM25
     from rerank_engine.data import classic_ir
     from rerank_engine.data.insuranceqa import (
         DATA_VERSION,
@@ -77,6 +77,7 @@ def evaluate(args) -> int:
         load_answers,
         load_split,
     )
+    from rerank_engine.recall.bm25 import BM25
 
     questions = load_split(args.split)[: args.queries]
     answers = load_answers()
@@ -211,7 +212,7 @@ def write_report(
 ) -> Path:
     """report.md and its plots in `out`: `plain` is the reranker's calibrated score (threshold.json's),
     `fusion` the fused one (fusion.json's)."""
-    from rerank_engine import plots
+    from rerank_engine.quality import plots
 
     scored = sc.scored_queries(K)
     meta = results["_meta"]

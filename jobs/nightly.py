@@ -15,7 +15,7 @@ as JSON with `--json`.
 from __future__ import annotations
 
 from rerank_engine import cli
-from rerank_engine.nightly import load_nightly_config, run_nightly
+from rerank_engine.job.nightly import load_nightly_config, run_nightly
 
 EXAMPLE = "--config jobs/configs/nightly_local.yaml --date 2026-11-26 --set chunk_rows=50000"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rerank_engine import cli
 from rerank_engine.config import load_job_config
-from rerank_engine.job import run_job
+from rerank_engine.job.driver import run_job
 
 EXAMPLE = (
     "--config jobs/configs/local.yaml --input sample/queries.parquet --corpus sample/corpus.parquet \\\n"

@@ -2,8 +2,8 @@
 
 The package root imports nothing heavy. Import the component you need:
 
-    from rerank_engine.engine import CrossEncoderEngine      # onnxruntime
-    from rerank_engine.batching import plan_batches           # numpy only
+    from rerank_engine.serving.engine import CrossEncoderEngine      # onnxruntime
+    from rerank_engine.serving.batching import plan_batches           # numpy only
 """
 
 __version__ = "0.1.0"

@@ -22,8 +22,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from rerank_engine import progress
 from rerank_engine.errors import ConfigError, RerankEngineError
+from rerank_engine.job import progress
 
 PROG = "rerank-engine"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -108,13 +108,13 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def print_summary(summary: dict, as_json: bool = False) -> None:
-    """A run summary on stdout: the table (`rerank_engine.summary`), or the JSON itself with --json."""
+    """A run summary on stdout: the table (`rerank_engine.job.summary`), or the JSON itself with --json."""
     if as_json:
         import json
 
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        from rerank_engine.summary import format_summary
+        from rerank_engine.job.summary import format_summary
 
         print(format_summary(summary))
 

@@ -147,7 +147,7 @@ class RecallConfig(_Frozen):
 
 
 class ResourcesConfig(_Frozen):
-    """Placement, read only by `rerank_engine.pipeline.build_pipeline`.
+    """Placement, read only by `rerank_engine.job.pipeline.build_pipeline`.
 
     The defaults fit a 2-core machine: the actors reserve 1 CPU in all, spread over the nodes Ray
     finds; the read, finalize and write tasks take `io_cpus` each, so no step waits for a whole free

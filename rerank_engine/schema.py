@@ -41,7 +41,7 @@ RESULT_TYPE = pa.struct(
     ]
 )
 
-# The namespace of the job's working columns between stages (rerank_engine.stages): never in the output,
+# The namespace of the job's working columns between stages (rerank_engine.job.stages): never in the output,
 # and an input column in it is refused (check_query_schema), so no input column can collide with one.
 WORK_PREFIX = "__rerank_"
 

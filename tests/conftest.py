@@ -1,9 +1,9 @@
 """Session fixtures: tiny Hugging Face models built locally from a config, their real ONNX exports, and
 (for the slow parity tests) the bundled all-MiniLM-L6-v2 encoder with a seeded random one-logit head.
 
-Everything here is real: `rerank_engine.exporting.export_model` (what `python -m export` runs), onnxruntime
-sessions, Hugging Face tokenizers. Heavy libraries are imported inside the fixtures so that collecting the
-light tests stays light.
+Everything here is real: `rerank_engine.serving.exporting.export_model` (what `python -m export` runs),
+onnxruntime sessions, Hugging Face tokenizers. Heavy libraries are imported inside the fixtures so that
+collecting the light tests stays light.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank_engine.batching import pad_rows
 from rerank_engine.probe_pairs import PASSAGES, QUERIES
+from rerank_engine.serving.batching import pad_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def random_pairs():
 def bundled_tokenizer():
     from transformers import AutoTokenizer
 
-    from rerank_engine.recall import bundled_minilm_dir
+    from rerank_engine.recall.index import bundled_minilm_dir
 
     return AutoTokenizer.from_pretrained(str(bundled_minilm_dir()))
 
@@ -116,7 +116,7 @@ def tiny_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_model_dir) -> Path:
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     # A random tiny model scores every pair almost the same (all ≈ 0.50), so int8's ranking agreement
     # with fp32 is noise there: the ranking gate is switched off (min_top5_overlap=0.0). The int8 gate
@@ -145,7 +145,7 @@ def two_logit_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def two_logit_export(tmp_path_factory, two_logit_model_dir) -> Path:
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     out = tmp_path_factory.mktemp("tiny-bert-2-onnx") / "export"
     return export_model(two_logit_model_dir, out, precisions=["fp32"])
@@ -156,7 +156,7 @@ def distil_export(tmp_path_factory, bundled_tokenizer) -> tuple[Path, Path]:
     """A tiny DistilBERT (its graph has no token_type_ids input): (model dir, export dir)."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     config = DistilBertConfig(
         vocab_size=bundled_tokenizer.vocab_size,
@@ -180,7 +180,7 @@ def minilm_ce_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rerank_engine.recall import bundled_minilm_dir
+    from rerank_engine.recall.index import bundled_minilm_dir
 
     src = bundled_minilm_dir()
     torch.manual_seed(0)
@@ -193,7 +193,7 @@ def minilm_ce_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_export(tmp_path_factory, minilm_ce_dir) -> Path:
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     # The int8 ranking gate is asserted by the test itself (with the measured figure printed), so the
     # export does not stop on it here.
@@ -322,7 +322,7 @@ def _modernbert_tokenizer():
 def _electra_tokenizer():
     from transformers import ElectraTokenizerFast
 
-    from rerank_engine.recall import bundled_minilm_dir
+    from rerank_engine.recall.index import bundled_minilm_dir
 
     return ElectraTokenizerFast(vocab_file=str(bundled_minilm_dir() / "vocab.txt"), model_max_length=512)
 
@@ -369,7 +369,7 @@ def _build_family(family: str, out: Path, **overrides) -> Path:
         )
         model_cls = tf.ElectraForSequenceClassification
     elif family == "bert-2":
-        from rerank_engine.recall import bundled_minilm_dir
+        from rerank_engine.recall.index import bundled_minilm_dir
 
         tokenizer = tf.AutoTokenizer.from_pretrained(str(bundled_minilm_dir()))
         config = tf.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=2, **SMALL)
@@ -404,7 +404,7 @@ def family_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def family_dirs(tmp_path_factory, family_model):
     """`family_dirs(name) -> (model dir, export dir)`, each exported once per session."""
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     exported: dict[str, Path] = {}
 
@@ -442,7 +442,7 @@ def _qwen_tokenizer(drop_word: str | None = None):
     )
     from transformers import Qwen2TokenizerFast
 
-    from rerank_engine.llm_reranker import QWEN3_RERANKER
+    from rerank_engine.serving.llm_reranker import QWEN3_RERANKER
 
     rng = np.random.default_rng(0)
     words = " ".join(QUERIES + PASSAGES).split()
@@ -505,7 +505,7 @@ def qwen3_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen3_export(tmp_path_factory, qwen3_dir):
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     return export_model(qwen3_dir, tmp_path_factory.mktemp("tiny-qwen3-onnx") / "export", precisions=["fp32"])
 

@@ -16,11 +16,11 @@ import pytest
 
 from rerank_engine import schema
 from rerank_engine.config import EngineConfig, JobConfig, load_job_config
-from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError
-from rerank_engine.job import inspect_query_log, run_job
-from rerank_engine.score_policy import ScorePolicy
-from rerank_engine.stages import RerankStage, TokenizeStage, finalize, logged_candidates
+from rerank_engine.job.driver import inspect_query_log, run_job
+from rerank_engine.job.stages import RerankStage, TokenizeStage, finalize, logged_candidates
+from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.serving.engine import CrossEncoderEngine
 
 DOCS = {
     "d1": "A standard homeowners policy excludes flood damage.",
@@ -302,12 +302,12 @@ def test_duplicate_query_ids_are_each_kept(bad_rows_output):
 
 
 def test_duplicate_query_ids_are_warned_about(tmp_path, corpus, caplog, monkeypatch):
-    from rerank_engine import job
+    from rerank_engine.job import driver
 
     def no_ray():
         raise RuntimeError("stop before Ray")
 
-    monkeypatch.setattr(job, "ensure_ray", no_ray)  # the warning comes before Ray starts
+    monkeypatch.setattr(driver, "ensure_ray", no_ray)  # the warning comes before Ray starts
     dup = tmp_path / "dup.parquet"
     pq.write_table(
         pa.table({"query_id": ["a", "a", "b"], "query": ["x", "y", "z"], "candidates": [["d1"]] * 3}), dup
@@ -436,7 +436,7 @@ def test_other_forward_errors_are_not_retried(tiny_export):
 
 
 def test_remote_code_is_not_run_unless_asked(tmp_path):
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     model = tmp_path / "remote"
     model.mkdir()
@@ -484,7 +484,7 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path, tiny_model_dir):
 
 
 def test_exploded_form_keeps_every_bad_row(bad_rows_output):
-    from rerank_engine.stages import explode
+    from rerank_engine.job.stages import explode
 
     _, _, out = bad_rows_output
     flat = explode(out, query_id="query_id", query="query")

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rerank_engine.batching import (
+from rerank_engine.serving.batching import (
     Batch,
     check_coverage,
     pad_rows,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from rerank_engine.data import classic_ir
-from rerank_engine.evaluation import ScoredCascade, out_of_domain, threshold_comparison
-from rerank_engine.fusion import Fusion
-from rerank_engine.score_policy import ScorePolicy
-from rerank_engine.thresholds import ScoredQuery, Threshold, sweep
+from rerank_engine.quality.evaluation import ScoredCascade, out_of_domain, threshold_comparison
+from rerank_engine.quality.fusion import Fusion
+from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.quality.thresholds import ScoredQuery, Threshold, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHARED_CLASSIC_IR = Path(
@@ -37,7 +37,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_plots_are_real_png_files(tmp_path):
-    from rerank_engine import plots
+    from rerank_engine.quality import plots
 
     rng = np.random.default_rng(0)
     queries = [ScoredQuery.of(np.sort(rng.random(5))[::-1], rng.random(5) < 0.3) for _ in range(40)]
@@ -111,7 +111,7 @@ WORDS = [
 def tiny_world():
     """(questions, answers, recall): 8 questions, 24 answers, real bi-encoder recall over them."""
     from rerank_engine.data.insuranceqa import Question
-    from rerank_engine.recall import BiEncoder, RecallIndex
+    from rerank_engine.recall.index import BiEncoder, RecallIndex
 
     rng = np.random.default_rng(0)
     answers = {str(i): " ".join(rng.choice(WORDS, size=12).tolist()) for i in range(24)}
@@ -134,7 +134,7 @@ def tiny_world():
 @pytest.mark.slow
 def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export, tmp_path):
     from jobs.calibrate import calibrate
-    from rerank_engine.manifest import read_manifest
+    from rerank_engine.serving.manifest import read_manifest
 
     questions, answers, recall = tiny_world
     model = copy_export(tiny_export, "tiny-model")  # threshold.json is written into the model's folder
@@ -274,7 +274,7 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
 def test_pool_setting_with_a_fused_row(tiny_world):
     """Setting (b): each question's positives + negatives reranked; a fused row from the same scores."""
     from rerank_engine.data.insuranceqa import Question
-    from rerank_engine.evaluation import pool
+    from rerank_engine.quality.evaluation import pool
 
     questions, answers, recall = tiny_world
     encoder = recall[0]
@@ -305,7 +305,7 @@ def test_pool_setting_with_a_fused_row(tiny_world):
 
 
 def test_paired_difference_by_hand():
-    from rerank_engine.evaluation import paired_difference
+    from rerank_engine.quality.evaluation import paired_difference
 
     rel = {"a"}
     runs = [(["a"], rel), (["a"], rel), (["b"], rel), (["b"], rel)]  # NDCG@5 1, 1, 0, 0

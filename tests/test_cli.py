@@ -127,11 +127,11 @@ def test_log_level_decides_what_the_library_logs(level, shown):
         "from rerank_engine import cli\n"
         "p = cli.command_parser('x', 'doc', '--x')\n"
         f"cli.setup(p.parse_args(['--log-level', {level!r}]))\n"
-        "logging.getLogger('rerank_engine.evaluation').info('scored 10 pairs')\n"
-        "logging.getLogger('rerank_engine.job').warning('a duplicated id')\n"
+        "logging.getLogger('rerank_engine.quality.evaluation').info('scored 10 pairs')\n"
+        "logging.getLogger('rerank_engine.job.driver').warning('a duplicated id')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    assert ("INFO rerank_engine.evaluation: scored 10 pairs" in done.stderr) is shown
-    assert "WARNING rerank_engine.job: a duplicated id" in done.stderr
+    assert ("INFO rerank_engine.quality.evaluation: scored 10 pairs" in done.stderr) is shown
+    assert "WARNING rerank_engine.job.driver: a duplicated id" in done.stderr

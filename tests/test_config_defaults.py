@@ -11,7 +11,7 @@ import yaml
 from rerank_engine import cli
 from rerank_engine.config import JobConfig, _nested, describe_defaults, load_job_config
 from rerank_engine.errors import ConfigError
-from rerank_engine.nightly import load_nightly_config
+from rerank_engine.job.nightly import load_nightly_config
 
 
 def _leaf_keys(model, prefix=""):

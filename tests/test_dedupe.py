@@ -9,7 +9,7 @@ import pytest
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
-from rerank_engine.dedupe import FanOut, plan_distinct, row_keys
+from rerank_engine.job.dedupe import FanOut, plan_distinct, row_keys
 
 CONFIG = JobConfig.build(model="m")
 
@@ -62,7 +62,7 @@ def test_fan_out_gives_every_row_its_keys_results():
 def test_plan_reads_a_batch_at_a_time_across_files(tmp_path, monkeypatch):
     """Distinct queries in order of first appearance when the files are read in batches smaller than a
     file, repeats spanning batch and file boundaries."""
-    from rerank_engine import dedupe
+    from rerank_engine.job import dedupe
 
     monkeypatch.setattr(dedupe, "PLAN_BATCH_ROWS", 3)
     files = []

@@ -22,8 +22,8 @@ def test_model_card_and_files_are_committed():
 
 def test_exports_and_scores_relevant_above_irrelevant(tmp_path):
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.engine import CrossEncoderEngine
+    from rerank_engine.serving.exporting import export_model
 
     out = export_model(MODEL, tmp_path / "export", precisions=["fp32", "int8"])
     query = "What is the waiting period for critical illness insurance?"

@@ -117,7 +117,7 @@ def test_the_student_keeps_the_chosen_layers_exactly(tmp_path, teacher_dir, laye
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rerank_engine.hashing import content_hash
+    from rerank_engine.serving.hashing import content_hash
     from rerank_engine.training.distill import make_student
 
     out = make_student(teacher_dir, layers, tmp_path / "student")
@@ -155,7 +155,7 @@ def _distill_loss_now(model_dir, teacher_dir, records, config) -> float:
     import torch
 
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.distill import distill_loss, record_pairs
     from rerank_engine.training.finetune import load_model, score_pairs
 
@@ -299,9 +299,9 @@ def test_the_best_student_exports_to_onnx_and_scores_as_in_pytorch(tmp_path, tea
     from transformers import AutoModelForSequenceClassification
 
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.exporting import export_model
-    from rerank_engine.manifest import read_manifest
+    from rerank_engine.serving.engine import CrossEncoderEngine
+    from rerank_engine.serving.exporting import export_model
+    from rerank_engine.serving.manifest import read_manifest
     from rerank_engine.training.distill import distill
 
     config = _config(steps=4, eval_every=4)
@@ -341,7 +341,7 @@ def test_the_job_takes_layers_as_a_count_or_indices():
 def test_the_teachers_valid_figures_are_those_of_its_reranking(tmp_path, teacher_dir):
     """What the job reports next to the student: the teacher's figures, from its cached logits."""
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.distill import teacher_figures
     from rerank_engine.training.finetune import evaluate, load_model
 

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from rerank_engine.batching import plan_batches
 from rerank_engine.config import EngineConfig
-from rerank_engine.engine import CrossEncoderEngine, sigmoid
 from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError
+from rerank_engine.serving.batching import plan_batches
+from rerank_engine.serving.engine import CrossEncoderEngine, sigmoid
 
 
 def make_engine(model_dir, **values) -> CrossEncoderEngine:
@@ -161,7 +161,7 @@ def test_cpu_provider_and_auto_precision(tiny_export):
 
 
 def test_auto_exports_what_auto_runs():
-    from rerank_engine.exporting import auto_precision, needed_precisions
+    from rerank_engine.serving.exporting import auto_precision, needed_precisions
 
     assert auto_precision(gpu=False) == "fp32" and auto_precision(gpu=True) == "fp16"
     assert needed_precisions("auto", gpu=False) == ["fp32"]

@@ -55,8 +55,8 @@ def test_a_missing_module_names_what_to_install():
 def test_mismatches_a_command_line_can_cause_are_config_errors(tmp_path):
     """A CLI prints a RerankEngineError as one line and exits 2 (cli.run_main): `compare_models --queries 1`
     and an evaluation reading long passages otherwise than its calibration reach these."""
-    from rerank_engine.evaluation import paired_difference
-    from rerank_engine.score_policy import check_scored_as
+    from rerank_engine.quality.evaluation import paired_difference
+    from rerank_engine.quality.score_policy import check_scored_as
 
     one = [(["a"], {"a"})]
     with pytest.raises(ConfigError, match="a paired difference needs at least 2 questions, got 1"):

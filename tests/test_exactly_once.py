@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_engine import exactly_once
 from rerank_engine.errors import RerankEngineError
-from rerank_engine.exactly_once import InputIds
+from rerank_engine.job import exactly_once
+from rerank_engine.job.exactly_once import InputIds
 
 
 @pytest.fixture

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank_engine.batching import pad_rows
 from rerank_engine.config import EngineConfig
-from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ExportValidationError, ModelFormatError, ModelNotFoundError
-from rerank_engine.export_contract import CONTRACT
-from rerank_engine.export_validation import validate_fp32
-from rerank_engine.hashing import content_hash
-from rerank_engine.manifest import read_manifest
+from rerank_engine.serving.batching import pad_rows
+from rerank_engine.serving.engine import CrossEncoderEngine
+from rerank_engine.serving.export_contract import CONTRACT
+from rerank_engine.serving.export_validation import validate_fp32
+from rerank_engine.serving.hashing import content_hash
+from rerank_engine.serving.manifest import read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_fp32_forward_matches_torch(fp32_engine, tiny_torch_model, batch, seq):
 
 
 def test_export_again_is_cached(tiny_export, tiny_model_dir):
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     onnx_file = tiny_export / "model.onnx"
     before = (onnx_file.stat().st_mtime_ns, (tiny_export / "model_int8.onnx").stat().st_mtime_ns)
@@ -95,7 +95,7 @@ def test_export_again_is_cached(tiny_export, tiny_model_dir):
 
 
 def test_asking_for_another_precision_adds_it(two_logit_model_dir, two_logit_export, copy_export):
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     folder = copy_export(two_logit_export)
     assert set(read_manifest(folder).variants) == {"fp32"}
@@ -130,7 +130,7 @@ def test_two_logit_model_scores_softmax_of_second_logit(
 
 
 def test_missing_model_raises_model_not_found(tmp_path):
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     with pytest.raises(ModelNotFoundError, match="does-not-exist"):
         export_model(tmp_path / "does-not-exist", tmp_path / "out")
@@ -144,7 +144,7 @@ def test_missing_model_raises_model_not_found(tmp_path):
 def test_three_labels_is_a_format_error(tmp_path, bundled_tokenizer):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     config = BertConfig(
         vocab_size=bundled_tokenizer.vocab_size,
@@ -163,7 +163,7 @@ def test_three_labels_is_a_format_error(tmp_path, bundled_tokenizer):
 
 
 def test_unknown_precision_is_rejected(tiny_model_dir, tmp_path):
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     with pytest.raises(ValueError, match="bf16"):
         export_model(tiny_model_dir, tmp_path / "out", precisions=["bf16"])
@@ -230,9 +230,9 @@ def test_cli_missing_model_exits_2(tmp_path):
 
 def test_cli_package_runs_the_library_export():
     import export
-    import rerank_engine.exporting
+    import rerank_engine.serving.exporting
 
-    assert export.export_model is rerank_engine.exporting.export_model
+    assert export.export_model is rerank_engine.serving.exporting.export_model
 
 
 def test_content_hash_covers_sharded_weights(tmp_path, tiny_torch_model, bundled_tokenizer):
@@ -301,7 +301,7 @@ def bare_encoder_dir(tmp_path_factory, bundled_tokenizer) -> Path:
 def test_a_checkpoint_without_a_trained_head_is_refused(bare_encoder_dir, tmp_path):
     """transformers would load it as BertForSequenceClassification with a random `classifier` (a warning
     only): every score would be noise. The export and the job's resolve_export refuse it by name."""
-    from rerank_engine.exporting import export_model, resolve_export
+    from rerank_engine.serving.exporting import export_model, resolve_export
 
     with pytest.raises(
         ModelFormatError, match=r"classifier\.bias, classifier\.weight would be newly"
@@ -326,7 +326,7 @@ def test_a_causal_lm_checkpoint_is_refused(tmp_path, bundled_tokenizer):
     reranker instead: tests/test_llm_reranker.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     config = LlamaConfig(
         vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -344,8 +344,8 @@ def test_a_causal_lm_checkpoint_is_refused(tmp_path, bundled_tokenizer):
 def test_an_unsupported_model_type_names_itself_and_the_supported_ones(tmp_path, bundled_tokenizer):
     from transformers import GPT2Config, GPT2ForSequenceClassification, ViTConfig
 
-    from rerank_engine.export_conversion import SUPPORTED_MODEL_TYPES
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.export_conversion import SUPPORTED_MODEL_TYPES
+    from rerank_engine.serving.exporting import export_model
 
     supported = ", ".join(SUPPORTED_MODEL_TYPES)
     assert {"bert", "xlm-roberta", "deberta-v2", "modernbert", "electra"} <= set(SUPPORTED_MODEL_TYPES)
@@ -377,8 +377,8 @@ def test_a_graph_over_2gb_keeps_its_weights_in_external_data(
     external data. The tiny BERT is forced through that path with optimum's own switch; every variant
     built from it (optimized fp32 and int8; fp16 from the plain graph) is listed with its data files and
     loads back from a copy of the folder with PyTorch's scores."""
-    from rerank_engine.export_validation import cpu_session, run_output
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.export_validation import cpu_session, run_output
+    from rerank_engine.serving.exporting import export_model
 
     monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
     queries, passages = random_pairs(24, seed=9)
@@ -427,8 +427,8 @@ def test_fp16_of_an_optimized_graph_loads_and_scores_as_pytorch(
     """The tiny model's LayerNorms all hold their init values, so the optimizer merges their weights into
     one initializer: the fp16 converter then wrote the same Cast once per LayerNorm, and a blocked
     SkipLayerNormalization got fp16 and fp32 inputs; onnxruntime refused both graphs."""
-    from rerank_engine.export_validation import cpu_session, run_output
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.export_validation import cpu_session, run_output
+    from rerank_engine.serving.exporting import export_model
 
     queries, passages = random_pairs(24, seed=4)
     out = export_model(
@@ -452,8 +452,8 @@ def test_an_export_cached_before_the_head_check_is_rebuilt_through_it(
 ):
     """An export the old code made of a headless checkpoint (with a random head) sits in the cache under
     the old export-code version: asking again must not serve it but refuse the checkpoint."""
-    from rerank_engine.export_cache import cache_key, tool_versions
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.export_cache import cache_key, tool_versions
+    from rerank_engine.serving.exporting import export_model
 
     stale = copy_export(tiny_export, "stale")  # stands for the old export of bare_encoder_dir
     manifest = json.loads((stale / "manifest.json").read_text())

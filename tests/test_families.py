@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from rerank_engine.config import EngineConfig, TokenizerConfig
-from rerank_engine.engine import CrossEncoderEngine, sigmoid
-from rerank_engine.manifest import read_manifest
 from rerank_engine.probe_pairs import PASSAGES, QUERIES
-from rerank_engine.tokenization import PairTokenizer
+from rerank_engine.serving.engine import CrossEncoderEngine, sigmoid
+from rerank_engine.serving.manifest import read_manifest
+from rerank_engine.serving.tokenization import PairTokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def _torch_logits(model, pairs, pad_id: int, inputs: list[str]) -> np.ndarray:
     the graph takes them (ModernBERT's forward has no such argument)."""
     import torch
 
-    from rerank_engine.batching import pad_rows
+    from rerank_engine.serving.batching import pad_rows
 
     length = int(pairs.lengths.max())
     ids, mask = pad_rows(pairs.input_ids, length, pad_id)
@@ -110,8 +110,8 @@ def test_export_matches_torch_with_padded_rows(family, family_dirs, random_pairs
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rerank_engine.export_contract import CONTRACT
-    from rerank_engine.export_validation import validate_fp32
+    from rerank_engine.serving.export_contract import CONTRACT
+    from rerank_engine.serving.export_validation import validate_fp32
 
     src, out = family_dirs(family)
     manifest = read_manifest(out)
@@ -166,7 +166,7 @@ def test_a_model_shorter_than_the_default_is_served_at_its_own_length(tmp_path, 
     """An XLM-R with 130 learned positions serves 128 tokens (130 − pad id 1 − 1) when max_length is left
     at its default (256), and refuses a max_length set beyond that."""
     from rerank_engine.errors import ConfigError
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     src = build_family("xlm-roberta", tmp_path / "src", max_position_embeddings=130)
     out = export_model(src, tmp_path / "out")
@@ -186,7 +186,7 @@ def test_a_sentence_transformers_activation_is_followed(activation, family_dirs,
     import torch
     from sentence_transformers import CrossEncoder
 
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     src, _ = family_dirs("xlm-roberta")
     st_dir = tmp_path / "st"
@@ -211,7 +211,7 @@ def test_an_activation_the_engine_cannot_reproduce_is_refused(family_dirs, tmp_p
     from sentence_transformers import CrossEncoder
 
     from rerank_engine.errors import ModelFormatError
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.exporting import export_model
 
     src, _ = family_dirs("electra")
     CrossEncoder(str(src), activation_fn=torch.nn.Tanh()).save(str(tmp_path / "st"))

@@ -1,5 +1,5 @@
-"""Score fusion (`rerank_engine.fusion`): the fit, the file, the job's resolution (`score_policy`) and the
-finalize stage."""
+"""Score fusion (`rerank_engine.quality.fusion`): the fit, the file, the job's resolution (`score_policy`) and
+the finalize stage."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
-from rerank_engine.fusion import Fusion, fit, mean_ndcg, platt
-from rerank_engine.metrics import ndcg_at_k
-from rerank_engine.score_policy import ScorePolicy, calibrated_max_length
-from rerank_engine.thresholds import Threshold
+from rerank_engine.quality.fusion import Fusion, fit, mean_ndcg, platt
+from rerank_engine.quality.metrics import ndcg_at_k
+from rerank_engine.quality.score_policy import ScorePolicy, calibrated_max_length
+from rerank_engine.quality.thresholds import Threshold
 
 MODEL, RECALL = "ce@0123456789ab", "model@9ebede561b58"
 
@@ -153,7 +153,7 @@ def test_job_serves_at_the_calibrated_max_length(tmp_path, caplog):
 
 
 def test_finalize_orders_and_thresholds_the_fused_score():
-    from rerank_engine.stages import finalize
+    from rerank_engine.job.stages import finalize
 
     logits, cos = [0.0, 1.0, 2.0, -1.0], [0.9, 0.5, 0.1, 0.8]
     batch = pa.table(

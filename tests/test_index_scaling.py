@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from rerank_engine.errors import ConfigError
-from rerank_engine.indexing import build_index, read_embeddings_meta, write_embeddings
-from rerank_engine.recall import RecallIndex, exact_recall_at_k
+from rerank_engine.recall.build import build_index, read_embeddings_meta, write_embeddings
+from rerank_engine.recall.index import RecallIndex, exact_recall_at_k
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_missing_candidates_are_none_and_last(tmp_path):
 MMAP_PROBE = """
 import json, sys
 import numpy as np
-from rerank_engine.recall import RecallIndex
+from rerank_engine.recall.index import RecallIndex
 
 def anon_kb():
     return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon")).split()[1])
@@ -164,7 +164,7 @@ def test_embedding_job_writes_parquet_once_for_two_factories(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rerank_engine.recall import BiEncoder
+    from rerank_engine.recall.index import BiEncoder
 
     texts = [
         f"policy {w} covers {w} claims after {i} days" for i, w in enumerate(["flood", "fire", "theft"] * 6)
@@ -201,7 +201,7 @@ def test_index_scaling_benchmark_quick(tmp_path):
 @pytest.fixture(scope="module")
 def ivf_index_dir(tmp_path_factory):
     """40 short passages embedded by the bundled bi-encoder, in an IVF8,Flat index probing 1 list."""
-    from rerank_engine.recall import BiEncoder
+    from rerank_engine.recall.index import BiEncoder
 
     encoder = BiEncoder(max_length=64)
     texts = [
@@ -225,7 +225,7 @@ def test_recall_stage_keeps_only_found_candidates_and_takes_nprobe(ivf_index_dir
     import pyarrow as pa
 
     from rerank_engine.config import JobConfig
-    from rerank_engine.stages import RecallStage
+    from rerank_engine.job.stages import RecallStage
 
     batch = pa.table({"query_id": ["a", "b"], "query": ["does my policy cover flood?", "stolen car"]})
     narrow = RecallStage(JobConfig.build(k_recall=20, k_rerank=5), ivf_index_dir)(batch)
@@ -260,8 +260,8 @@ def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
     import pyarrow as pa
 
     from rerank_engine.config import JobConfig
-    from rerank_engine.recall import BiEncoder
-    from rerank_engine.stages import QueryEmbedStage, RecallStage, ShardSearchStage
+    from rerank_engine.job.stages import QueryEmbedStage, RecallStage, ShardSearchStage
+    from rerank_engine.recall.index import BiEncoder
 
     encoder = BiEncoder(max_length=64)
     topics = ("fire damage", "flood water", "stolen bike", "rental car", "dental visit", "roof leak")

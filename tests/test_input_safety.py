@@ -16,9 +16,9 @@ import pytest
 
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError
-from rerank_engine.job import run_job
-from rerank_engine.nightly import NightlyConfig, run_nightly
-from rerank_engine.score_policy import ScorePolicy
+from rerank_engine.job.driver import run_job
+from rerank_engine.job.nightly import NightlyConfig, run_nightly
+from rerank_engine.quality.score_policy import ScorePolicy
 
 DOCS = {
     "d1": "A standard homeowners policy excludes flood damage.",
@@ -31,12 +31,12 @@ CONFIG = JobConfig.build(model="unused", threshold=0.0)
 @pytest.fixture
 def no_ray(monkeypatch):
     """Any job that gets as far as starting Ray fails the test: the checks under test come before it."""
-    from rerank_engine import job
+    from rerank_engine.job import driver
 
     def tripwire():
         raise AssertionError("the job reached Ray: the check under test did not stop it first")
 
-    monkeypatch.setattr(job, "ensure_ray", tripwire)
+    monkeypatch.setattr(driver, "ensure_ray", tripwire)
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -175,8 +175,8 @@ def _index(out: Path, corpus: Path | None, doc_ids: list[str], **manifest) -> Pa
     """A real (exact FAISS) index over random unit vectors, with the manifest fields build_index writes."""
     import numpy as np
 
-    from rerank_engine.hashing import file_hash
-    from rerank_engine.recall import BiEncoder, RecallIndex
+    from rerank_engine.recall.index import BiEncoder, RecallIndex
+    from rerank_engine.serving.hashing import file_hash
 
     emb = np.random.default_rng(0).normal(size=(len(doc_ids), 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -288,7 +288,7 @@ def test_a_doc_id_repeated_with_the_same_text_is_collapsed_and_counted(tmp_path)
 def test_build_index_collapses_identical_repeats_of_a_doc_id(tmp_path):
     import numpy as np
 
-    from rerank_engine.indexing import load_embeddings, write_embeddings
+    from rerank_engine.recall.build import load_embeddings, write_embeddings
 
     vectors = np.eye(4, dtype=np.float32)
     write_embeddings(tmp_path / "emb", ["b", "a", "b", "c"], vectors, model="m", max_length=8)
@@ -335,7 +335,7 @@ def spark_folder(root: Path, visible_rows: tuple[int, int, int] = (6, 4, 2)) -> 
 def test_a_spark_folder_is_read_as_pyarrow_reads_it(tmp_path, form):
     import pyarrow.dataset as pads
 
-    from rerank_engine.job import inspect_query_log
+    from rerank_engine.job.driver import inspect_query_log
 
     folder = spark_folder(tmp_path)
     expected = pads.dataset(folder, format="parquet", partitioning=None)
@@ -389,7 +389,7 @@ def test_nightly_reads_a_spark_partition_once(tmp_path):
 
 def _scored_batch(**extra) -> dict:
     """One query as the rerank stage hands it to finalize, with the job's working columns."""
-    from rerank_engine import stages
+    from rerank_engine.job import stages
 
     return {
         "query_id": ["a"],
@@ -405,7 +405,7 @@ def _scored_batch(**extra) -> dict:
 
 def test_finalize_passes_through_columns_whose_names_start_with_an_underscore():
     from rerank_engine import schema
-    from rerank_engine.stages import finalize
+    from rerank_engine.job.stages import finalize
 
     batch = _scored_batch(_note=["kept"], __private=[7], _status=["mine"])
     out = finalize(
@@ -432,7 +432,7 @@ def test_the_empty_output_keeps_underscore_columns(tmp_path):
 
 
 def test_an_input_column_in_the_jobs_namespace_is_refused_up_front(tmp_path):
-    from rerank_engine.job import inspect_query_log
+    from rerank_engine.job.driver import inspect_query_log
 
     path = tmp_path / "q.parquet"
     pq.write_table(pa.table({"query_id": ["a"], "query": ["x"], "__rerank_status": ["mine"]}), path)
@@ -577,7 +577,7 @@ def test_bad_config_values_are_config_errors_naming_the_key(tmp_path, capsys, ya
 
 
 def test_nightly_config_with_a_job_that_is_not_a_mapping(tmp_path):
-    from rerank_engine.nightly import load_nightly_config
+    from rerank_engine.job.nightly import load_nightly_config
 
     path = tmp_path / "n.yaml"
     path.write_text("input_template: a/{date}\noutput_template: b/{date}\ncorpus: c\njob: [1]\n")
@@ -589,7 +589,7 @@ def test_deadline_is_a_clean_error_naming_what_ran():
     import time
 
     from rerank_engine.errors import JobTimeoutError, RerankEngineError
-    from rerank_engine.job import deadline
+    from rerank_engine.job.driver import deadline
 
     with (
         pytest.raises(

@@ -1,6 +1,6 @@
 """The int8 recipe benchmark (`benchmarks/int8_agreement.py`) and the recipe machinery it drives
-(`rerank_engine.export_quantization.Int8Recipe`, `int8_node_groups`, `quantize_int8`), on the tiny random
-BERT."""
+(`rerank_engine.serving.export_quantization.Int8Recipe`, `int8_node_groups`, `quantize_int8`), on the tiny
+random BERT."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from benchmarks import int8_agreement
 from rerank_engine.errors import ModelFormatError
-from rerank_engine.export_cache import cache_key
-from rerank_engine.export_quantization import INT8_RECIPE, Int8Recipe, int8_node_groups, quantize_int8
+from rerank_engine.serving.export_cache import cache_key
+from rerank_engine.serving.export_quantization import INT8_RECIPE, Int8Recipe, int8_node_groups, quantize_int8
 
 
 def test_node_groups_of_the_tiny_bert(tiny_export):
@@ -53,7 +53,7 @@ def test_the_int8_recipe_is_part_of_the_cache_key():
 
 
 def test_the_manifest_records_the_int8_recipe(tiny_export):
-    from rerank_engine.manifest import read_manifest
+    from rerank_engine.serving.manifest import read_manifest
 
     assert read_manifest(tiny_export).variants["int8"].model_extra["recipe"] == INT8_RECIPE.describe()
 

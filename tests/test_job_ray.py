@@ -38,7 +38,7 @@ def ray_head(tmp_path_factory, start_ray_head):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_head):
-    from rerank_engine.indexing import build_index
+    from rerank_engine.recall.build import build_index
 
     root = tmp_path_factory.mktemp("job")
     doc_ids = [f"doc-{i:02d}" for i in range(len(PASSAGES))]
@@ -61,14 +61,14 @@ def data(tmp_path_factory, ray_head):
 
 def _run(config_overrides, root, output, **kw):
     from rerank_engine.config import load_job_config
-    from rerank_engine.job import run_job
+    from rerank_engine.job.driver import run_job
 
     config = load_job_config(REPO / "jobs/configs/local.yaml", {"timeout_s": 600, **config_overrides})
     return run_job(config, corpus=str(root / "corpus.parquet"), output=str(output), **kw)
 
 
 def test_recall_mode_row_by_row(data, tiny_export):
-    from rerank_engine.recall import RecallIndex
+    from rerank_engine.recall.index import RecallIndex
 
     root, docs = data
     summary = _run(
@@ -87,7 +87,7 @@ def test_recall_mode_row_by_row(data, tiny_export):
     assert json.loads((root / "out" / "_run_summary.json").read_text())["run_id"] == summary["run_id"]
     assert all(r["top_score"] == r["results"][0]["score"] for r in out if r["results"])  # threshold 0
     assert all(r["top_score"] is None for r in out if r["status"] == "empty_query")
-    from rerank_engine import run_report
+    from rerank_engine.job import run_report
 
     report = (root / "out" / "_report.md").read_text()  # beside the output, skipped by Parquet readers
     assert report.startswith(f"# Run report: {summary['run_id']}") and "| empty_query | 2 |" in report
@@ -102,8 +102,8 @@ def _assert_recall_rows(out, inp, index, docs, model_dir, max_length=None):
     """Each output row as the bare RecallIndex + engine (at `max_length`, else the model's default) rank
     it: recall top-8, rerank top-3."""
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.recall import BiEncoder
+    from rerank_engine.recall.index import BiEncoder
+    from rerank_engine.serving.engine import CrossEncoderEngine
 
     encoder = BiEncoder()
     tokenizer = {} if max_length is None else {"max_length": max_length}
@@ -134,10 +134,10 @@ def test_recall_mode_fuses_the_recall_cosine(data, tiny_export, copy_export):
     its recall cosine; passages are ordered and thresholded on it (the file's threshold), at the max_length
     the fusion was calibrated at."""
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.fusion import Fusion
-    from rerank_engine.manifest import read_manifest
-    from rerank_engine.recall import BiEncoder, RecallIndex
+    from rerank_engine.quality.fusion import Fusion
+    from rerank_engine.recall.index import BiEncoder, RecallIndex
+    from rerank_engine.serving.engine import CrossEncoderEngine
+    from rerank_engine.serving.manifest import read_manifest
 
     root, docs = data
     model = copy_export(tiny_export, "fused-model")
@@ -189,8 +189,8 @@ def test_recall_mode_fuses_the_recall_cosine(data, tiny_export, copy_export):
 def test_recall_shard_stages_one_actor_pool_per_shard(data, tiny_export):
     """A 3-shard index searched by three shard stages (recall.shard_stages) gives, row by row, what the
     in-process search over all shards gives."""
-    from rerank_engine.indexing import build_index
-    from rerank_engine.recall import RecallIndex
+    from rerank_engine.recall.build import build_index
+    from rerank_engine.recall.index import RecallIndex
 
     root, docs = data
     build_index(
@@ -256,7 +256,7 @@ def test_chunk_max_one_row_per_passage_and_windows_in_the_summary(ray_head, tiny
     passage, its score the chunk_max engine's (its best window), and the windows the engine's tokenizer
     cuts counted per row and, once per distinct query, in the run summary."""
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.serving.engine import CrossEncoderEngine
 
     rng = np.random.default_rng(7)
     docs = {f"long-{i}": " ".join(rng.choice(PASSAGES, size=i + 1).tolist()) for i in range(6)}
@@ -418,7 +418,7 @@ def test_each_family_through_the_job_end_to_end(data, family_dirs, family):
     """Each family of the README's table (tiny random models with their own kind of tokenizer, built in
     conftest; bge-reranker-v2-m3 is an XLM-R, "bert-2" a two-logit BERT) through the whole job on the
     module's Ray; every row as the bare engine ranks it, at the job's default max_length cap."""
-    from rerank_engine.recall import RecallIndex
+    from rerank_engine.recall.index import RecallIndex
 
     root, docs = data
     _, export = family_dirs(family)
@@ -441,7 +441,7 @@ def test_an_llm_reranker_through_the_job_end_to_end(data, qwen3_export):
     """A tiny Qwen3-Reranker-shaped causal LM (its export is a one-logit classifier that keeps the prompt in
     its manifest) through the whole job on Ray, with the README's settings for it; every row as the bare
     engine ranks it (tests/test_llm_reranker.py proves the engine equals the model card's scoring)."""
-    from rerank_engine.recall import RecallIndex
+    from rerank_engine.recall.index import RecallIndex
 
     root, docs = data
     summary = _run(

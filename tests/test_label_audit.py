@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rerank_engine.label_audit import blind_items, paired, paraphrase_positives, tally
+from rerank_engine.quality.label_audit import blind_items, paired, paraphrase_positives, tally
 
 
 def _unit(*rows):

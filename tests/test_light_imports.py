@@ -8,33 +8,38 @@ import sys
 from pathlib import Path
 
 LIGHT = [
+    "rerank_engine.job",  # the subpackages themselves: docstrings only
+    "rerank_engine.serving",
+    "rerank_engine.recall",
+    "rerank_engine.quality",
     "rerank_engine.config",
     "rerank_engine.cli",
-    "rerank_engine.progress",
-    "rerank_engine.summary",
-    "rerank_engine.ray_metrics",
+    "rerank_engine.job.progress",
+    "rerank_engine.job.orphans",
+    "rerank_engine.job.summary",
+    "rerank_engine.job.ray_metrics",
     "rerank_engine.errors",
-    "rerank_engine.batching",
-    "rerank_engine.windows",
-    "rerank_engine.validation",
-    "rerank_engine.manifest",
-    "rerank_engine.export_contract",
-    "rerank_engine.export_cache",
-    "rerank_engine.metrics",
+    "rerank_engine.serving.batching",
+    "rerank_engine.serving.windows",
+    "rerank_engine.serving.validation",
+    "rerank_engine.serving.manifest",
+    "rerank_engine.serving.export_contract",
+    "rerank_engine.serving.export_cache",
+    "rerank_engine.quality.metrics",
     "rerank_engine.schema",
-    "rerank_engine.hashing",
-    "rerank_engine.exactly_once",
-    "rerank_engine.files",
-    "rerank_engine.inputs",
-    "rerank_engine.bm25",
-    "rerank_engine.evaluation",
-    "rerank_engine.nightly",
-    "rerank_engine.thresholds",
-    "rerank_engine.fusion",
-    "rerank_engine.score_policy",
-    "rerank_engine.label_audit",
-    "rerank_engine.plots",
-    "rerank_engine.run_report",
+    "rerank_engine.serving.hashing",
+    "rerank_engine.job.exactly_once",
+    "rerank_engine.job.files",
+    "rerank_engine.job.inputs",
+    "rerank_engine.recall.bm25",
+    "rerank_engine.quality.evaluation",
+    "rerank_engine.job.nightly",
+    "rerank_engine.quality.thresholds",
+    "rerank_engine.quality.fusion",
+    "rerank_engine.quality.score_policy",
+    "rerank_engine.quality.label_audit",
+    "rerank_engine.quality.plots",
+    "rerank_engine.job.run_report",
     "rerank_engine.data.classic_ir",
 ]
 HEAVY = ["ray", "torch", "onnxruntime", "faiss", "transformers", "matplotlib"]
@@ -72,8 +77,8 @@ def test_a_rerank_actor_finds_its_cached_export_and_scores_without_torch_or_tran
     import pickle
 
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.exporting import export_model
+    from rerank_engine.serving.engine import CrossEncoderEngine
+    from rerank_engine.serving.exporting import export_model
 
     monkeypatch.setenv("RERANK_ENGINE_CACHE", str(tmp_path / "cache"))
     export = export_model(tiny_model_dir, precisions=["fp32"])
@@ -82,8 +87,8 @@ def test_a_rerank_actor_finds_its_cached_export_and_scores_without_torch_or_tran
     code = (
         "import json, pickle, sys\n"
         "from rerank_engine.config import EngineConfig\n"
-        "from rerank_engine.engine import CrossEncoderEngine\n"
-        "from rerank_engine.exporting import resolve_export\n"
+        "from rerank_engine.serving.engine import CrossEncoderEngine\n"
+        "from rerank_engine.serving.exporting import resolve_export\n"
         f"export = resolve_export({str(tiny_model_dir)!r}, ['fp32'])\n"
         "engine = CrossEncoderEngine(EngineConfig.build(model_dir=export))\n"
         "scores = engine.score_tokenized(pickle.load(sys.stdin.buffer)).scores.tolist()\n"

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_engine.config import EngineConfig, JobConfig, TokenizerConfig
-from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import ConfigError, ModelFormatError
-from rerank_engine.llm_reranker import QWEN3_RERANKER, PromptEncoder
-from rerank_engine.manifest import read_manifest
 from rerank_engine.probe_pairs import PASSAGES, QUERIES
-from rerank_engine.tokenization import PairTokenizer
+from rerank_engine.serving.engine import CrossEncoderEngine
+from rerank_engine.serving.llm_reranker import QWEN3_RERANKER, PromptEncoder
+from rerank_engine.serving.manifest import read_manifest
+from rerank_engine.serving.tokenization import PairTokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,8 @@ def test_converted_classifier_is_the_causal_lms_yes_no_softmax(tied, tmp_path, b
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rerank_engine.batching import pad_rows
-    from rerank_engine.llm_reranker import to_sequence_classifier, yes_no_token_ids
+    from rerank_engine.serving.batching import pad_rows
+    from rerank_engine.serving.llm_reranker import to_sequence_classifier, yes_no_token_ids
 
     src = build_qwen3(tmp_path / "qwen3", tied=tied)
     lm = AutoModelForCausalLM.from_pretrained(str(src)).eval()
@@ -134,9 +134,9 @@ def test_export_scores_as_the_model_card(qwen3_export, qwen3_dir):
     engine's length-bucketed right-padded batches, against the model card's reference."""
     from transformers import AutoModelForCausalLM
 
-    from rerank_engine.export_contract import CONTRACT
-    from rerank_engine.export_validation import validate_fp32
-    from rerank_engine.llm_reranker import to_sequence_classifier
+    from rerank_engine.serving.export_contract import CONTRACT
+    from rerank_engine.serving.export_validation import validate_fp32
+    from rerank_engine.serving.llm_reranker import to_sequence_classifier
 
     manifest = read_manifest(qwen3_export)
     assert manifest.source["model_type"] == "qwen3"
@@ -178,7 +178,7 @@ def test_export_scores_as_the_model_card(qwen3_export, qwen3_dir):
 
 def test_the_jobs_stages_score_through_the_prompt(qwen3_export, qwen3_dir, tmp_path):
     """The job's tokenize and rerank stages, called directly (no Ray), score the model card's way."""
-    from rerank_engine.stages import RerankStage, TokenizeStage, logged_candidates
+    from rerank_engine.job.stages import RerankStage, TokenizeStage, logged_candidates
 
     queries, passages = _pairs(6, seed=6)
     docs = {f"d{i}": p for i, p in enumerate(passages)}
@@ -203,7 +203,7 @@ def test_yes_or_no_not_a_single_token_is_refused(tmp_path, build_qwen3):
     the model and the tokens expected."""
     from transformers import AutoTokenizer
 
-    from rerank_engine.exporting import export_model, resolve_export
+    from rerank_engine.serving.exporting import export_model, resolve_export
 
     src = build_qwen3(tmp_path / "qwen3-no-yes", drop_word="yes")
     assert "yes" not in AutoTokenizer.from_pretrained(str(src)).get_vocab()

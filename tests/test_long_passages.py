@@ -18,11 +18,11 @@ import pytest
 
 from rerank_engine.config import EngineConfig, JobConfig, TokenizerConfig, describe_defaults
 from rerank_engine.errors import ConfigError
+from rerank_engine.job.score_cache import namespace
 from rerank_engine.probe_pairs import PASSAGES, QUERIES
-from rerank_engine.score_cache import namespace
-from rerank_engine.score_policy import ScorePolicy
-from rerank_engine.tokenization import TokenizedPairs
-from rerank_engine.windows import best_of_windows, window_spans, window_stride
+from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.serving.tokenization import TokenizedPairs
+from rerank_engine.serving.windows import best_of_windows, window_spans, window_stride
 
 MAX_LENGTH = 32  # short, so that the probe passages repeated a few times need several windows
 
@@ -96,7 +96,7 @@ def test_truncate_leaves_the_score_cache_namespace_of_earlier_runs():
 
 
 def _engine(export, long_passages="truncate", stride=None, max_length=MAX_LENGTH):
-    from rerank_engine.engine import CrossEncoderEngine
+    from rerank_engine.serving.engine import CrossEncoderEngine
 
     tokenizer = {"max_length": max_length, "long_passages": long_passages}
     if stride is not None:
@@ -273,7 +273,7 @@ def test_the_evaluation_scores_what_the_engine_serves(tiny_export, chunked, tmp_
     the chunk_max engine does, and its cached scores are kept apart from truncate's."""
     from types import SimpleNamespace
 
-    from rerank_engine import evaluation
+    from rerank_engine.quality import evaluation
 
     queries, passages = _long_pairs(6, seed=3)
     _, score = evaluation.engine_scorer(
@@ -336,7 +336,7 @@ def test_long_passage_benchmark_on_tiny_inputs(tiny_export, tmp_path):
 def test_the_jobs_stages_score_each_candidate_by_its_best_window(tiny_export, chunked, tmp_path):
     """Tokenize → rerank → finalize with chunk_max: one logit and one result row per candidate passage,
     equal to the chunk_max engine's; `windows_scored` counts each query's windows."""
-    from rerank_engine.stages import LOGITS, RerankStage, TokenizeStage, finalize, logged_candidates
+    from rerank_engine.job.stages import LOGITS, RerankStage, TokenizeStage, finalize, logged_candidates
 
     _, passages = _long_pairs(6, seed=6)
     docs = {f"d{i}": p for i, p in enumerate(passages)}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from rerank_engine.metrics import (
+from rerank_engine.quality.metrics import (
     mean_metrics,
     mrr_at_k,
     ndcg_at_k,
@@ -144,7 +144,7 @@ def test_ranking_agreement():
 def test_bm25_hand_computed():
     import math
 
-    from rerank_engine.bm25 import BM25
+    from rerank_engine.recall.bm25 import BM25
 
     docs = ["flood flood cover", "fire cover", "car"]
     bm = BM25(docs, k1=1.2, b=0.75)

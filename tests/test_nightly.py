@@ -23,7 +23,7 @@ import yaml
 
 from rerank_engine.config import load_job_config
 from rerank_engine.errors import ConfigError, InputError
-from rerank_engine.nightly import (
+from rerank_engine.job.nightly import (
     SUCCESS,
     InjectedFailure,
     NightlyConfig,
@@ -272,7 +272,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def ray_data(tmp_path_factory, local_ray):
-    from rerank_engine.indexing import build_index
+    from rerank_engine.recall.build import build_index
 
     root = tmp_path_factory.mktemp("nightly")
     doc_ids = [f"doc-{i:02d}" for i in range(len(PASSAGES))]
@@ -386,7 +386,7 @@ def test_incremental_second_date_reuses_the_first_dates_scores(ray_data, tiny_ex
 @pytest.mark.slow
 def test_repeated_queries_are_scored_once_and_every_row_gets_its_results(ray_data, tiny_export, tmp_path):
     """The job with query de-duplication equals the job without, row for row, on a log with repeats."""
-    from rerank_engine.job import run_job
+    from rerank_engine.job.driver import run_job
 
     queries = [*QUERY_LOG, QUERY_LOG[-1].upper(), "  " + QUERY_LOG[0] + " ", "", QUERY_LOG[3]]  # 15 rows
     log_file = tmp_path / "log.parquet"

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_engine.orphans import AGENT_TITLES, orphaned_agents, reap_orphaned_agents
+from rerank_engine.job.orphans import AGENT_TITLES, orphaned_agents, reap_orphaned_agents
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 
 from rerank_engine.config import ResourcesConfig
 from rerank_engine.errors import ConfigError
-from rerank_engine.pipeline import IO_SLOTS, actor_cpus, fit_to_cluster
+from rerank_engine.job.pipeline import IO_SLOTS, actor_cpus, fit_to_cluster
 
 
 def test_a_two_core_node_keeps_the_configured_shares():

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_engine import cli, progress
+from rerank_engine import cli
 from rerank_engine.errors import ConfigError
+from rerank_engine.job import progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,7 @@ def test_ray_data_bars_in_a_terminal_none_in_a_log(tmp_path):
 def test_evaluation_scores_in_chunks_with_a_bar_and_keeps_the_order(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from rerank_engine import evaluation
+    from rerank_engine.quality import evaluation
 
     calls = []
 

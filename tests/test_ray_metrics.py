@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_engine import ray_metrics
+from rerank_engine.job import ray_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ def expected(summaries: list[dict]) -> dict[tuple[str, str], float]:
 
 def test_counters_in_the_scraped_metrics_equal_the_runs(tmp_path, start_ray_head, tiny_export):
     from rerank_engine.config import JobConfig
-    from rerank_engine.job import run_job
+    from rerank_engine.job.driver import run_job
 
     corpus = tmp_path / "corpus.parquet"
     pq.write_table(pa.table({"doc_id": list(DOCS), "text": list(DOCS.values())}), corpus)

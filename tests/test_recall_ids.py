@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rerank_engine.recall import BiEncoder
+from rerank_engine.recall.index import BiEncoder
 
 
 def test_describe_changes_when_weights_change_in_place(tmp_path, bundled_tokenizer):

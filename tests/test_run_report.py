@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rerank_engine import run_report
-from rerank_engine.run_report import QueryFigures, write_report, write_trend
+from rerank_engine.job import run_report
+from rerank_engine.job.run_report import QueryFigures, write_report, write_trend
 
 
 def png_size(path) -> tuple[int, int]:

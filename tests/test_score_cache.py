@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_engine.config import JobConfig
-from rerank_engine.score_cache import (
+from rerank_engine.job.score_cache import (
     ScoreCache,
     as_arrow_keys,
     as_numpy_keys,
@@ -19,7 +19,7 @@ from rerank_engine.score_cache import (
     normalise_query,
     pair_keys,
 )
-from rerank_engine.stages import RerankStage, TokenizeStage, logged_candidates
+from rerank_engine.job.stages import RerankStage, TokenizeStage, logged_candidates
 
 
 def test_normalised_queries_share_keys_and_any_change_of_pair_does_not():

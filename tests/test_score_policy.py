@@ -1,5 +1,5 @@
-"""The score policy (`rerank_engine.score_policy`): one object, resolved once, that says which score a run
-writes and thresholds, and where its threshold, fusion and max_length came from."""
+"""The score policy (`rerank_engine.quality.score_policy`): one object, resolved once, that says which score
+a run writes and thresholds, and where its threshold, fusion and max_length came from."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, ScaleMismatchError
-from rerank_engine.fusion import Fusion
-from rerank_engine.score_policy import FUSION_FILE, THRESHOLD_FILE, ScorePolicy, calibrated_with
-from rerank_engine.thresholds import Threshold
+from rerank_engine.quality.fusion import Fusion
+from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE, ScorePolicy, calibrated_with
+from rerank_engine.quality.thresholds import Threshold
 
 MODEL, RECALL = "ce@0123456789ab", "model@9ebede561b58"
 SETTINGS = {"split": "valid", "max_length": 128}

@@ -9,10 +9,8 @@ import pytest
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
-from rerank_engine.engine import CrossEncoderEngine
 from rerank_engine.errors import InputError
-from rerank_engine.score_policy import ScorePolicy
-from rerank_engine.stages import (
+from rerank_engine.job.stages import (
     RerankStage,
     TokenizeStage,
     explode,
@@ -20,6 +18,8 @@ from rerank_engine.stages import (
     load_corpus,
     logged_candidates,
 )
+from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.serving.engine import CrossEncoderEngine
 
 DOCS = {
     "d1": "A standard homeowners policy excludes flood damage.",

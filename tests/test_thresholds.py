@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rerank_engine.errors import InputError, ScaleMismatchError
-from rerank_engine.evaluation import ScoredCascade, handed_on_figures, threshold_comparison
-from rerank_engine.thresholds import (
+from rerank_engine.quality.evaluation import ScoredCascade, handed_on_figures, threshold_comparison
+from rerank_engine.quality.thresholds import (
     GRID,
     ScoredQuery,
     Threshold,
@@ -127,7 +127,7 @@ def test_threshold_validates_itself():
 
 def test_threshold_file_round_trip_and_the_job_reads_it(tmp_path):
     from rerank_engine.config import JobConfig
-    from rerank_engine.score_policy import ScorePolicy
+    from rerank_engine.quality.score_policy import ScorePolicy
 
     def resolve_threshold(config, model_id):  # the job's threshold and where it came from
         policy = ScorePolicy.for_job(config, model_id, None)

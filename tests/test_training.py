@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rerank_engine.recall import RecallIndex
+from rerank_engine.recall.index import RecallIndex
 from rerank_engine.training.hard_negatives import MiningConfig, mine, read_records, write_records
 
 DOCS = {f"d{i}": f"passage number {i} about topic {i % 3}" for i in range(12)}
@@ -258,8 +258,8 @@ def test_fused_loss_sees_each_groups_cosines_and_lowers_the_loss(tmp_path, tiny_
 def test_evaluate_reports_the_fused_order(tiny_model_dir):
     """With a weight that swamps the logits, the fused NDCG@5 is the recall order's NDCG@5."""
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.metrics import mean_metrics
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.quality.metrics import mean_metrics
+    from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.finetune import EvalSet, evaluate, load_model
 
     rng = np.random.default_rng(1)
@@ -322,8 +322,8 @@ def test_bce_weighs_the_positive_by_pos_weight():
 
 def test_memoized_tokenizer_gives_the_same_pairs(random_pairs):
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.recall import bundled_minilm_dir
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.recall.index import bundled_minilm_dir
+    from rerank_engine.serving.tokenization import PairTokenizer
 
     bundled = bundled_minilm_dir()
     queries, passages = random_pairs(40, seed=3)
@@ -417,7 +417,7 @@ def comparison_model(folder):
 
 def comparison_tokenizer(folder):
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.tokenization import PairTokenizer
 
     return PairTokenizer(folder, TokenizerConfig(max_length=32))
 

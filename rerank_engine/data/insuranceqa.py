@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rerank_engine import progress
 from rerank_engine.errors import ConfigError, require
+from rerank_engine.job import progress
 
 SPLITS = ("train", "valid", "test")
 DATA_VERSION = "insuranceqa-data==1.0"
@@ -62,7 +62,7 @@ def answer_ids() -> list[str]:
 def answer_recall(cache_dir: str, encoder=None, ids: list[str] | None = None):
     """(BiEncoder, RecallIndex over all 27,413 answers or the answer ids given, {answer id: embedding});
     embeddings cached."""
-    from rerank_engine.recall import BiEncoder, RecallIndex, embed_cached
+    from rerank_engine.recall.index import BiEncoder, RecallIndex, embed_cached
 
     encoder = encoder or BiEncoder()
     answers, ids = load_answers(), (ids if ids is not None else answer_ids())

@@ -96,8 +96,8 @@ def trained_model_rows(
     long run's best checkpoint), scored on the same sets as the variants, in PyTorch fp32 at
     `max_length`. A model's row is kept in `<run_dir>/models/<name>-<content hash>-<max_length>.json`."""
     from rerank_engine.config import TokenizerConfig
-    from rerank_engine.hashing import content_hash
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.serving.hashing import content_hash
+    from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.finetune import load_model
 
     rows = [recall_row(evalsets)]
@@ -121,8 +121,8 @@ def run(cfg: dict, log=_log_info, train_missing: bool = True) -> list[dict]:
     With `train_missing=False`, only the bi-encoder row and the variants already finished."""
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.data.insuranceqa import answer_recall
-    from rerank_engine.recall import bundled_minilm_dir
-    from rerank_engine.tokenization import PairTokenizer
+    from rerank_engine.recall.index import bundled_minilm_dir
+    from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.recipe import train_cosine
 
     run_dir = Path(cfg["run_dir"])

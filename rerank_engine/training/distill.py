@@ -38,8 +38,8 @@ from pydantic import Field, model_validator
 
 from rerank_engine.config import TokenizerConfig
 from rerank_engine.errors import ConfigError, ModelFormatError, require
-from rerank_engine.hashing import content_hash
-from rerank_engine.tokenization import PairTokenizer
+from rerank_engine.serving.hashing import content_hash
+from rerank_engine.serving.tokenization import PairTokenizer
 from rerank_engine.training.finetune import (
     EvalSet,
     GroupSampler,

@@ -6,7 +6,7 @@ Two losses over the same groups of 1 positive + n negatives:
 - "listwise": softmax cross-entropy over the group's logits (the positive is the target).
 
 Fused training (`fusion_weight` w > 0, `fusion_share` a): the job ranks by `logit + w · recall cosine`
-(rerank_engine/fusion.py), so the loss becomes `(1 − a) · L(logit) + a · L(logit + w · cosine)`. The
+(rerank_engine/quality/fusion.py), so the loss becomes `(1 − a) · L(logit) + a · L(logit + w · cosine)`. The
 second term trains the cross-encoder on what the bi-encoder gets wrong (groups that the cosine already
 ranks right carry little gradient); the first keeps it usable alone, for logged candidates.
 
@@ -32,11 +32,11 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from rerank_engine.batching import pad_rows, plan_batches
 from rerank_engine.config import TokenizerConfig, _Frozen
 from rerank_engine.errors import ConfigError, ModelFormatError, require
-from rerank_engine.metrics import mean_metrics
-from rerank_engine.tokenization import PairTokenizer
+from rerank_engine.quality.metrics import mean_metrics
+from rerank_engine.serving.batching import pad_rows, plan_batches
+from rerank_engine.serving.tokenization import PairTokenizer
 
 log = logging.getLogger(__name__)
 _log_info = log.info

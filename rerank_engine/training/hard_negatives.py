@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from rerank_engine import progress
 from rerank_engine.config import _Frozen
+from rerank_engine.job import progress
 from rerank_engine.training.paraphrases import ParaphraseRule
 
 
@@ -180,7 +180,7 @@ def mine_insuranceqa(
 ) -> tuple[Path, Counter]:
     """Mine `split` questions against all InsuranceQA answers with the production recall code."""
     from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
-    from rerank_engine.recall import embed_cached
+    from rerank_engine.recall.index import embed_cached
 
     encoder, index, emb_by_id = recall or answer_recall(str(cache_dir))
     questions = load_split(split)

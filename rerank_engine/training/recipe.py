@@ -61,7 +61,7 @@ def train_cosine(recall, cache_dir: str | Path, split: str = "train"):
     """`cosine(qid, doc_ids)`: the bi-encoder's recall cosine of a `split` question to answers, from the
     cached embeddings (the same ones mining used)."""
     from rerank_engine.data.insuranceqa import load_split
-    from rerank_engine.recall import embed_cached
+    from rerank_engine.recall.index import embed_cached
 
     encoder, _, emb_by_id = recall
     questions = load_split(split)
@@ -90,7 +90,7 @@ def mined_records(cfg: dict, recall, run_dir: Path, log=_log_info) -> list[dict]
 
 def run(cfg: dict, log=_log_info) -> dict:
     from rerank_engine.data.insuranceqa import answer_recall
-    from rerank_engine.recall import bundled_minilm_dir
+    from rerank_engine.recall.index import bundled_minilm_dir
 
     run_dir = Path(cfg["run_dir"])
     base_model = cfg.get("base_model") or bundled_minilm_dir()

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError
-from rerank_engine.files import write_json
-from rerank_engine.llm_reranker import YesNoPrompt
+from rerank_engine.job.files import write_json
+from rerank_engine.serving.llm_reranker import YesNoPrompt
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -46,7 +46,7 @@ class Manifest(BaseModel):
     score_scale: Literal["probability"] = "probability"
     inputs: list[str]
     output: str = "logits"
-    # an LLM reranker's prompt and yes/no token ids (rerank_engine.llm_reranker); None: plain pairs
+    # an LLM reranker's prompt and yes/no token ids (rerank_engine.serving.llm_reranker); None: plain pairs
     prompt: YesNoPrompt | None = None
     variants: dict[str, Variant]
     tool_versions: dict[str, str]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.batching import pad_rows
 from rerank_engine.errors import ExportValidationError
-from rerank_engine.export_contract import CONTRACT
-from rerank_engine.llm_reranker import PromptEncoder, YesNoPrompt
-from rerank_engine.metrics import ranking_agreement
 from rerank_engine.probe_pairs import probe_groups
+from rerank_engine.quality.metrics import ranking_agreement
+from rerank_engine.serving.batching import pad_rows
+from rerank_engine.serving.export_contract import CONTRACT
+from rerank_engine.serving.llm_reranker import PromptEncoder, YesNoPrompt
 
 
 def cpu_session(path: Path):
@@ -123,7 +123,7 @@ class ProbeSet:
 
 
 def _relevance(logits: np.ndarray) -> np.ndarray:
-    from rerank_engine.engine import relevance_logits, sigmoid
+    from rerank_engine.serving.engine import relevance_logits, sigmoid
 
     return sigmoid(relevance_logits(logits))
 

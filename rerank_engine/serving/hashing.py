@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from rerank_engine.score_policy import FUSION_FILE, THRESHOLD_FILE
+from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE
 
 # Files beside the weights that do not change what the model computes.
 NOT_MODEL_FILES = {"README.md", THRESHOLD_FILE, FUSION_FILE, "metrics.json", "calibration.json"}

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
-from rerank_engine.exactly_once import DIGEST, digests
-from rerank_engine.score_cache import normalise_query
-from rerank_engine.stages import _table, column_texts
+from rerank_engine.job.exactly_once import DIGEST, digests
+from rerank_engine.job.score_cache import normalise_query
+from rerank_engine.job.stages import _table, column_texts
 
 PLAN_BATCH_ROWS = 65_536  # rows read at a time while planning: the driver holds 16 bytes a row, not the text
 

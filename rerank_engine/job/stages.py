@@ -18,10 +18,10 @@ import pyarrow as pa
 from rerank_engine import schema
 from rerank_engine.config import EngineConfig, JobConfig
 from rerank_engine.errors import ConfigError, InputError
-from rerank_engine.score_cache import KEY_BYTES, ScoreCache, as_arrow_keys, as_numpy_keys, pair_keys
-from rerank_engine.score_policy import ScorePolicy
-from rerank_engine.tokenization import TokenizedPairs
-from rerank_engine.validation import EMPTY_TEXT, text_problem
+from rerank_engine.job.score_cache import KEY_BYTES, ScoreCache, as_arrow_keys, as_numpy_keys, pair_keys
+from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.serving.tokenization import TokenizedPairs
+from rerank_engine.serving.validation import EMPTY_TEXT, text_problem
 
 _STATUS_OF_PROBLEM = {EMPTY_TEXT: schema.EMPTY_QUERY}
 
@@ -103,7 +103,7 @@ class QueryEncoder:
     stages)."""
 
     def __init__(self, config: JobConfig, index_dir: str, manifest: dict, threads: int = 1):
-        from rerank_engine.recall import BiEncoder
+        from rerank_engine.recall.index import BiEncoder
 
         self.config = config
         self.encoder = BiEncoder(
@@ -143,7 +143,7 @@ class RecallStage:
     """Bi-encoder + FAISS top-k: `CAND_IDS`, `RECALL_SCORES`, `RECALL_RANKS`."""
 
     def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
-        from rerank_engine.recall import RecallIndex
+        from rerank_engine.recall.index import RecallIndex
 
         self.config = config
         self.index = RecallIndex.load(  # memory-mapped: the node's recall actors share its pages
@@ -178,7 +178,7 @@ class QueryEmbedStage:
     """Embeds the queries for the shard stages: `STATUS`, `QUERY_EMB`, and an empty running top-k."""
 
     def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
-        from rerank_engine.recall import RecallIndex
+        from rerank_engine.recall.index import RecallIndex
 
         self.encode = QueryEncoder(config, index_dir, RecallIndex.read_manifest(index_dir), threads)
 
@@ -203,7 +203,7 @@ class ShardSearchStage:
     recall columns `RecallStage` writes and drops the embeddings."""
 
     def __init__(self, config: JobConfig, index_dir: str, shard: int, last: bool):
-        from rerank_engine.recall import RecallIndex
+        from rerank_engine.recall.index import RecallIndex
 
         self.config, self.last = config, last
         self.index = RecallIndex.load(
@@ -309,7 +309,7 @@ class TokenizeStage:
         tokenizer_dir: str | Path,
         cache_namespace: str | None = None,
     ):
-        from rerank_engine.tokenization import PairTokenizer
+        from rerank_engine.serving.tokenization import PairTokenizer
 
         self.config = config
         self.corpus = load_corpus(corpus_path, config)
@@ -414,8 +414,8 @@ class RerankStage:
         cache_namespace: str | None = None,
         cache_precision: str | None = None,
     ):
-        from rerank_engine.engine import CrossEncoderEngine
-        from rerank_engine.exporting import needed_precisions, resolve_export
+        from rerank_engine.serving.engine import CrossEncoderEngine
+        from rerank_engine.serving.exporting import needed_precisions, resolve_export
 
         export_dir = resolve_export(model_source, needed_precisions(config.precision, gpu=want_fp16))
         self.engine = CrossEncoderEngine(
@@ -491,8 +491,9 @@ class RerankStage:
 def finalize(batch, *, k_rerank: int, policy: ScorePolicy, run_id: str) -> pa.Table:
     """Sort each query's candidates by score (ties by doc_id), keep top-k ≥ threshold, set status.
 
-    The score, its threshold and the models come from `policy` (`rerank_engine.score_policy`): sigmoid(logit),
-    or the fused score of the logit and the recall cosine; the row's `score_kind` says which."""
+    The score, its threshold and the models come from `policy` (`rerank_engine.quality.score_policy`):
+    sigmoid(logit), or the fused score of the logit and the recall cosine; the row's `score_kind` says
+    which."""
     batch = _table(batch)
     require_columns(batch, [STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS, LOGITS], "finalize")
     status = batch.column(STATUS).to_pylist()

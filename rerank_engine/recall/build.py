@@ -26,15 +26,15 @@ import pyarrow.parquet as pq
 from rerank_engine import schema
 from rerank_engine.config import ColumnsConfig
 from rerank_engine.errors import ModelNotFoundError
-from rerank_engine.hashing import file_hash
-from rerank_engine.inputs import check_corpus
+from rerank_engine.job.inputs import check_corpus
+from rerank_engine.serving.hashing import file_hash
 
 
 class EmbedStage:
     """doc texts → unit embeddings (one callable class per actor, model loaded once)."""
 
     def __init__(self, bi_encoder: str | None, max_length: int, text_col: str, title_col: str, threads: int):
-        from rerank_engine.recall import BiEncoder
+        from rerank_engine.recall.index import BiEncoder
 
         self.encoder = BiEncoder(bi_encoder, max_length=max_length, threads=threads)
         self.text_col, self.title_col = text_col, title_col
@@ -65,9 +65,9 @@ def embed_corpus(
     """Embed a corpus Parquet into `out` (Parquet files + `_embeddings.json`); a no-op when `out` already
     holds this corpus file's embeddings by this model at this max_length (returns the meta with
     `"cached": true`). Written to a staging folder and renamed into place when complete."""
-    from rerank_engine.job import ensure_ray
-    from rerank_engine.pipeline import cluster_gpus
-    from rerank_engine.recall import BiEncoder
+    from rerank_engine.job.driver import ensure_ray
+    from rerank_engine.job.pipeline import cluster_gpus
+    from rerank_engine.recall.index import BiEncoder
 
     cols = columns or ColumnsConfig()
     table_schema = pq.read_schema(corpus)
@@ -197,7 +197,7 @@ def build_index(
     vectors sampled with `seed` (left out of the training sample); an exact index records 1.0 without
     measuring. A rebuild with the same embeddings and settings is a no-op (`"cached": true`).
     """
-    from rerank_engine.recall import RecallIndex, exact_recall_at_k
+    from rerank_engine.recall.index import RecallIndex, exact_recall_at_k
 
     emb_dir = Path(embeddings) if embeddings else Path(out) / "embeddings"
     repeats = 0

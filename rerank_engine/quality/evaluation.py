@@ -24,9 +24,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from rerank_engine.errors import ConfigError
-from rerank_engine.files import write_json
-from rerank_engine.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
-from rerank_engine.thresholds import ScoredQuery
+from rerank_engine.job.files import write_json
+from rerank_engine.quality.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
+from rerank_engine.quality.thresholds import ScoredQuery
 
 SCORE_CHUNK = 4096  # pairs per engine call in score_groups: large enough to bucket by length well
 _log_info = logging.getLogger(__name__).info  # what `log=` defaults to: progress notes, at INFO
@@ -60,8 +60,8 @@ def engine_scorer(
     long passages as the job would with the same `tokenizer.long_passages` and `stride` (chunk_max: each
     passage scored by its best window, in the engine)."""
     from rerank_engine.config import EngineConfig
-    from rerank_engine.engine import CrossEncoderEngine
-    from rerank_engine.exporting import resolve_export
+    from rerank_engine.serving.engine import CrossEncoderEngine
+    from rerank_engine.serving.exporting import resolve_export
 
     engine = CrossEncoderEngine(
         EngineConfig.build(
@@ -82,7 +82,7 @@ def score_groups(
     `groups` order."""
     from tqdm import tqdm
 
-    from rerank_engine import progress
+    from rerank_engine.job import progress
 
     flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
     flat_p = [answers[d] for g in groups for d in g]
@@ -125,10 +125,10 @@ def recall_top_k(questions, recall, k_recall: int = 20) -> tuple[list[list[str]]
 
 
 def fused_cascade(sc: ScoredCascade, fusion, recall_scores: list[np.ndarray]) -> ScoredCascade:
-    """The same cascade scored by `fusion` (`rerank_engine.fusion.Fusion`) of its logits and the cosines.
-    The fused probabilities stay float64: the job orders by the fused logit, and float32 probabilities
-    of a flat fusion (a tiny scale) tie where the logits do not."""
-    from rerank_engine.fusion import logit_of
+    """The same cascade scored by `fusion` (`rerank_engine.quality.fusion.Fusion`) of its logits and the
+    cosines. The fused probabilities stay float64: the job orders by the fused logit, and float32
+    probabilities of a flat fusion (a tiny scale) tie where the logits do not."""
+    from rerank_engine.quality.fusion import logit_of
 
     return dataclasses.replace(
         sc,
@@ -190,7 +190,7 @@ def _ndcg_deltas(runs, baseline, k: int) -> np.ndarray:
 
 
 def _wins(delta: np.ndarray) -> dict:
-    from rerank_engine.label_audit import sign_test
+    from rerank_engine.quality.label_audit import sign_test
 
     better, worse = int(np.sum(delta > 1e-12)), int(np.sum(delta < -1e-12))
     return {"better": better, "worse": worse, "sign_test_p": float(f"{sign_test(better, worse):.2g}")}
@@ -230,8 +230,8 @@ def pool(
     log=_log_info,
 ) -> dict[str, dict]:
     """Setting (b). A scorer with a `Fusion` in `fusions` (by name) also gets a fused row."""
-    from rerank_engine.bm25 import BM25
-    from rerank_engine.fusion import logit_of
+    from rerank_engine.quality.fusion import logit_of
+    from rerank_engine.recall.bm25 import BM25
 
     pools = [list(dict.fromkeys([*q.answers, *q.negatives])) for q in questions]
     relevant = [set(q.answers) for q in questions]
@@ -485,8 +485,8 @@ def out_of_domain(
     """Bi-encoder recall top-`k_recall` over the collection vs each cross-encoder reranking it: NDCG@k,
     P@k, and per-query wins and losses of the rerank against recall on NDCG@k. A scorer with a
     `Fusion` in `fusions` (by name) gets a second row from the same scores fused with the cosines."""
-    from rerank_engine.fusion import logit_of
-    from rerank_engine.recall import RecallIndex, embed_cached
+    from rerank_engine.quality.fusion import logit_of
+    from rerank_engine.recall.index import RecallIndex, embed_cached
 
     doc_ids = list(collection.docs)
     emb = embed_cached(encoder, [collection.docs[d] for d in doc_ids], cache_dir)

@@ -5,7 +5,7 @@ conversion to ONNX and fp16 (export_conversion), int8 (export_quantization), the
 (export_validation), all held to one declared contract (export_contract).
 
 A yes/no LLM reranker (a Qwen3-Reranker causal LM) is exported as the one-logit sequence classifier it
-converts to (rerank_engine.llm_reranker), its prompt kept in the manifest.
+converts to (rerank_engine.serving.llm_reranker), its prompt kept in the manifest.
 
 The CLI is `python -m export` (the `export/` folder at the repository root).
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank_engine.errors import ConfigError, ModelFormatError
-from rerank_engine.export_cache import (
+from rerank_engine.serving.export_cache import (
     cache_key,
     cached_manifest,
     default_cache_root,
@@ -27,8 +27,8 @@ from rerank_engine.export_cache import (
     resolve_source,
     tool_versions,
 )
-from rerank_engine.export_contract import CONTRACT
-from rerank_engine.export_conversion import (
+from rerank_engine.serving.export_contract import CONTRACT
+from rerank_engine.serving.export_conversion import (
     declared_activation,
     external_data_files,
     graph_inputs,
@@ -39,10 +39,10 @@ from rerank_engine.export_conversion import (
     supported_max_length,
     to_fp16,
 )
-from rerank_engine.export_quantization import INT8_RECIPE, quantize_int8
-from rerank_engine.export_validation import ProbeSet, check_ranking, validate_fp32
-from rerank_engine.hashing import content_hash
-from rerank_engine.manifest import MANIFEST_NAME, Manifest, Variant, write_manifest
+from rerank_engine.serving.export_quantization import INT8_RECIPE, quantize_int8
+from rerank_engine.serving.export_validation import ProbeSet, check_ranking, validate_fp32
+from rerank_engine.serving.hashing import content_hash
+from rerank_engine.serving.manifest import MANIFEST_NAME, Manifest, Variant, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from rerank_engine.errors import ModelFormatError
-from rerank_engine.export_conversion import external_data_files
+from rerank_engine.serving.export_conversion import external_data_files
 
 
 @dataclass(frozen=True, kw_only=True)

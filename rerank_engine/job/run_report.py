@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rerank_engine import plots, schema
-from rerank_engine.summary import REPORT, format_summary
+from rerank_engine import schema
+from rerank_engine.job.summary import REPORT, format_summary
+from rerank_engine.quality import plots
 
 TREND = "_nightly_trend.md"
 PLOTS = {

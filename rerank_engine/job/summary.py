@@ -9,7 +9,7 @@ Light module: the standard library only.
 from __future__ import annotations
 
 NONE = "—"
-REPORT = "_report.md"  # the run report beside an output (rerank_engine.run_report writes it)
+REPORT = "_report.md"  # the run report beside an output (rerank_engine.job.run_report writes it)
 
 
 def _n(value) -> str:

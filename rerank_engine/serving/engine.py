@@ -20,14 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
 from rerank_engine.config import EngineConfig
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError, require
-from rerank_engine.export_contract import CONTRACT
-from rerank_engine.manifest import Manifest, Variant, read_manifest
-from rerank_engine.tokenization import PairTokenizer, TokenizedPairs, check_long_passages, pad_token_id
-from rerank_engine.validation import check_pairs
-from rerank_engine.windows import best_of_windows
+from rerank_engine.serving.batching import check_coverage, pad_rows, padding_efficiency, plan_batches
+from rerank_engine.serving.export_contract import CONTRACT
+from rerank_engine.serving.manifest import Manifest, Variant, read_manifest
+from rerank_engine.serving.tokenization import (
+    PairTokenizer,
+    TokenizedPairs,
+    check_long_passages,
+    pad_token_id,
+)
+from rerank_engine.serving.validation import check_pairs
+from rerank_engine.serving.windows import best_of_windows
 
 log = logging.getLogger(__name__)
 

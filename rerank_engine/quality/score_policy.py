@@ -39,8 +39,8 @@ import numpy as np
 
 from rerank_engine import schema
 from rerank_engine.errors import ConfigError, ScaleMismatchError
-from rerank_engine.fusion import Fusion
-from rerank_engine.thresholds import PROBABILITY, Threshold
+from rerank_engine.quality.fusion import Fusion
+from rerank_engine.quality.thresholds import PROBABILITY, Threshold
 
 if TYPE_CHECKING:
     from rerank_engine.config import JobConfig
@@ -195,7 +195,7 @@ class ScorePolicy:
         """(order key, score) of one query's candidates: the (fused) logit, which orders as the score does
         without fp32 saturation ties, and the probability."""
         if self.fusion is None:
-            from rerank_engine.engine import sigmoid
+            from rerank_engine.serving.engine import sigmoid
 
             return logits, sigmoid(logits)
         if recall_scores is None:

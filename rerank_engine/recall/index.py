@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.batching import pad_rows, plan_batches
 from rerank_engine.errors import ConfigError, InputError, ModelFormatError, ModelNotFoundError, require
-from rerank_engine.hashing import content_hash
+from rerank_engine.serving.batching import pad_rows, plan_batches
+from rerank_engine.serving.hashing import content_hash
 
 
 def bundled_minilm_dir() -> Path:

@@ -22,14 +22,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rerank_engine import progress, schema
+from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, JobTimeoutError
-from rerank_engine.exactly_once import InputIds, ids_digests
-from rerank_engine.files import check_output_apart, resolve_files
-from rerank_engine.inputs import check_corpus, check_index
-from rerank_engine.run_report import QueryFigures, write_report
-from rerank_engine.score_policy import ScorePolicy
+from rerank_engine.job import progress
+from rerank_engine.job.exactly_once import InputIds, ids_digests
+from rerank_engine.job.files import check_output_apart, resolve_files
+from rerank_engine.job.inputs import check_corpus, check_index
+from rerank_engine.job.run_report import QueryFigures, write_report
+from rerank_engine.quality.score_policy import ScorePolicy
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def ensure_ray():
         import os
 
         if os.environ.get("RAY_ADDRESS", "local") == "local":  # our own local Ray: first, a killed run's
-            from rerank_engine.orphans import reap_orphaned_agents
+            from rerank_engine.job.orphans import reap_orphaned_agents
 
             if stopped := reap_orphaned_agents():
                 log.warning("stopped %d Ray agents left by a killed run (pids %s)", len(stopped), stopped)
@@ -178,7 +179,7 @@ def run_job(
     if not logged and index is None:
         raise ConfigError(f"--index is required: {files[0]} has no {cols.candidates!r} column")
     if not logged:
-        from rerank_engine.recall import RecallIndex
+        from rerank_engine.recall.index import RecallIndex
 
         index_manifest = RecallIndex.read_manifest(
             index, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
@@ -218,10 +219,8 @@ def run_job(
         write_report(out, QueryFigures.of(None, cols.query_id, config.exploded), summary)
         return summary
 
-    from rerank_engine.dedupe import plan_distinct
-    from rerank_engine.exporting import needed_precisions, resolve_export
-    from rerank_engine.manifest import read_manifest
-    from rerank_engine.pipeline import (
+    from rerank_engine.job.dedupe import plan_distinct
+    from rerank_engine.job.pipeline import (
         PipelineInputs,
         build_fanout,
         build_pipeline,
@@ -229,7 +228,9 @@ def run_job(
         node_cpus,
         rerank_gpus,
     )
-    from rerank_engine.watch import running_operators, watch_executions
+    from rerank_engine.job.watch import running_operators, watch_executions
+    from rerank_engine.serving.exporting import needed_precisions, resolve_export
+    from rerank_engine.serving.manifest import read_manifest
 
     checked = time.perf_counter()
     ray = ensure_ray()
@@ -251,7 +252,7 @@ def run_job(
         config = config.model_copy(update={"resources": resources})
     policy = ScorePolicy.for_job(config, manifest.model_id, recall_model)  # score, threshold, max_length
     config = policy.serve(config)
-    from rerank_engine.tokenization import check_long_passages
+    from rerank_engine.serving.tokenization import check_long_passages
 
     check_long_passages(config.tokenizer, manifest.prompt, config.model)  # before any actor starts
     config = config.model_copy(
@@ -260,8 +261,8 @@ def run_job(
 
     cache = None
     if config.score_cache:
-        from rerank_engine.exporting import auto_precision
-        from rerank_engine.score_cache import ScoreCache, namespace
+        from rerank_engine.job.score_cache import ScoreCache, namespace
+        from rerank_engine.serving.exporting import auto_precision
 
         precision = config.precision if config.precision != "auto" else auto_precision(gpu=bool(gpus))
         # exclude_none (and scoring_dump's truncate): an unset instruction, and truncated long passages,
@@ -309,7 +310,7 @@ def run_job(
                 step[0] = f"scoring and writing the {n_rows} input rows"
                 ds = build_pipeline(config, inp)
             if config.exploded:
-                from rerank_engine.stages import explode
+                from rerank_engine.job.stages import explode
 
                 ds = ds.map_batches(
                     explode,
@@ -367,7 +368,7 @@ def run_job(
     (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     write_report(out, figures, summary)
-    from rerank_engine import ray_metrics
+    from rerank_engine.job import ray_metrics
 
     ray_metrics.record(summary)
     return summary

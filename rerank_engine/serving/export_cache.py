@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from rerank_engine.errors import ModelNotFoundError
-from rerank_engine.export_quantization import INT8_RECIPE, Int8Recipe
-from rerank_engine.manifest import MANIFEST_NAME, Manifest, read_manifest
+from rerank_engine.serving.export_quantization import INT8_RECIPE, Int8Recipe
+from rerank_engine.serving.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 # -- resolving the source ------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The export contract, declared once: the input names every exported cross-encoder graph may take, the
 output it gives, and what validation holds it to. The export checks its graphs against it
-(rerank_engine.export_validation); the engine feeds a graph by it (rerank_engine.engine). Light: no
-heavy imports."""
+(rerank_engine.serving.export_validation); the engine feeds a graph by it (rerank_engine.serving.engine).
+Light: no heavy imports."""
 
 from __future__ import annotations
 

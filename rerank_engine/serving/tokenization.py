@@ -3,7 +3,7 @@
 The query is capped at `max_query_share × max_length` tokens and the passage truncated to what is left,
 so a long passage never squeezes the query out and a long query never squeezes out the passage. With
 `long_passages: chunk_max` a passage longer than what is left is not truncated but cut into windows of
-that length (`rerank_engine.windows`), each a pair of its own: `TokenizedPairs.windows` says how many
+that length (`rerank_engine.serving.windows`), each a pair of its own: `TokenizedPairs.windows` says how many
 rows each (query, passage) got.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 
 from rerank_engine.config import TokenizerConfig
 from rerank_engine.errors import ConfigError, ModelFormatError
-from rerank_engine.llm_reranker import PromptEncoder, YesNoPrompt
-from rerank_engine.manifest import MANIFEST_NAME, read_manifest
-from rerank_engine.windows import window_spans
+from rerank_engine.serving.llm_reranker import PromptEncoder, YesNoPrompt
+from rerank_engine.serving.manifest import MANIFEST_NAME, read_manifest
+from rerank_engine.serving.windows import window_spans
 
 
 @dataclass(frozen=True)

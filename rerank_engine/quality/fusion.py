@@ -16,7 +16,7 @@ is then calibrated on the fused score and kept in the same record (`jobs.calibra
 
 `fusion.json` (`score_policy.FUSION_FILE`) lives beside the model, bound to the reranker's model id and
 to the bi-encoder whose cosines it was fitted on: the job applies it only where both match
-(`JobConfig.fusion`, resolved by `rerank_engine.score_policy`).
+(`JobConfig.fusion`, resolved by `rerank_engine.quality.score_policy`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.errors import InputError, ScaleMismatchError
-from rerank_engine.files import read_json_record, write_json
-from rerank_engine.metrics import ndcg_at_k
+from rerank_engine.job.files import read_json_record, write_json
+from rerank_engine.quality.metrics import ndcg_at_k
 
 WEIGHTS = tuple(float(w) for w in np.arange(0.0, 60.01, 2.5))  # recall_weight grid (cosine units)
 
@@ -124,8 +124,8 @@ def mean_ndcg(
     w: float,
     k: int,
 ) -> float:
-    """Mean NDCG@k (`rerank_engine.metrics`) of each question's candidates ordered by logit + w · cosine,
-    ties by id as the job breaks them."""
+    """Mean NDCG@k (`rerank_engine.quality.metrics`) of each question's candidates ordered by logit + w ·
+    cosine, ties by id as the job breaks them."""
     values = []
     for ids, lg, rs, rel in zip(candidates, logits, recall_scores, relevant, strict=True):
         z = np.asarray(lg, np.float64) + w * np.asarray(rs, np.float64)

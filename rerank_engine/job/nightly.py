@@ -48,10 +48,10 @@ from pydantic import Field, field_validator
 
 from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
-from rerank_engine.exactly_once import InputIds
-from rerank_engine.files import check_output_apart
-from rerank_engine.job import inspect_query_log, job_inputs, run_job
-from rerank_engine.run_report import QueryFigures, write_report, write_trend
+from rerank_engine.job.driver import inspect_query_log, job_inputs, run_job
+from rerank_engine.job.exactly_once import InputIds
+from rerank_engine.job.files import check_output_apart
+from rerank_engine.job.run_report import QueryFigures, write_report, write_trend
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,12 @@ def config_hash(config: NightlyConfig) -> str:
 
 def model_hash(model: str) -> str:
     """Content hash of the reranker's weights: from an export's manifest, else from the model folder."""
-    from rerank_engine.manifest import MANIFEST_NAME, read_manifest
+    from rerank_engine.serving.manifest import MANIFEST_NAME, read_manifest
 
     if (Path(model) / MANIFEST_NAME).is_file():
         return str(read_manifest(model).source["content_hash"])
-    from rerank_engine.export_cache import resolve_source
-    from rerank_engine.hashing import content_hash
+    from rerank_engine.serving.export_cache import resolve_source
+    from rerank_engine.serving.hashing import content_hash
 
     return content_hash(resolve_source(model)[0])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.errors import require
-from rerank_engine.thresholds import ScoredQuery, Sweep
+from rerank_engine.quality.thresholds import ScoredQuery, Sweep
 
 SIZE, DPI = (6.4, 4.0), 100
 

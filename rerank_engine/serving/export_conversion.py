@@ -1,6 +1,6 @@
 """A Hugging Face checkpoint → the fp32 ONNX graph and its fp16 variant: the checkpoint loaded as a
 sequence-classification model (refused where its head would be newly initialised or its model type is
-untested; a yes/no LLM reranker converted, rerank_engine.llm_reranker), optimum's export, the graph's
+untested; a yes/no LLM reranker converted, rerank_engine.serving.llm_reranker), optimum's export, the graph's
 inputs checked against the contract, ORT's transformer optimizer, the fp16 conversion, and ONNX external
 data for graphs over 2 GB. Heavy libraries are imported inside the functions that use them."""
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank_engine.errors import ConfigError, ModelFormatError
-from rerank_engine.export_contract import CONTRACT
-from rerank_engine.llm_reranker import LLM_RERANKERS
+from rerank_engine.serving.export_contract import CONTRACT
+from rerank_engine.serving.llm_reranker import LLM_RERANKERS
 
 # -- the checkpoint ------------------------------------------------------------------------------------
 
@@ -38,7 +38,7 @@ def load_torch(src_dir: Path, trust_remote_code: bool, model=None):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from rerank_engine.llm_reranker import llm_reranker_prompt, load_llm_reranker
+    from rerank_engine.serving.llm_reranker import llm_reranker_prompt, load_llm_reranker
 
     model = model or src_dir
     try:

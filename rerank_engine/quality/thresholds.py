@@ -23,11 +23,11 @@ exactly; the grid is for plots and tables.
 
     curve = sweep(queries, cut_points(queries))
     t = best_f1(queries, model_id="insurance-minilm-l6-ce@260128f32f77")
-    t.save(model_dir / THRESHOLD_FILE)                                  # `rerank_engine.score_policy`
+    t.save(model_dir / THRESHOLD_FILE)                                  # `rerank_engine.quality.score_policy`
     keep = Threshold.load(path).apply(scores, model_id=engine.model_id)   # ScaleMismatchError if not ours
 
-The batch job reads the file through its score policy (`rerank_engine.score_policy.read_threshold`), which
-holds the threshold it applies with the score it applies it to.
+The batch job reads the file through its score policy (`rerank_engine.quality.score_policy.read_threshold`),
+which holds the threshold it applies with the score it applies it to.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
-from rerank_engine.files import read_json_record, write_json
+from rerank_engine.job.files import read_json_record, write_json
 
 PROBABILITY = "probability"
 LOGIT = "logit"

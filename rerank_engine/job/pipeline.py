@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass
 
 from rerank_engine.config import JobConfig, ResourcesConfig
-from rerank_engine.dedupe import FanOut
 from rerank_engine.errors import ConfigError
-from rerank_engine.score_policy import ScorePolicy
-from rerank_engine.stages import (
+from rerank_engine.job.dedupe import FanOut
+from rerank_engine.job.stages import (
     QueryEmbedStage,
     RecallStage,
     RerankStage,
@@ -23,6 +22,7 @@ from rerank_engine.stages import (
     finalize,
     logged_candidates,
 )
+from rerank_engine.quality.score_policy import ScorePolicy
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from rerank_engine import schema
 from rerank_engine.config import ColumnsConfig
 from rerank_engine.errors import ConfigError, InputError
-from rerank_engine.hashing import file_hash
+from rerank_engine.serving.hashing import file_hash
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def check_index(
     index: str | Path, manifest: dict, corpus: str | Path, corpus_check: CorpusCheck, bi_encoder: str | None
 ) -> None:
     """The index was built from this corpus and with this bi-encoder (see the module docstring)."""
-    from rerank_engine.recall import BiEncoder, bundled_minilm_dir
+    from rerank_engine.recall.index import BiEncoder, bundled_minilm_dir
 
     manifest_file = Path(index) / "manifest.json"
     built_with = manifest.get("model")
