@@ -22,8 +22,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from rerank_engine import progress
 from rerank_engine.errors import ConfigError, RerankEngineError
-from rerank_engine.job import progress
 
 PROG = "rerank-engine"
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -16,9 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_engine import cli
+from rerank_engine import cli, progress
 from rerank_engine.errors import ConfigError
-from rerank_engine.job import progress
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from rerank_engine import progress
 from rerank_engine.errors import ConfigError, require
-from rerank_engine.job import progress
 
 SPLITS = ("train", "valid", "test")
 DATA_VERSION = "insuranceqa-data==1.0"

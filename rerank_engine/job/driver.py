@@ -22,12 +22,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rerank_engine import schema
+from rerank_engine import progress, schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, JobTimeoutError
-from rerank_engine.job import progress
+from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.job.exactly_once import InputIds, ids_digests
-from rerank_engine.job.files import check_output_apart, resolve_files
 from rerank_engine.job.inputs import check_corpus, check_index
 from rerank_engine.job.run_report import QueryFigures, write_report
 from rerank_engine.quality.score_policy import ScorePolicy

@@ -48,9 +48,9 @@ from pydantic import Field, field_validator
 
 from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
+from rerank_engine.files import check_output_apart
 from rerank_engine.job.driver import inspect_query_log, job_inputs, run_job
 from rerank_engine.job.exactly_once import InputIds
-from rerank_engine.job.files import check_output_apart
 from rerank_engine.job.run_report import QueryFigures, write_report, write_trend
 
 log = logging.getLogger(__name__)

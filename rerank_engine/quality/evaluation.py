@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from rerank_engine.errors import ConfigError
-from rerank_engine.job.files import write_json
+from rerank_engine.files import write_json
 from rerank_engine.quality.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
 from rerank_engine.quality.thresholds import ScoredQuery
 
@@ -82,7 +82,7 @@ def score_groups(
     `groups` order."""
     from tqdm import tqdm
 
-    from rerank_engine.job import progress
+    from rerank_engine import progress
 
     flat_q = [q.text for q, g in zip(questions, groups, strict=True) for _ in g]
     flat_p = [answers[d] for g in groups for d in g]

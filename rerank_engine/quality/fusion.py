@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.errors import InputError, ScaleMismatchError
-from rerank_engine.job.files import read_json_record, write_json
+from rerank_engine.files import read_json_record, write_json
 from rerank_engine.quality.metrics import ndcg_at_k
 
 WEIGHTS = tuple(float(w) for w in np.arange(0.0, 60.01, 2.5))  # recall_weight grid (cosine units)

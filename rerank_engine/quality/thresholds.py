@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine.errors import ConfigError, InputError, ScaleMismatchError
-from rerank_engine.job.files import read_json_record, write_json
+from rerank_engine.files import read_json_record, write_json
 
 PROBABILITY = "probability"
 LOGIT = "logit"

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rerank_engine.errors import ModelFormatError, ModelNotFoundError
-from rerank_engine.job.files import write_json
+from rerank_engine.files import write_json
 from rerank_engine.serving.llm_reranker import YesNoPrompt
 
 MANIFEST_NAME = "manifest.json"

@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from rerank_engine import progress
 from rerank_engine.config import _Frozen
-from rerank_engine.job import progress
 from rerank_engine.training.paraphrases import ParaphraseRule
 
 
