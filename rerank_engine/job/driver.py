@@ -226,6 +226,7 @@ def run_job(
         fit_to_cluster,
         node_cpus,
         rerank_gpus,
+        write_output,
     )
     from rerank_engine.job.watch import running_operators, watch_executions
     from rerank_engine.serving.exporting import needed_precisions, resolve_export
@@ -308,16 +309,7 @@ def run_job(
             else:
                 step[0] = f"scoring and writing the {n_rows} input rows"
                 ds = build_pipeline(config, inp)
-            if config.exploded:
-                from rerank_engine.job.stages import explode
-
-                ds = ds.map_batches(
-                    explode,
-                    fn_kwargs={"query_id": cols.query_id, "query": cols.query},
-                    batch_format="pyarrow",
-                    num_cpus=config.resources.io_cpus,
-                )
-            ds.write_parquet(str(staging), ray_remote_args={"num_cpus": config.resources.io_cpus})
+            write_output(ds, config, staging)
         pipeline_s = time.perf_counter() - pipeline_started
 
         written = sorted(str(p) for p in staging.glob("*.parquet"))

@@ -1,8 +1,9 @@
 """The Ray Data wiring — the only place that sets resources, pool sizes and batch sizes.
 
-read Parquet → recall (CPU actors) or logged candidates → tokenize (CPU actors) → rerank (GPU actors
-where the cluster has GPUs, CPU actors otherwise) → threshold and top-k → (write, by the caller).
+The job: read Parquet → recall (CPU actors) or logged candidates → tokenize (CPU actors) → rerank (GPU
+actors where the cluster has GPUs, CPU actors otherwise) → threshold and top-k → (explode) → write.
 One row per query throughout: candidates travel as list columns, so nothing shuffles or groups.
+The corpus embedding of `recall.build`: read → bi-encoder actors → write (`embedding_pipeline`).
 """
 
 from __future__ import annotations
@@ -52,36 +53,44 @@ def cluster_gpus() -> int:
 IO_SLOTS = 3  # read / finalize / write tasks that must find room on a node beside the actors
 
 
+def _actor_shares(r: ResourcesConfig, *, logged: bool, shards: int) -> list[float]:
+    """The CPU share of every actor of one scoring pass."""
+    recall = [] if logged else [r.recall_cpus] * r.recall_actors + [r.shard_cpus] * (shards * r.shard_actors)
+    return recall + [r.tokenize_cpus] * r.tokenize_actors + [r.rerank_cpus] * r.rerank_actors
+
+
 def actor_cpus(r: ResourcesConfig, *, logged: bool, shards: int) -> float:
     """The CPUs the actors of one scoring pass reserve together."""
-    recall = 0.0 if logged else r.recall_actors * r.recall_cpus + shards * r.shard_actors * r.shard_cpus
-    return recall + r.tokenize_actors * r.tokenize_cpus + r.rerank_actors * r.rerank_cpus
+    return sum(_actor_shares(r, logged=logged, shards=shards))
+
+
+def fit_scale(shares: list[float], node_cpus: list[float], io_cpus: float) -> float:
+    """The factor (at most 1) by which actors of these CPU shares fit the nodes found, each node keeping
+    `IO_SLOTS × io_cpus` free: sized per node, not from the total — the actors share what the nodes
+    leave, and none asks for more than the largest node leaves. 1.0 where no node has CPUs yet (an
+    autoscaler will bring them); a head with no task CPUs is not counted."""
+    node_cpus = [c for c in node_cpus if c > 0]
+    if not node_cpus or not shares:
+        return 1.0
+    room = [max(0.0, c - IO_SLOTS * io_cpus) for c in node_cpus]
+    scale = min(1.0, sum(room) / sum(shares), max(room) / max(shares))
+    if scale <= 0:
+        raise ConfigError(
+            f"the Ray cluster's nodes have {sorted(node_cpus)} CPUs: none leaves room for the actors "
+            f"beside {IO_SLOTS} io tasks of resources.io_cpus={io_cpus}"
+        )
+    return scale
 
 
 def fit_to_cluster(
     r: ResourcesConfig, node_cpus: list[float], *, logged: bool, shards: int = 0
 ) -> tuple[ResourcesConfig, float]:
-    """The actors' CPU shares scaled down, where the cluster found cannot hold them and still run
-    `IO_SLOTS` io tasks on every node, and the scale used (1.0: unchanged). Off with
-    `resources.fit_to_nodes: false` (an autoscaling cluster) and where no node has CPUs yet.
-
-    Sized per node, not from the total: each node keeps `IO_SLOTS × io_cpus` free, the actors share
-    what is left, and no actor asks for more than the largest node leaves. A share is only a
-    scheduling token (threads are set apart), so a smaller share costs no speed."""
-    node_cpus = [c for c in node_cpus if c > 0]  # a head with no task CPUs holds nothing
-    if not r.fit_to_nodes or not node_cpus:  # no CPU node yet: an autoscaler will bring them
+    """The job's actor CPU shares scaled by `fit_scale`, and the scale (1.0: unchanged). Off with
+    `resources.fit_to_nodes: false` (an autoscaling cluster). A share is only a scheduling token
+    (threads are set apart), so a smaller share costs no speed."""
+    if not r.fit_to_nodes:
         return r, 1.0
-    headroom = IO_SLOTS * r.io_cpus
-    room = [max(0.0, c - headroom) for c in node_cpus]
-    need = actor_cpus(r, logged=logged, shards=shards)
-    shares = [r.tokenize_cpus, r.rerank_cpus, *([] if logged else [r.recall_cpus])]
-    largest = max(shares + ([r.shard_cpus] if shards else []))
-    scale = min(1.0, sum(room) / need if need else 1.0, max(room, default=0.0) / largest)
-    if scale <= 0:
-        raise ConfigError(
-            f"the Ray cluster's nodes have {sorted(node_cpus)} CPUs: none leaves room for the actors "
-            f"beside {IO_SLOTS} io tasks of resources.io_cpus={r.io_cpus}"
-        )
+    scale = fit_scale(_actor_shares(r, logged=logged, shards=shards), node_cpus, r.io_cpus)
     if scale == 1.0:
         return r, 1.0
     return r.model_copy(
@@ -253,3 +262,64 @@ def _sharded_recall(ds, config: JobConfig, inp: PipelineInputs):
             memory=size,
         )
     return ds
+
+
+def write_output(ds, config: JobConfig, folder) -> None:
+    """The scored rows (one row per kept pair with `exploded`) written as Parquet into `folder`."""
+    r = config.resources
+    if config.exploded:
+        from rerank_engine.job.stages import explode
+
+        cols = config.columns
+        ds = ds.map_batches(
+            explode,
+            fn_kwargs={"query_id": cols.query_id, "query": cols.query},
+            batch_format="pyarrow",
+            num_cpus=r.io_cpus,
+        )
+    ds.write_parquet(str(folder), ray_remote_args={"num_cpus": r.io_cpus})
+
+
+EMBED_BLOCK_ROWS = 512  # corpus rows per read block
+EMBED_BATCH_ROWS = 256  # passages per bi-encoder call
+EMBED_THREADS = 2  # torch threads per embedding actor
+EMBED_CPUS = 1.0  # CPU share of an embedding actor, fitted to the nodes like the job's actors
+EMBED_IO_CPUS = 0.1  # read and write tasks
+
+
+def embedding_pipeline(
+    corpus: str, columns: list[str], n_rows: int, folder, *, actors: int, stage: dict, doc_id: str = "doc_id"
+):
+    """Embed the corpus's `columns` (its `doc_id` column written as doc_id) with
+    `recall.build.EmbedStage(**stage)` in `actors` actors (a GPU
+    each where the cluster has one) and write Parquet into `folder`. Read with the V1 reader and the
+    actor share fitted to the nodes found, as the job is, so a 1-CPU node does not stall."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from rerank_engine.recall.build import EmbedStage
+
+    cpus = EMBED_CPUS * fit_scale([EMBED_CPUS] * actors, node_cpus(), EMBED_IO_CPUS)
+    context = DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        ds = ray.data.read_parquet(
+            corpus,
+            columns=columns,
+            num_cpus=EMBED_IO_CPUS,
+            override_num_blocks=max(1, n_rows // EMBED_BLOCK_ROWS),
+        )
+    finally:
+        context.use_datasource_v2 = v2
+    if doc_id != "doc_id":
+        ds = ds.rename_columns({doc_id: "doc_id"})
+    ds = ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={**stage, "threads": EMBED_THREADS},
+        batch_format="pyarrow",
+        batch_size=EMBED_BATCH_ROWS,
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=cpus,
+        num_gpus=cluster_gpus(),
+    )
+    ds.write_parquet(str(folder), ray_remote_args={"num_cpus": EMBED_IO_CPUS})

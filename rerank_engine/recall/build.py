@@ -66,7 +66,7 @@ def embed_corpus(
     holds this corpus file's embeddings by this model at this max_length (returns the meta with
     `"cached": true`). Written to a staging folder and renamed into place when complete."""
     from rerank_engine.job.driver import ensure_ray
-    from rerank_engine.job.pipeline import cluster_gpus
+    from rerank_engine.job.pipeline import embedding_pipeline
     from rerank_engine.recall.index import BiEncoder
 
     cols = columns or ColumnsConfig()
@@ -79,35 +79,18 @@ def embed_corpus(
     if old and all(old.get(k) == v for k, v in key.items()):
         return {**old, "cached": True}
 
-    ray = ensure_ray()
-    from ray.data import ActorPoolStrategy
-
-    gpus = cluster_gpus()
+    ensure_ray()
     read_cols = [c for c in (cols.doc_id, cols.text, cols.title) if c in table_schema.names]
     n_rows = pq.ParquetFile(corpus).metadata.num_rows
     started = time.perf_counter()
-    ds = ray.data.read_parquet(
-        corpus, columns=read_cols, num_cpus=0.1, override_num_blocks=max(1, n_rows // 512)
-    )
-    if cols.doc_id != "doc_id":
-        ds = ds.rename_columns({cols.doc_id: "doc_id"})
-    ds = ds.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={
-            "bi_encoder": bi_encoder,
-            "max_length": max_length,
-            "text_col": cols.text,
-            "title_col": cols.title,
-            "threads": 2,
-        },
-        batch_format="pyarrow",
-        batch_size=256,
-        compute=ActorPoolStrategy(size=actors),
-        num_cpus=1,
-        num_gpus=gpus,
-    )
     staging = out.with_name(f"_{out.name}.staging-{uuid.uuid4().hex[:8]}")
-    ds.write_parquet(str(staging), ray_remote_args={"num_cpus": 0.1})
+    stage = {
+        "bi_encoder": bi_encoder,
+        "max_length": max_length,
+        "text_col": cols.text,
+        "title_col": cols.title,
+    }
+    embedding_pipeline(corpus, read_cols, n_rows, staging, actors=actors, stage=stage, doc_id=cols.doc_id)
     written = pq.ParquetDataset(staging).read(columns=["doc_id"]).num_rows if staging.exists() else 0
     if written != n_rows:
         shutil.rmtree(staging, ignore_errors=True)
