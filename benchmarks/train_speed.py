@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.recall.index import bundled_minilm_dir
     from rerank_engine.serving.tokenization import PairTokenizer
-    from rerank_engine.training.finetune import GroupSampler, _bucketed_logits, _group_loss, load_model
+    from rerank_engine.training.finetune import _bucketed_logits, _group_loss, load_model
+    from rerank_engine.training.groups import GroupSampler
     from rerank_engine.training.hard_negatives import read_records
 
     torch.set_num_threads(args.threads)

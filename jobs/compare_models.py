@@ -22,6 +22,7 @@ import numpy as np
 from rerank_engine import cli
 from rerank_engine.quality import evaluation
 from rerank_engine.quality.metrics import ndcg_at_k
+from rerank_engine.quality.paired import paired_difference
 from rerank_engine.quality.score_policy import ScorePolicy, calibrated_max_length
 
 _log_info = logging.getLogger(__name__).info
@@ -74,7 +75,7 @@ def compare(
         )
         ndcg = float(np.mean([ndcg_at_k(ids, rel, K) for ids, rel in runs[role]]))
         out[role] = {"model": str(model), "model_id": model_id, "scored": how, f"ndcg@{K}": round(ndcg, 4)}
-    out["candidate_minus_baseline"] = evaluation.paired_difference(runs["candidate"], runs["baseline"], K)
+    out["candidate_minus_baseline"] = paired_difference(runs["candidate"], runs["baseline"], K)
     return out
 
 

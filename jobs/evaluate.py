@@ -23,6 +23,7 @@ from pathlib import Path
 from rerank_engine import cli
 from rerank_engine.quality import evaluation
 from rerank_engine.quality.fusion import Fusion
+from rerank_engine.quality.out_of_domain import out_of_domain
 from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE, ScorePolicy, calibrated_max_length
 from rerank_engine.quality.thresholds import GRID, best_f1, sweep
 
@@ -133,7 +134,7 @@ def evaluate(args) -> int:
     if not args.no_classic_ir:
         root = classic_ir.classic_ir_dir(args.classic_ir)
         results["out_of_domain"] = {
-            name: evaluation.out_of_domain(
+            name: out_of_domain(
                 classic_ir.load_collection(name, root),
                 recall[0],
                 {first_id: scorers[first_id]},

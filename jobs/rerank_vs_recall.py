@@ -37,9 +37,9 @@ from rerank_engine import cli
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import InputError
 from rerank_engine.job.stages import load_corpus
-from rerank_engine.quality.evaluation import per_question_vs
 from rerank_engine.quality.label_audit import blind_items, items_markdown, orders_of, paired, tally
 from rerank_engine.quality.metrics import mean_metrics
+from rerank_engine.quality.paired import per_question_vs
 
 RECALL, RERANK = "recall", "rerank"
 COMPARED = ("ok", "no_relevant")

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from rerank_engine.data import classic_ir
-from rerank_engine.quality.evaluation import ScoredCascade, out_of_domain, threshold_comparison
+from rerank_engine.quality.evaluation import ScoredCascade, threshold_comparison
 from rerank_engine.quality.fusion import Fusion
+from rerank_engine.quality.out_of_domain import out_of_domain
 from rerank_engine.quality.score_policy import ScorePolicy
 from rerank_engine.quality.thresholds import ScoredQuery, Threshold, sweep
 
@@ -305,7 +306,7 @@ def test_pool_setting_with_a_fused_row(tiny_world):
 
 
 def test_paired_difference_by_hand():
-    from rerank_engine.quality.evaluation import paired_difference
+    from rerank_engine.quality.paired import paired_difference
 
     rel = {"a"}
     runs = [(["a"], rel), (["a"], rel), (["b"], rel), (["b"], rel)]  # NDCG@5 1, 1, 0, 0

@@ -55,7 +55,7 @@ def test_a_missing_module_names_what_to_install():
 def test_mismatches_a_command_line_can_cause_are_config_errors(tmp_path):
     """A CLI prints a RerankEngineError as one line and exits 2 (cli.run_main): `compare_models --queries 1`
     and an evaluation reading long passages otherwise than its calibration reach these."""
-    from rerank_engine.quality.evaluation import paired_difference
+    from rerank_engine.quality.paired import paired_difference
     from rerank_engine.quality.score_policy import check_scored_as
 
     one = [(["a"], {"a"})]

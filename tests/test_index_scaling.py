@@ -225,7 +225,7 @@ def test_recall_stage_keeps_only_found_candidates_and_takes_nprobe(ivf_index_dir
     import pyarrow as pa
 
     from rerank_engine.config import JobConfig
-    from rerank_engine.job.stages import RecallStage
+    from rerank_engine.job.recall_stages import RecallStage
 
     batch = pa.table({"query_id": ["a", "b"], "query": ["does my policy cover flood?", "stolen car"]})
     narrow = RecallStage(JobConfig.build(k_recall=20, k_rerank=5), ivf_index_dir)(batch)
@@ -260,7 +260,7 @@ def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
     import pyarrow as pa
 
     from rerank_engine.config import JobConfig
-    from rerank_engine.job.stages import QueryEmbedStage, RecallStage, ShardSearchStage
+    from rerank_engine.job.recall_stages import QueryEmbedStage, RecallStage, ShardSearchStage
     from rerank_engine.recall.index import BiEncoder
 
     encoder = BiEncoder(max_length=64)

@@ -8,8 +8,8 @@ import pytest
 
 from rerank_engine import cli
 from rerank_engine.config import JobConfig
-from rerank_engine.job.driver import summarize
 from rerank_engine.job.nightly import aggregate
+from rerank_engine.job.output_scan import summarize
 from rerank_engine.job.stages import RerankStage, TokenizeStage, finalize, logged_candidates
 from rerank_engine.job.summary import format_summary
 from rerank_engine.quality.score_policy import ScorePolicy
@@ -130,8 +130,8 @@ def test_the_command_prints_the_table_or_with_json_the_summary(output, capsys):
 def test_an_output_scanned_a_file_at_a_time_sums_to_the_whole(output, tmp_path):
     """The driver reads its output one file at a time (bounded memory, #24 finding 6): the tallies, the
     report's figures and the exactly-once check over the parts equal those over the whole table."""
-    from rerank_engine.job.driver import SUMMARY_COLUMNS, scan_output
     from rerank_engine.job.exactly_once import InputIds
+    from rerank_engine.job.output_scan import SUMMARY_COLUMNS, scan_output
     from rerank_engine.job.run_report import QueryFigures
 
     config, out, _ = output

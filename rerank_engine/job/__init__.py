@@ -1,7 +1,8 @@
 """The batch job on Ray Data: inputs checked, every distinct query recalled and reranked once, each input
 row in the output exactly once, then the summary and report. Importing this package starts nothing.
 
-driver (the job), pipeline (the Ray Data wiring), stages, dedupe (each distinct query once), exactly_once
+driver (the job), pipeline (the Ray Data wiring), stages and recall_stages, output_scan (what the
+driver reads back), dedupe (each distinct query once), exactly_once
 (the output check), nightly (one date partition, committed), score_cache (scores kept across runs),
 inputs (cross-input checks), watch (what a late job waits on), ray_metrics, summary, run_report, orphans
 (agents a killed driver's Ray left). The record and file helpers (`files`) and the progress switch

@@ -14,15 +14,8 @@ from dataclasses import dataclass
 from rerank_engine.config import JobConfig, ResourcesConfig
 from rerank_engine.errors import ConfigError
 from rerank_engine.job.dedupe import FanOut
-from rerank_engine.job.stages import (
-    QueryEmbedStage,
-    RecallStage,
-    RerankStage,
-    ShardSearchStage,
-    TokenizeStage,
-    finalize,
-    logged_candidates,
-)
+from rerank_engine.job.recall_stages import QueryEmbedStage, RecallStage, ShardSearchStage
+from rerank_engine.job.stages import RerankStage, TokenizeStage, finalize, logged_candidates
 from rerank_engine.quality.score_policy import ScorePolicy
 
 

@@ -5,7 +5,7 @@ positives that recall missed are not added back). Setting (b) "pool": rerank eac
 positives + 200 InsuranceQA negatives (the usual InsuranceQA protocol).
 
 The threshold report (`ScoredCascade`, `threshold_comparison`) sets recall top-5, rerank top-5 and rerank
-top-5 above a calibrated threshold side by side; `out_of_domain` compares recall with rerank on the
+top-5 above a calibrated threshold side by side; `quality.out_of_domain` compares recall with rerank on the
 classic IR collections (`rerank_engine.data.classic_ir`).
 """
 
@@ -19,13 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from rerank_engine.errors import ConfigError
 from rerank_engine.files import write_json
 from rerank_engine.quality.metrics import mean_metrics, ndcg_at_k, noise_ratio, precision_at_k, recall_at_k
+from rerank_engine.quality.paired import per_question_vs
 from rerank_engine.quality.thresholds import ScoredQuery
 
 SCORE_CHUNK = 4096  # pairs per engine call in score_groups: large enough to bucket by length well
@@ -180,44 +179,6 @@ def cascade(
         },
     }
     return out
-
-
-def _ndcg_deltas(runs, baseline, k: int) -> np.ndarray:
-    """Per question, NDCG@k of `runs` minus that of `baseline` (the same questions, in the same order)."""
-    return np.array(
-        [ndcg_at_k(r, rel, k) - ndcg_at_k(b, rel, k) for (r, rel), (b, _) in zip(runs, baseline, strict=True)]
-    )
-
-
-def _wins(delta: np.ndarray) -> dict:
-    from rerank_engine.quality.label_audit import sign_test
-
-    better, worse = int(np.sum(delta > 1e-12)), int(np.sum(delta < -1e-12))
-    return {"better": better, "worse": worse, "sign_test_p": float(f"{sign_test(better, worse):.2g}")}
-
-
-def per_question_vs(runs, baseline, k: int = 5) -> dict:
-    """How many questions `runs` ranks better / worse than `baseline` by NDCG@k, with a sign test."""
-    return _wins(_ndcg_deltas(runs, baseline, k))
-
-
-def paired_difference(runs, baseline, k: int = 5, n_boot: int = 10_000, seed: int = 0) -> dict:
-    """Per-question NDCG@k of `runs` minus `baseline`, over the same questions: the mean, its standard
-    error, a bootstrap 95 % interval (questions resampled), and `per_question_vs`'s wins and losses."""
-    delta = _ndcg_deltas(runs, baseline, k)
-    n = len(delta)
-    if n < 2:
-        raise ConfigError(f"a paired difference needs at least 2 questions, got {n}")
-    rng = np.random.default_rng(seed)
-    boot = np.array([delta[rng.integers(0, n, n)].mean() for _ in range(n_boot)])
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {
-        "questions": n,
-        f"ndcg@{k}_mean_difference": round(float(delta.mean()), 4),
-        "standard_error": round(float(delta.std(ddof=1) / np.sqrt(n)), 4),
-        "bootstrap_95": [round(float(low), 4), round(float(high), 4)],
-        **_wins(delta),
-    }
 
 
 def pool(
@@ -466,78 +427,3 @@ def threshold_comparison(sc: ScoredCascade, threshold: float, k: int = 5) -> dic
         "model": sc.model_id,
     }
     return out
-
-
-# -- out of domain: classic IR collections ---------------------------------------------------------------
-
-
-def out_of_domain(
-    collection,
-    encoder,
-    scorers: dict[str, Callable],
-    cache_dir: str | Path,
-    k_recall: int = 20,
-    k: int = 10,
-    queries: int | None = None,
-    fusions: dict | None = None,
-    log=_log_info,
-) -> dict[str, dict]:
-    """Bi-encoder recall top-`k_recall` over the collection vs each cross-encoder reranking it: NDCG@k,
-    P@k, and per-query wins and losses of the rerank against recall on NDCG@k. A scorer with a
-    `Fusion` in `fusions` (by name) gets a second row from the same scores fused with the cosines."""
-    from rerank_engine.quality.fusion import logit_of
-    from rerank_engine.recall.index import RecallIndex, embed_cached
-
-    doc_ids = list(collection.docs)
-    emb = embed_cached(encoder, [collection.docs[d] for d in doc_ids], cache_dir)
-    index = RecallIndex.build(emb, doc_ids, model=encoder.model_id, corpus=collection.name)
-    qids = list(collection.queries)[:queries]
-    questions = [SimpleNamespace(qid=q, text=collection.queries[q]) for q in qids]
-    relevant = [collection.relevant(q) for q in qids]
-    cands, cosines = recall_top_k(questions, (encoder, index, None), k_recall)
-
-    def figures(runs: list[list[str]]) -> dict[str, float]:
-        per_query = [ndcg_at_k(r, rel, k) for r, rel in zip(runs, relevant, strict=True)]
-        return {
-            f"NDCG@{k}": float(np.mean(per_query)),
-            f"P@{k}": float(
-                np.mean([precision_at_k(r, rel, k) for r, rel in zip(runs, relevant, strict=True)])
-            ),
-            "_per_query": per_query,
-        }
-
-    rows = {f"bi-encoder (recall top-{k_recall})": figures(cands)}
-    base = rows[f"bi-encoder (recall top-{k_recall})"]["_per_query"]
-    for name, score in scorers.items():
-        scores = score_groups(
-            score, questions, cands, collection.docs, log=lambda m, n=name: log(f"{collection.name} {n}: {m}")
-        )
-        variants = {name: scores}
-        if name in (fusions or {}):
-            fusion = fusions[name]
-            variants[f"{name} + recall fusion"] = [
-                fusion.scores(logit_of(s), c) for s, c in zip(scores, cosines, strict=True)
-            ]
-        for row_name, variant in variants.items():
-            row = figures([_order(s, c) for s, c in zip(variant, cands, strict=True)])
-            diff = np.asarray(row["_per_query"]) - np.asarray(base)
-            row.update(
-                {
-                    f"ΔNDCG@{k}": row[f"NDCG@{k}"] - rows[f"bi-encoder (recall top-{k_recall})"][f"NDCG@{k}"],
-                    "wins": int((diff > 1e-9).sum()),
-                    "losses": int((diff < -1e-9).sum()),
-                }
-            )
-            rows[f"{row_name} (rerank recall top-{k_recall})"] = row
-    for row in rows.values():
-        row.pop("_per_query")
-    rows["_info"] = {
-        "collection": collection.name,
-        "docs": len(doc_ids),
-        "queries": len(qids),
-        "k_recall": k_recall,
-        "relevant_in_recall": float(
-            np.mean([len(set(c) & rel) / len(rel) for c, rel in zip(cands, relevant, strict=True)])
-        ),
-    }
-    return rows

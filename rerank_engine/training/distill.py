@@ -6,7 +6,7 @@ How ms-marco-MiniLM-L2/L4 and TinyBERT-L2 rerankers were made (FIELD_NOTES "Trai
   classification head are copied as they are; the folder is an ordinary Hugging Face
   sequence-classification model (config `num_hidden_layers` = N, `distilled_from` naming the teacher's
   bytes and the layers kept), so the export and the serving path take it unchanged.
-- `distill`: the student trained on the teacher's logits over the mined groups (finetune.GroupSampler:
+- `distill`: the student trained on the teacher's logits over the mined groups (groups.GroupSampler:
   a question's positive and `n_negatives` of its mined negatives). "margin_mse" (MarginMSE, Hofstätter
   et al. 2020): the student's margins positive − negative match the teacher's; "mse": the student's
   logits match the teacher's; plus `label_weight` × finetune's label loss where it is > 0.
@@ -42,7 +42,6 @@ from rerank_engine.serving.hashing import content_hash
 from rerank_engine.serving.tokenization import PairTokenizer
 from rerank_engine.training.finetune import (
     EvalSet,
-    GroupSampler,
     LoopConfig,
     _bucketed_logits,
     _group_loss,
@@ -53,6 +52,7 @@ from rerank_engine.training.finetune import (
     per_query,
     score_pairs,
 )
+from rerank_engine.training.groups import GroupSampler
 
 log = logging.getLogger(__name__)
 _log_info = log.info
