@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -154,21 +155,30 @@ def quiet_ray_data_console() -> None:
 _RAY_DATA_PROGRESS = "ray.data._internal.progress"
 
 
-def run_job(
-    config: JobConfig,
-    *,
-    input: str,
-    corpus: str,
-    output: str,
-    index: str | None = None,
-    run_id: str | None = None,
-    overwrite: bool = False,
-) -> dict:
-    started = time.perf_counter()
-    run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    cols = config.columns
+@dataclass(frozen=True)
+class Checked:
+    """What `preflight` found: the query log's files and rows, the corpus and index checks, the input
+    ids (for the exactly-once check) and the output folder, made ready."""
 
-    # Whole-file and config problems, before any model is loaded and before anything is written.
+    files: list[str]
+    filesystem: object
+    input_schema: pa.Schema
+    n_rows: int
+    logged: bool
+    corpus_check: object  # inputs.CorpusCheck
+    index_manifest: dict | None
+    expected: InputIds
+    n_duplicated: int
+    out: Path
+
+
+def preflight(
+    config: JobConfig, *, input: str, corpus: str, output: str, index: str | None, overwrite: bool
+) -> Checked:
+    """Whole-file and config problems, before any model is loaded and before anything is written; then
+    the output folder made ready (emptied with `overwrite`, a killed run's staging removed) and the
+    input's query ids read."""
+    cols = config.columns
     files, filesystem, input_schema, n_rows, logged = inspect_query_log(input, config)
     check_output_apart({"output": output}, job_inputs(config, input=input, corpus=corpus, index=index))
     check_model_source(config.model)
@@ -177,6 +187,7 @@ def run_job(
     corpus_check = check_corpus(corpus, cols)  # its columns, and doc ids unique
     if not logged and index is None:
         raise ConfigError(f"--index is required: {files[0]} has no {cols.candidates!r} column")
+    index_manifest = None
     if not logged:
         from rerank_engine.recall.index import RecallIndex
 
@@ -201,9 +212,52 @@ def run_job(
             input,
             duplicated_examples,
         )
+    return Checked(
+        files,
+        filesystem,
+        input_schema,
+        n_rows,
+        logged,
+        corpus_check,
+        index_manifest,
+        expected,
+        n_duplicated,
+        out,
+    )
+
+
+def commit(staging: Path, out: Path, written: list[str]) -> None:
+    """The verified files move out of staging into the output folder, then staging goes."""
+    for f in written:
+        shutil.move(f, out / Path(f).name)
+    shutil.rmtree(staging)
+
+
+def run_job(
+    config: JobConfig,
+    *,
+    input: str,
+    corpus: str,
+    output: str,
+    index: str | None = None,
+    run_id: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    started = time.perf_counter()
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    cols = config.columns
+
+    c = preflight(config, input=input, corpus=corpus, output=output, index=index, overwrite=overwrite)
+    files, filesystem, n_rows, logged, out = c.files, c.filesystem, c.n_rows, c.logged, c.out
+    corpus_check, index_manifest, expected, n_duplicated = (
+        c.corpus_check,
+        c.index_manifest,
+        c.expected,
+        c.n_duplicated,
+    )
     if n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
         out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.output_schema(input_schema).empty_table(), out / "part-00000.parquet")
+        pq.write_table(schema.output_schema(c.input_schema).empty_table(), out / "part-00000.parquet")
         summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
         summary.update(
             run_id=run_id,
@@ -239,6 +293,8 @@ def run_job(
     manifest = read_manifest(export_dir)
     recall_model, shard_bytes = None, ()
     if not logged:
+        from rerank_engine.recall.index import RecallIndex
+
         recall_model = str(index_manifest.get("model", "unknown"))
         shard_bytes = tuple(
             (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
@@ -318,9 +374,7 @@ def run_job(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for f in written:  # commit: the verified files move out of staging
-        shutil.move(f, out / Path(f).name)
-    shutil.rmtree(staging)
+    commit(staging, out, written)
     committed = time.perf_counter()  # the end of the last stage and of the wall time alike
     summary = summarize(counts, config, pipeline_s=pipeline_s, wall_s=committed - started)
     if cache is not None:
