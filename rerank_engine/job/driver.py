@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -120,8 +121,6 @@ def ensure_ray():
     import ray
 
     if not ray.is_initialized():
-        import os
-
         if os.environ.get("RAY_ADDRESS", "local") == "local":  # our own local Ray: first, a killed run's
             from rerank_engine.job.orphans import reap_orphaned_agents
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.job.exactly_once import InputIds, ids_digests
-from rerank_engine.job.run_report import QueryFigures
+from rerank_engine.job.run_report import QueryFigures, value_counts
 
 # Per-query output columns that summarize() and the run report read (beside the query id).
 SUMMARY_COLUMNS = (
@@ -59,10 +59,10 @@ def tally(table: pa.Table, config: JobConfig) -> Counter:
         kept=int(total(table.column("n_kept"))),
         passages_below_threshold=int(total(below)),  # in a top-k, under the threshold
     )
-    for name in ("status", "provider"):  # counted in Arrow: no Python string per row
-        for entry in pa.compute.value_counts(table.column(name)).to_pylist():
-            if entry["values"] is not None:
-                t[f"{name}:{entry['values']}"] += entry["counts"]
+    for name in ("status", "provider"):
+        for value, n in value_counts(table.column(name)).items():
+            if value is not None:
+                t[f"{name}:{value}"] += n
     return t
 
 

@@ -109,28 +109,31 @@ def rerank_gpus(config: JobConfig) -> int:
     return cluster_gpus()
 
 
-def _read(config: JobConfig, inp: PipelineInputs, block_rows: int):
-    """The query log's files (already listed, see `files`) as blocks of about `block_rows` rows.
-
-    Ray Data's V2 reader starts with a ListFiles task that asks for a whole CPU whatever `num_cpus`
-    says; once the actors hold their shares, a cluster of 1-CPU nodes has no whole CPU left and the job
-    waits forever. The V1 reader's tasks take `io_cpus`, so it is used here."""
+def _read_parquet(paths, **kwargs):
+    """`ray.data.read_parquet` with Ray Data's V1 reader. The V2 reader starts with a ListFiles task
+    that asks for a whole CPU whatever `num_cpus` says; once the actors hold their shares, a cluster of
+    1-CPU nodes has no whole CPU left and the run waits forever. The V1 reader's tasks take `num_cpus`."""
     import ray
     from ray.data import DataContext
 
-    r = config.resources
     context = DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
-            inp.files,
-            filesystem=inp.filesystem,
-            num_cpus=r.io_cpus,
-            override_num_blocks=max(1, math.ceil(inp.n_rows / block_rows)),
-            partitioning=None,
-        )
+        return ray.data.read_parquet(paths, **kwargs)
     finally:
         context.use_datasource_v2 = v2
+
+
+def _read(config: JobConfig, inp: PipelineInputs, block_rows: int):
+    """The query log's files (already listed, see `files`) as blocks of about `block_rows` rows, each
+    read task taking `io_cpus`."""
+    return _read_parquet(  # partitioning=None: a `dt=…` folder in a path is not a column
+        inp.files,
+        filesystem=inp.filesystem,
+        num_cpus=config.resources.io_cpus,
+        override_num_blocks=max(1, math.ceil(inp.n_rows / block_rows)),
+        partitioning=None,
+    )
 
 
 def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str]):
@@ -287,23 +290,17 @@ def embedding_pipeline(
     `recall.build.EmbedStage(**stage)` in `actors` actors (a GPU
     each where the cluster has one) and write Parquet into `folder`. Read with the V1 reader and the
     actor share fitted to the nodes found, as the job is, so a 1-CPU node does not stall."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
     from rerank_engine.recall.build import EmbedStage
 
     cpus = EMBED_CPUS * fit_scale([EMBED_CPUS] * actors, node_cpus(), EMBED_IO_CPUS)
-    context = DataContext.get_current()
-    v2, context.use_datasource_v2 = context.use_datasource_v2, False
-    try:
-        ds = ray.data.read_parquet(
-            corpus,
-            columns=columns,
-            num_cpus=EMBED_IO_CPUS,
-            override_num_blocks=max(1, n_rows // EMBED_BLOCK_ROWS),
-        )
-    finally:
-        context.use_datasource_v2 = v2
+    ds = _read_parquet(
+        corpus,
+        columns=columns,
+        num_cpus=EMBED_IO_CPUS,
+        override_num_blocks=max(1, n_rows // EMBED_BLOCK_ROWS),
+    )
     if doc_id != "doc_id":
         ds = ds.rename_columns({doc_id: "doc_id"})
     ds = ds.map_batches(

@@ -59,7 +59,7 @@ class QueryFigures:
             table = table.group_by(keys, use_threads=False).aggregate([])
         top = table.column("top_score").drop_null().to_numpy().astype(np.float32)
         return cls(
-            _value_counts(table.column("status"), "unknown"), _value_counts(table.column("n_kept"), 0), top
+            value_counts(table.column("status"), "unknown"), value_counts(table.column("n_kept"), 0), top
         )
 
     def __add__(self, other: QueryFigures) -> QueryFigures:
@@ -75,15 +75,11 @@ class QueryFigures:
         return round(float(np.median(self.top_scores)), 4) if len(self.top_scores) else None
 
 
-def _value_counts(column: pa.ChunkedArray, missing) -> Counter:
+def value_counts(column: pa.ChunkedArray, missing=None) -> Counter:
     """How often each value occurs (nulls as `missing`), counted in Arrow: no Python object per row."""
-    counts = pa.compute.value_counts(
-        column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
-    )
     found = Counter()
-    for entry in counts.to_pylist():
-        value = missing if entry["values"] is None else entry["values"]
-        found[int(value) if isinstance(value, int) else value] += entry["counts"]
+    for entry in pa.compute.value_counts(column).to_pylist():
+        found[missing if entry["values"] is None else entry["values"]] += entry["counts"]
     return found
 
 
