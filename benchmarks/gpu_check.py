@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.throughput import DEFAULT_MODEL, Shapes, machine, synthetic_workloads
-from rerank_engine.quality.metrics import spearman, top_k_overlap
+from rerank_engine.serving.agreement import spearman, top_k_overlap
 from rerank_engine.serving.batching import pad_rows, plan_batches
 
 # Dense (no sparsity) fp16/bf16 tensor-core peak of an H100 SXM, TFLOP/s (NVIDIA's datasheet: 1,979 with

@@ -225,7 +225,7 @@ def valid_workload(n_queries: int) -> Workload:
 
 def compare(w: Workload, scores: np.ndarray, ref: np.ndarray, ref_ndcg: float | None) -> dict:
     """Agreement with fp32 (`throughput.agreement`, plus mean |Δscore| and the worst query's overlap)."""
-    from rerank_engine.quality.metrics import top_k_overlap
+    from rerank_engine.serving.agreement import top_k_overlap
 
     got = throughput.agreement(w, scores, ref)
     out = {

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import student
-from rerank_engine.quality.metrics import ndcg_at_k, top_k_overlap
+from rerank_engine.quality.metrics import ndcg_at_k
+from rerank_engine.serving.agreement import top_k_overlap
 
 DEFAULT_MODEL = "models/insurance-minilm-l6-ce"
 WORDS = [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 from rerank_engine import cli
-from rerank_engine.recall.build import build_index
+from rerank_engine.job.index_build import build_index
 
 EXAMPLE = "--corpus sample/corpus.parquet --out sample/index --index-factory Flat"
 

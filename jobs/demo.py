@@ -111,7 +111,7 @@ def main(argv=None, prog: str = "python -m jobs.demo") -> int:
 def run(args) -> int:
     from jobs.make_sample import make_sample
     from rerank_engine.job.driver import run_job
-    from rerank_engine.recall.build import build_index
+    from rerank_engine.job.index_build import build_index
 
     root = Path(args.out)
     config = load_job_config(args.config)

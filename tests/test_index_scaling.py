@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from rerank_engine.errors import ConfigError
-from rerank_engine.recall.build import build_index, read_embeddings_meta, write_embeddings
+from rerank_engine.job.index_build import build_index
+from rerank_engine.recall.build import read_embeddings_meta, write_embeddings
 from rerank_engine.recall.index import RecallIndex, exact_recall_at_k
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

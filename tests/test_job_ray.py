@@ -38,7 +38,7 @@ def ray_head(tmp_path_factory, start_ray_head):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_head):
-    from rerank_engine.recall.build import build_index
+    from rerank_engine.job.index_build import build_index
 
     root = tmp_path_factory.mktemp("job")
     doc_ids = [f"doc-{i:02d}" for i in range(len(PASSAGES))]
@@ -189,7 +189,7 @@ def test_recall_mode_fuses_the_recall_cosine(data, tiny_export, copy_export):
 def test_recall_shard_stages_one_actor_pool_per_shard(data, tiny_export):
     """A 3-shard index searched by three shard stages (recall.shard_stages) gives, row by row, what the
     in-process search over all shards gives."""
-    from rerank_engine.recall.build import build_index
+    from rerank_engine.job.index_build import build_index
     from rerank_engine.recall.index import RecallIndex
 
     root, docs = data

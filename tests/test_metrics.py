@@ -14,11 +14,9 @@ from rerank_engine.quality.metrics import (
     ndcg_at_k,
     noise_ratio,
     precision_at_k,
-    ranking_agreement,
     recall_at_k,
-    spearman,
-    top_k_overlap,
 )
+from rerank_engine.serving.agreement import ranking_agreement, spearman, top_k_overlap
 
 RANKED = ["d1", "d2", "d3", "d4", "d5"]
 RELEVANT = {"d2", "d4", "d9"}  # d9 was never retrieved; relevant hits at positions 2 and 4

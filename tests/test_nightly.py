@@ -272,7 +272,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def ray_data(tmp_path_factory, local_ray):
-    from rerank_engine.recall.build import build_index
+    from rerank_engine.job.index_build import build_index
 
     root = tmp_path_factory.mktemp("nightly")
     doc_ids = [f"doc-{i:02d}" for i in range(len(PASSAGES))]

@@ -12,7 +12,7 @@ import pytest
 
 from rerank_engine.config import EngineConfig
 from rerank_engine.probe_pairs import PASSAGES, QUERIES, probe_groups
-from rerank_engine.quality.metrics import spearman, top_k_overlap
+from rerank_engine.serving.agreement import spearman, top_k_overlap
 from rerank_engine.serving.engine import CrossEncoderEngine
 from rerank_engine.serving.manifest import read_manifest
 

@@ -28,7 +28,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _inputs(root: Path) -> Path:
-    from rerank_engine.recall.build import build_index
+    from rerank_engine.job.index_build import build_index
 
     doc_ids = [f"doc-{i:02d}" for i in range(len(PASSAGES))]
     pq.write_table(pa.table({"doc_id": doc_ids, "text": PASSAGES}), root / "corpus.parquet")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -23,15 +22,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rerank_engine import progress, schema
+from rerank_engine import schema
 from rerank_engine.config import JobConfig
 from rerank_engine.errors import ConfigError, InputError, JobTimeoutError
 from rerank_engine.files import check_output_apart, resolve_files
 from rerank_engine.job.exactly_once import InputIds
-from rerank_engine.job.inputs import check_corpus, check_index
 from rerank_engine.job.output_scan import scan_output, summarize
+from rerank_engine.job.ray_session import ensure_ray
 from rerank_engine.job.run_report import QueryFigures, write_report
 from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.recall.checks import check_corpus, check_index
 
 log = logging.getLogger(__name__)
 
@@ -114,44 +114,6 @@ def deadline(seconds: float, doing: Callable[[], str] = lambda: "running"):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def ensure_ray():
-    """Connect to the cluster in RAY_ADDRESS or a running local one; start a local Ray otherwise."""
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS", "local") == "local":  # our own local Ray: first, a killed run's
-            from rerank_engine.job.orphans import reap_orphaned_agents
-
-            if stopped := reap_orphaned_agents():
-                log.warning("stopped %d Ray agents left by a killed run (pids %s)", len(stopped), stopped)
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
-        from ray.data import DataContext
-
-        # on where stderr is a terminal, off in CI and logs; --progress / --no-progress force it
-        DataContext.get_current().enable_progress_bars = progress.enabled()
-        quiet_ray_data_console()
-    return ray
-
-
-def quiet_ray_data_console() -> None:
-    """Ray Data's console lines (execution plans, "Dataset ... finished") at this process's log level
-    (warning unless --log-level says otherwise); its own log file under the Ray session keeps them all.
-    Its logged progress (the form it takes where there is no terminal) passes whenever progress is on."""
-    level = logging.getLogger().getEffectiveLevel()
-    show_progress = progress.enabled()
-
-    def keep(record: logging.LogRecord) -> bool:
-        return record.levelno >= level or (show_progress and record.name.startswith(_RAY_DATA_PROGRESS))
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if handler.get_name() == "console":  # the name Ray Data's logging config gives it
-            handler.setLevel(logging.INFO)
-            handler.addFilter(keep)
-
-
-_RAY_DATA_PROGRESS = "ray.data._internal.progress"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The job: read Parquet → recall (CPU actors) or logged candidates → tokenize (CPU actors) → rerank (GPU
 actors where the cluster has GPUs, CPU actors otherwise) → threshold and top-k → (explode) → write.
 One row per query throughout: candidates travel as list columns, so nothing shuffles or groups.
-The corpus embedding of `recall.build`: read → bi-encoder actors → write (`embedding_pipeline`).
+The corpus embedding of the index build (`index_build`): read → bi-encoder actors → write
+(`embedding_pipeline`).
 """
 
 from __future__ import annotations
@@ -287,12 +288,12 @@ def embedding_pipeline(
     corpus: str, columns: list[str], n_rows: int, folder, *, actors: int, stage: dict, doc_id: str = "doc_id"
 ):
     """Embed the corpus's `columns` (its `doc_id` column written as doc_id) with
-    `recall.build.EmbedStage(**stage)` in `actors` actors (a GPU
+    `recall_stages.EmbedStage(**stage)` in `actors` actors (a GPU
     each where the cluster has one) and write Parquet into `folder`. Read with the V1 reader and the
     actor share fitted to the nodes found, as the job is, so a 1-CPU node does not stall."""
     from ray.data import ActorPoolStrategy
 
-    from rerank_engine.recall.build import EmbedStage
+    from rerank_engine.job.recall_stages import EmbedStage
 
     cpus = EMBED_CPUS * fit_scale([EMBED_CPUS] * actors, node_cpus(), EMBED_IO_CPUS)
     ds = _read_parquet(

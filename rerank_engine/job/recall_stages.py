@@ -177,3 +177,26 @@ class ShardSearchStage:
             recall_scores=pa.array(scores, pa.list_(pa.float32())),
             cand_rows=pa.array(rows, pa.list_(pa.int64())),
         )
+
+
+# -- the corpus embedding of the index build (pipeline.embedding_pipeline) ----------------------------------
+
+
+class EmbedStage:
+    """doc texts → unit embeddings (one callable class per actor, model loaded once)."""
+
+    def __init__(self, bi_encoder: str | None, max_length: int, text_col: str, title_col: str, threads: int):
+        from rerank_engine.recall.index import BiEncoder
+
+        self.encoder = BiEncoder(bi_encoder, max_length=max_length, threads=threads)
+        self.text_col, self.title_col = text_col, title_col
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = schema.passage_texts(batch, self.text_col, self.title_col)
+        emb = self.encoder.encode([t if isinstance(t, str) else "" for t in texts])
+        return pa.table(
+            {
+                "doc_id": batch.column("doc_id").cast(pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+            }
+        )

@@ -41,14 +41,13 @@ from rerank_engine import schema
 from rerank_engine.errors import ConfigError, ScaleMismatchError
 from rerank_engine.quality.fusion import Fusion
 from rerank_engine.quality.thresholds import PROBABILITY, Threshold
+from rerank_engine.serving.hashing import FUSION_FILE, THRESHOLD_FILE
 
 if TYPE_CHECKING:
     from rerank_engine.config import JobConfig
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_FILE = "threshold.json"  # the reranker's calibrated threshold, in its folder (`Threshold.save`)
-FUSION_FILE = "fusion.json"  # the score fusion and its threshold, in the reranker's folder (`Fusion.save`)
 DEFAULT_THRESHOLD = 0.5
 CONFIG, DEFAULT = "config", "default"  # sources that are not a record
 LOGGED = "logged"  # the recall model named for logged candidates (they carry no cosines)

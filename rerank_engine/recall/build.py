@@ -1,22 +1,20 @@
-"""Corpus → embeddings (Parquet) → recall index.
+"""The recall index from corpus embeddings, and the embeddings folder's format. No Ray: the corpus is
+embedded by the index-building job (`rerank_engine.job.index_build`), which then calls
+`index_from_embeddings` here.
 
-Two steps, each skipped when its output already matches its inputs:
-
-1. `embed_corpus`: a streaming Ray Data job (read → embedding actors, GPU where the cluster has one →
-   write_parquet) that writes `doc_id`, `embedding` (fixed-size list<float32>) to an embeddings folder with
-   `_embeddings.json` (model, max_length, corpus hash, count). Reused while corpus file and model match.
-2. `build_index`: loads the embeddings (sorted by doc_id, so row order does not depend on the write order),
-   builds a FAISS index from a factory string (trained on a sample), measures recall@k against exact search
-   on held-out queries and writes index + manifest. Re-indexing with another factory reads the Parquet
-   instead of re-embedding.
+- An embeddings folder holds Parquet files of `doc_id`, `embedding` (fixed-size list<float32>) and
+  `_embeddings.json` (model, max_length, corpus hash, count); `write_embeddings` writes one from vectors
+  made elsewhere.
+- `index_from_embeddings` loads them (sorted by doc_id, so row order does not depend on the write order),
+  builds a FAISS index from a factory string (trained on a sample), measures recall@k against exact search
+  on held-out vectors and writes index + manifest. Re-indexing with another factory reads the Parquet
+  instead of re-embedding.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,90 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rerank_engine import schema
-from rerank_engine.config import ColumnsConfig
 from rerank_engine.errors import ModelNotFoundError
-from rerank_engine.job.inputs import check_corpus
-from rerank_engine.serving.hashing import file_hash
-
-
-class EmbedStage:
-    """doc texts → unit embeddings (one callable class per actor, model loaded once)."""
-
-    def __init__(self, bi_encoder: str | None, max_length: int, text_col: str, title_col: str, threads: int):
-        from rerank_engine.recall.index import BiEncoder
-
-        self.encoder = BiEncoder(bi_encoder, max_length=max_length, threads=threads)
-        self.text_col, self.title_col = text_col, title_col
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = schema.passage_texts(batch, self.text_col, self.title_col)
-        emb = self.encoder.encode([t if isinstance(t, str) else "" for t in texts])
-        return pa.table(
-            {
-                "doc_id": batch.column("doc_id").cast(pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
-            }
-        )
-
 
 EMBEDDINGS_META = "_embeddings.json"
-
-
-def embed_corpus(
-    corpus: str,
-    out: str | Path,
-    *,
-    bi_encoder: str | None = None,
-    max_length: int = 256,
-    actors: int = 1,
-    columns: ColumnsConfig | None = None,
-) -> dict:
-    """Embed a corpus Parquet into `out` (Parquet files + `_embeddings.json`); a no-op when `out` already
-    holds this corpus file's embeddings by this model at this max_length (returns the meta with
-    `"cached": true`). Written to a staging folder and renamed into place when complete."""
-    from rerank_engine.job.driver import ensure_ray
-    from rerank_engine.job.pipeline import embedding_pipeline
-    from rerank_engine.recall.index import BiEncoder
-
-    cols = columns or ColumnsConfig()
-    table_schema = pq.read_schema(corpus)
-    schema.check_corpus_schema(table_schema, schema.CorpusColumns(cols.doc_id, cols.text, cols.title), corpus)
-    out = Path(out)
-    key = {"model": BiEncoder.describe(bi_encoder), "max_length": max_length}
-    key["corpus_hash"] = file_hash(corpus)
-    old = read_embeddings_meta(out)
-    if old and all(old.get(k) == v for k, v in key.items()):
-        return {**old, "cached": True}
-
-    ensure_ray()
-    read_cols = [c for c in (cols.doc_id, cols.text, cols.title) if c in table_schema.names]
-    n_rows = pq.ParquetFile(corpus).metadata.num_rows
-    started = time.perf_counter()
-    staging = out.with_name(f"_{out.name}.staging-{uuid.uuid4().hex[:8]}")
-    stage = {
-        "bi_encoder": bi_encoder,
-        "max_length": max_length,
-        "text_col": cols.text,
-        "title_col": cols.title,
-    }
-    embedding_pipeline(corpus, read_cols, n_rows, staging, actors=actors, stage=stage, doc_id=cols.doc_id)
-    written = pq.ParquetDataset(staging).read(columns=["doc_id"]).num_rows if staging.exists() else 0
-    if written != n_rows:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError(f"embedding {corpus}: wrote {written} rows for {n_rows} corpus rows")
-    meta = {
-        **key,
-        "corpus": str(corpus),
-        "count": n_rows,
-        "dimension": int(pq.ParquetDataset(staging).schema.field("embedding").type.list_size),
-        "embed_seconds": round(time.perf_counter() - started, 3),
-    }
-    (staging / EMBEDDINGS_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
-    return meta
 
 
 def read_embeddings_meta(folder: str | Path) -> dict | None:
@@ -136,7 +53,7 @@ def write_embeddings(folder: str | Path, doc_ids, embeddings: np.ndarray, **meta
 
 def load_embeddings(folder: str | Path, *, collapse_repeats: bool = False) -> tuple[list[str], np.ndarray]:
     """(doc ids sorted, float32 [n, dim] in that order) from an embeddings folder; duplicate ids fail,
-    unless `collapse_repeats` (the corpus repeats them with identical texts, `inputs.check_corpus`): then
+    unless `collapse_repeats` (the corpus repeats them with identical texts, `checks.check_corpus`): then
     the first of each is kept."""
     if read_embeddings_meta(folder) is None:
         raise ModelNotFoundError(f"{folder} holds no {EMBEDDINGS_META}; write it with embed_corpus")
@@ -154,11 +71,10 @@ def load_embeddings(folder: str | Path, *, collapse_repeats: bool = False) -> tu
     return ids.tolist(), emb
 
 
-def build_index(
-    corpus: str | None,
-    out: str,
+def index_from_embeddings(
+    emb_dir: str | Path,
+    out: str | Path,
     *,
-    embeddings: str | None = None,
     factory: str = "Flat",
     train_size: int = 100_000,
     shards: int = 1,
@@ -167,32 +83,21 @@ def build_index(
     eval_queries: int = 1000,
     k_eval: int = 20,
     seed: int = 0,
-    bi_encoder: str | None = None,
-    max_length: int = 256,
-    actors: int = 1,
-    columns: ColumnsConfig | None = None,
+    collapse_repeats: bool = False,
 ) -> dict:
-    """Build the recall index in `out` and return its manifest.
+    """Build the recall index of the embeddings in `emb_dir` into `out` and return its manifest.
 
-    With `corpus`, the corpus is embedded into `embeddings` (default `<out>/embeddings`) unless that
-    folder already holds its embeddings; with `corpus=None`, `embeddings` must name an existing folder.
     The manifest records `recall_at_<k_eval>` of the index against exact search on `eval_queries` corpus
     vectors sampled with `seed` (left out of the training sample); an exact index records 1.0 without
     measuring. A rebuild with the same embeddings and settings is a no-op (`"cached": true`).
+    `collapse_repeats`: the corpus repeats doc ids with identical texts (`checks.check_corpus`).
     """
     from rerank_engine.recall.index import RecallIndex, exact_recall_at_k
 
-    emb_dir = Path(embeddings) if embeddings else Path(out) / "embeddings"
-    repeats = 0
-    if corpus is not None:  # a doc id repeated with another text fails here, before any embedding
-        repeats = check_corpus(corpus, columns or ColumnsConfig()).duplicate_rows
-        emb_meta = embed_corpus(
-            corpus, emb_dir, bi_encoder=bi_encoder, max_length=max_length, actors=actors, columns=columns
-        )
-    else:
-        emb_meta = read_embeddings_meta(emb_dir)
-        if emb_meta is None:
-            raise ModelNotFoundError(f"{emb_dir} holds no embeddings ({EMBEDDINGS_META}); give a corpus")
+    emb_dir = Path(emb_dir)
+    emb_meta = read_embeddings_meta(emb_dir)
+    if emb_meta is None:
+        raise ModelNotFoundError(f"{emb_dir} holds no embeddings ({EMBEDDINGS_META}); give a corpus")
     settings = {
         "index_type": factory,
         "train_size_requested": train_size,
@@ -209,7 +114,7 @@ def build_index(
         if all(old.get(k) == v for k, v in {**source, **settings}.items()):
             return {**old, "cached": True}
 
-    doc_ids, emb = load_embeddings(emb_dir, collapse_repeats=bool(repeats))
+    doc_ids, emb = load_embeddings(emb_dir, collapse_repeats=collapse_repeats)
     rng = np.random.default_rng(seed)
     held_out = rng.choice(len(emb), min(eval_queries, len(emb)), replace=False)
     train_rows = np.setdiff1d(np.arange(len(emb)), held_out)

@@ -11,7 +11,7 @@ import numpy as np
 
 from rerank_engine.errors import ExportValidationError
 from rerank_engine.probe_pairs import probe_groups
-from rerank_engine.quality.metrics import ranking_agreement
+from rerank_engine.serving.agreement import ranking_agreement
 from rerank_engine.serving.batching import pad_rows
 from rerank_engine.serving.export_contract import CONTRACT
 from rerank_engine.serving.llm_reranker import PromptEncoder, YesNoPrompt

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE
-
+THRESHOLD_FILE = "threshold.json"  # the reranker's calibrated threshold, in its folder (`Threshold.save`)
+FUSION_FILE = "fusion.json"  # the score fusion and its threshold, in the reranker's folder (`Fusion.save`)
 # Files beside the weights that do not change what the model computes.
 NOT_MODEL_FILES = {"README.md", THRESHOLD_FILE, FUSION_FILE, "metrics.json", "calibration.json"}
 MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model", ".onnx", ".data"}

@@ -1,4 +1,4 @@
-"""What a job's inputs declare about each other, checked in the driver before Ray starts.
+"""What a corpus and its recall index declare about each other, checked before any embedding or Ray.
 
     corpus = check_corpus("corpus.parquet", config.columns)      # doc ids unique (identical repeats collapse)
     check_index("index/", manifest, "corpus.parquet", corpus, bi_encoder=None)
