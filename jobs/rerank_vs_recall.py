@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from rerank_engine import cli
-from rerank_engine.config import JobConfig
+from rerank_engine.config import ColumnsConfig
 from rerank_engine.errors import InputError
 from rerank_engine.job.stages import load_corpus
 from rerank_engine.quality.label_audit import blind_items, items_markdown, orders_of, paired, tally
@@ -101,7 +101,7 @@ def blind_sample(rows: list[dict], corpus: str | Path, out: Path, sample: int, s
     differ = [r for r in rows if r[RECALL][0] != r[RERANK][0]]
     picked = [differ[i] for i in np.random.default_rng(seed).permutation(len(differ))[:sample]]
     need = {r[s][0] for r in picked for s in (RECALL, RERANK)}
-    text = load_corpus(str(corpus), JobConfig())  # as the job reads it: "title. text"
+    text = load_corpus(str(corpus), ColumnsConfig())  # as the job reads it: "title. text"
     if need - text.keys():
         raise InputError(
             f"{corpus}: doc ids of the output not in the corpus: {sorted(need - text.keys())[:5]}"

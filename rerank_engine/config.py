@@ -232,6 +232,19 @@ class JobConfig(_Frozen):
             raise ValueError(f"k_rerank ({self.k_rerank}) cannot exceed k_recall ({self.k_recall})")
         return self
 
+    def engine(self, model_source: str | Path, threads: int = 0) -> EngineConfig:
+        """The rerank engine of this job: its precision, provider, tokenizer and batching. `model_source`
+        is what the rerank stage exports on its own node (an export folder, a Hugging Face folder or a
+        hub id) and loads from there."""
+        return EngineConfig.build(
+            model_dir=model_source,
+            precision=self.precision,
+            provider=self.provider,
+            intra_op_threads=threads,
+            tokenizer=self.tokenizer,
+            batching=self.batching,
+        )
+
 
 def read_yaml_mapping(path: str | Path) -> dict:
     """A YAML file holding a mapping of config keys; ConfigError naming the file otherwise."""

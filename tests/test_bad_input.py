@@ -254,9 +254,14 @@ def bad_rows_output(tmp_path_factory, row_config, module_corpus, tiny_export):
     path = tmp_path_factory.mktemp("bad-rows") / "rows.parquet"
     pq.write_table(table, path)  # through Parquet: invalid UTF-8 survives the round trip unchecked
     table = pq.read_table(path)
-    staged = logged_candidates(table, config=row_config)
-    tokenized = TokenizeStage(row_config, module_corpus, tiny_export)(staged)
-    reranked = RerankStage(row_config, tiny_export, threads=1)(tokenized)
+    staged = logged_candidates(table, columns=row_config.columns)
+    tokenized = TokenizeStage(
+        corpus_path=module_corpus,
+        model_source=tiny_export,
+        columns=row_config.columns,
+        tokenizer=row_config.tokenizer,
+    )(staged)
+    reranked = RerankStage(row_config.engine(tiny_export, threads=1))(tokenized)
     out = finalize(
         reranked,
         k_rerank=3,
@@ -332,7 +337,7 @@ def test_corrupted_onnx_file_is_named(tiny_export, copy_export, row_config):
     for f in broken.glob("*.onnx"):
         f.write_bytes(b"\x08\x07 not a graph " * 50)
     with pytest.raises(ModelFormatError, match=r"broken/model\.onnx cannot be loaded by onnxruntime"):
-        RerankStage(row_config, broken, threads=1)
+        RerankStage(row_config.engine(broken, threads=1))
 
 
 def test_two_logit_model_runs_through_the_stage(two_logit_export, module_corpus):
@@ -340,9 +345,14 @@ def test_two_logit_model_runs_through_the_stage(two_logit_export, module_corpus)
         model=str(two_logit_export), precision="fp32", k_recall=3, k_rerank=3, threshold=0
     )
     batch = {"query_id": ["a"], "query": ["flood"], "candidates": [["d1", "d2"]]}
-    staged = TokenizeStage(config, module_corpus, two_logit_export)(logged_candidates(batch, config=config))
+    staged = TokenizeStage(
+        corpus_path=module_corpus,
+        model_source=two_logit_export,
+        columns=config.columns,
+        tokenizer=config.tokenizer,
+    )(logged_candidates(batch, columns=config.columns))
     out = finalize(
-        RerankStage(config, two_logit_export, threads=1)(staged),
+        RerankStage(config.engine(two_logit_export, threads=1))(staged),
         k_rerank=3,
         policy=ScorePolicy(reranker_model="m", recall_model="logged", threshold=0.0),
         run_id="r",

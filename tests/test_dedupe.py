@@ -21,11 +21,11 @@ def test_keys_ignore_case_and_spacing_and_include_logged_candidates():
             "candidates": [["d1"], ["d1"], ["d1"], ["d1"], ["d1"]],
         }
     )
-    keys = row_keys(t, CONFIG, logged=False)
+    keys = row_keys(t, CONFIG.columns, logged=False)
     assert keys.dtype == "S16"  # a 16-byte digest a row, whatever the query's length
     assert keys[0] == keys[1] != keys[2] and keys[3] == keys[4] != keys[0]
     t2 = t.set_column(1, "candidates", pa.array([["d1"], ["d2"], ["d1"], ["d1"], ["d1"]]))
-    logged = row_keys(t2, CONFIG, logged=True)
+    logged = row_keys(t2, CONFIG.columns, logged=True)
     assert logged[0] != logged[1]  # same query, other logged candidates: scored separately
 
 
@@ -35,13 +35,15 @@ def test_plan_writes_first_rows_and_returns_none_without_repeats(tmp_path):
         f = tmp_path / f"part-{i}.parquet"
         pq.write_table(pa.table({"query_id": [f"{i}-{j}" for j in range(len(queries))], "query": queries}), f)
         files.append(str(f))
-    plan = plan_distinct(files, None, CONFIG, False, tmp_path / "distinct")
+    plan = plan_distinct(files, None, CONFIG.columns, False, tmp_path / "distinct")
     assert plan.n_rows == 5
-    assert plan.keys.tolist() == row_keys(pa.table({"query": ["a b", "c", "d"]}), CONFIG, False).tolist()
+    assert (
+        plan.keys.tolist() == row_keys(pa.table({"query": ["a b", "c", "d"]}), CONFIG.columns, False).tolist()
+    )
     distinct = pq.read_table(plan.path)
     assert distinct.column("query").to_pylist() == ["a b", "c", "d"]
     assert distinct.column("query_id").to_pylist() == ["k0", "k1", "k2"]
-    assert plan_distinct(files[:1], None, CONFIG, False, tmp_path / "none") is None
+    assert plan_distinct(files[:1], None, CONFIG.columns, False, tmp_path / "none") is None
 
 
 def test_fan_out_gives_every_row_its_keys_results():
@@ -52,7 +54,12 @@ def test_fan_out_gives_every_row_its_keys_results():
     results = results.set_column(
         results.schema.get_field_index("status"), "status", pa.array(["no_relevant", "ok"])
     )
-    fan = FanOut(CONFIG, results, row_keys(pa.table({"query": ["x", "y"]}), CONFIG, False), logged=False)
+    fan = FanOut(
+        CONFIG.columns,
+        results,
+        row_keys(pa.table({"query": ["x", "y"]}), CONFIG.columns, False),
+        logged=False,
+    )
     out = fan(pa.table({"query_id": ["q1", "q2", "q3"], "query": ["X", "y", " x"], "team": [1, 2, 3]}))
     assert out.column("status").to_pylist() == ["ok", "no_relevant", "ok"]
     assert out.column("team").to_pylist() == [1, 2, 3]
@@ -70,13 +77,15 @@ def test_plan_reads_a_batch_at_a_time_across_files(tmp_path, monkeypatch):
         f = tmp_path / f"part-{i}.parquet"
         pq.write_table(pa.table({"query_id": [f"{i}-{j}" for j in range(len(queries))], "query": queries}), f)
         files.append(str(f))
-    plan = plan_distinct(files, None, CONFIG, False, tmp_path / "distinct")
+    plan = plan_distinct(files, None, CONFIG.columns, False, tmp_path / "distinct")
     assert plan.n_rows == 11
     assert pq.read_table(plan.path).column("query").to_pylist() == ["q0", "q1", "q2", "q3", "q4", "q5"]
 
 
 def test_fan_out_refuses_a_row_whose_query_was_not_planned():
     results = pa.table({"query_id": ["k0"], **{f.name: pa.nulls(1, f.type) for f in schema.OUTPUT_FIELDS}})
-    fan = FanOut(CONFIG, results, row_keys(pa.table({"query": ["x"]}), CONFIG, False), logged=False)
+    fan = FanOut(
+        CONFIG.columns, results, row_keys(pa.table({"query": ["x"]}), CONFIG.columns, False), logged=False
+    )
     with pytest.raises(RuntimeError, match="not among the planned distinct queries"):
         fan(pa.table({"query_id": ["q1", "q2"], "query": ["x", "y"]}))

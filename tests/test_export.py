@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -467,3 +468,34 @@ def test_an_export_cached_before_the_head_check_is_rebuilt_through_it(
     (stale / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFormatError, match=r"classifier\.weight"):
         export_model(bare_encoder_dir, stale, precisions=["fp32", "int8"])
+
+
+def test_two_processes_exporting_one_model_at_once_export_it_once(tmp_path, tiny_model_dir):
+    """A node's tokenize and rerank actors resolve the same model at the same moment: the second waits
+    for the first's export (a lock per content key) and reads it, instead of exporting over it."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "from rerank_engine.serving.exporting import export_model\n"
+        "print(export_model(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "RERANK_ENGINE_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tiny_model_dir)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    folders = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(folders) == 1  # the same cached export
+    exported = sum(err.count("exported ") for _, err in outs)
+    assert exported == 1, [err[-2000:] for _, err in outs]
+    manifest = read_manifest(folders.pop())
+    assert set(manifest.variants) == {"fp32"}

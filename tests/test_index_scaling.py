@@ -226,11 +226,13 @@ def test_recall_stage_keeps_only_found_candidates_and_takes_nprobe(ivf_index_dir
     import pyarrow as pa
 
     from rerank_engine.config import JobConfig
-    from rerank_engine.job.recall_stages import RecallStage
+    from rerank_engine.job.recall_stages import RecallSpec, RecallStage
 
     batch = pa.table({"query_id": ["a", "b"], "query": ["does my policy cover flood?", "stolen car"]})
-    narrow = RecallStage(JobConfig.build(k_recall=20, k_rerank=5), ivf_index_dir)(batch)
-    wide = RecallStage(JobConfig.build(k_recall=20, k_rerank=5, recall={"nprobe": 8}), ivf_index_dir)(batch)
+    narrow = RecallStage(RecallSpec.of(JobConfig.build(k_recall=20, k_rerank=5), ivf_index_dir))(batch)
+    wide = RecallStage(
+        RecallSpec.of(JobConfig.build(k_recall=20, k_rerank=5, recall={"nprobe": 8}), ivf_index_dir)
+    )(batch)
     for ids, scores in zip(
         narrow["__rerank_cand_ids"].to_pylist(), narrow["__rerank_recall_scores"].to_pylist(), strict=True
     ):
@@ -261,7 +263,7 @@ def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
     import pyarrow as pa
 
     from rerank_engine.config import JobConfig
-    from rerank_engine.job.recall_stages import QueryEmbedStage, RecallStage, ShardSearchStage
+    from rerank_engine.job.recall_stages import QueryEmbedStage, RecallSpec, RecallStage, ShardSearchStage
     from rerank_engine.recall.index import BiEncoder
 
     encoder = BiEncoder(max_length=64)
@@ -277,16 +279,16 @@ def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
     )
     config = JobConfig.build(k_recall=10, k_rerank=5, recall={"shard_stages": True})
 
-    out = QueryEmbedStage(config, str(sharded))(batch)
+    out = QueryEmbedStage(RecallSpec.of(config, str(sharded)))(batch)
     for shard in range(3):
-        out = ShardSearchStage(config, str(sharded), shard=shard, last=shard == 2)(out)
+        out = ShardSearchStage(RecallSpec.of(config, str(sharded)), shard=shard, last=shard == 2)(out)
 
-    in_process = RecallStage(config, str(sharded))(batch)
+    in_process = RecallStage(RecallSpec.of(config, str(sharded)))(batch)
     assert out.column_names == in_process.column_names
     assert out.to_pylist() == in_process.to_pylist()
     assert out["__rerank_status"].to_pylist() == [None, "empty_query", None]
 
-    unsharded = RecallStage(config, str(whole))(batch)
+    unsharded = RecallStage(RecallSpec.of(config, str(whole)))(batch)
     for got, want in zip(out.to_pylist(), unsharded.to_pylist(), strict=True):
         np.testing.assert_allclose(got["__rerank_recall_scores"], want["__rerank_recall_scores"], atol=1e-6)
         text_of = dict(zip(ids, texts, strict=True))

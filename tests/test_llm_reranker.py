@@ -189,8 +189,10 @@ def test_the_jobs_stages_score_through_the_prompt(qwen3_export, qwen3_dir, tmp_p
         tokenizer={"max_length": 512},
     )  # fmt: skip
     batch = {"query_id": ["a", "b"], "query": queries[:2], "candidates": [list(docs), list(docs)[:3]]}
-    tokenized = TokenizeStage(config, str(corpus), qwen3_export)(logged_candidates(batch, config=config))
-    reranked = RerankStage(config, qwen3_export, threads=1)(tokenized)
+    tokenized = TokenizeStage(
+        corpus_path=str(corpus), model_source=qwen3_export, columns=config.columns, tokenizer=config.tokenizer
+    )(logged_candidates(batch, columns=config.columns))
+    reranked = RerankStage(config.engine(qwen3_export, threads=1))(tokenized)
     got = reranked.column("__rerank_logits").to_pylist()
     for row, query in enumerate(queries[:2]):
         ids = tokenized.column("__rerank_cand_ids").to_pylist()[row]

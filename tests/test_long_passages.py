@@ -351,8 +351,10 @@ def test_the_jobs_stages_score_each_candidate_by_its_best_window(tiny_export, ch
         "query": [QUERIES[0], QUERIES[1], "  "],
         "candidates": [list(docs), ["d5", "d0", "nope"], ["d1"]],
     }
-    tokenized = TokenizeStage(config, str(corpus), tiny_export)(logged_candidates(batch, config=config))
-    reranked = RerankStage(config, tiny_export, threads=1)(tokenized)
+    tokenized = TokenizeStage(
+        corpus_path=str(corpus), model_source=tiny_export, columns=config.columns, tokenizer=config.tokenizer
+    )(logged_candidates(batch, columns=config.columns))
+    reranked = RerankStage(config.engine(tiny_export, threads=1))(tokenized)
     out = finalize(
         reranked,
         k_rerank=6,

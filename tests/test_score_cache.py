@@ -12,6 +12,7 @@ import pytest
 
 from rerank_engine.config import JobConfig
 from rerank_engine.job.score_cache import (
+    CacheRef,
     ScoreCache,
     as_arrow_keys,
     as_numpy_keys,
@@ -74,10 +75,15 @@ def corpus(tmp_path):
 
 
 def run_stages(config, corpus, export, batch, ns):
-    tokenized = TokenizeStage(config, corpus, export, cache_namespace=ns)(
-        logged_candidates(batch, config=config)
-    )
-    return RerankStage(config, export, threads=1, cache_namespace=ns, cache_precision="fp32")(tokenized)
+    cache = CacheRef(config.score_cache, ns, "fp32") if config.score_cache else None
+    tokenized = TokenizeStage(
+        corpus_path=corpus,
+        model_source=export,
+        columns=config.columns,
+        tokenizer=config.tokenizer,
+        cache=cache,
+    )(logged_candidates(batch, columns=config.columns))
+    return RerankStage(config.engine(export, threads=1), cache=cache)(tokenized)
 
 
 def test_stages_reuse_cached_scores_and_score_only_new_pairs(tmp_path, corpus, tiny_export):
@@ -121,4 +127,4 @@ def test_a_rerank_actor_in_another_precision_refuses_the_cache(tmp_path, tiny_ex
 
     config = JobConfig.build(model=str(tiny_export), precision="fp32", score_cache=str(tmp_path))
     with pytest.raises(ConfigError, match="scores in fp32, the job expected int8"):
-        RerankStage(config, tiny_export, threads=1, cache_namespace="ns", cache_precision="int8")
+        RerankStage(config.engine(tiny_export, threads=1), cache=CacheRef(config.score_cache, "ns", "int8"))

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_engine import schema
-from rerank_engine.config import JobConfig
+from rerank_engine.config import ColumnsConfig, JobConfig
 from rerank_engine.errors import InputError
 from rerank_engine.job.stages import (
     RerankStage,
@@ -49,9 +49,11 @@ def scored(config, corpus, tiny_export):
         "candidates": [["d1", "d2", "d1", "d3"], ["d1"], [], ["nope", "zzz"], ["d4", "missing"]],
         "team": ["a", "b", "c", "d", "e"],  # pass-through
     }
-    stage_in = logged_candidates(batch, config=config)
-    tokenized = TokenizeStage(config, corpus, tiny_export)(stage_in)
-    return stage_in, tokenized, RerankStage(config, tiny_export, threads=1)(tokenized)
+    stage_in = logged_candidates(batch, columns=config.columns)
+    tokenized = TokenizeStage(
+        corpus_path=corpus, model_source=tiny_export, columns=config.columns, tokenizer=config.tokenizer
+    )(stage_in)
+    return stage_in, tokenized, RerankStage(config.engine(tiny_export, threads=1))(tokenized)
 
 
 def test_a_passage_reads_title_dot_text_where_both_are_there(tmp_path):
@@ -65,7 +67,7 @@ def test_a_passage_reads_title_dot_text_where_both_are_there(tmp_path):
         }
     )
     pq.write_table(table, path)
-    assert load_corpus(str(path), JobConfig()) == {
+    assert load_corpus(str(path), ColumnsConfig()) == {
         "a": "Home cover. Flood is excluded.",
         "b": "No title here.",
         "c": "Empty title.",
@@ -175,4 +177,29 @@ def test_explode_one_row_per_kept_pair_and_one_for_empty(scored):
 
 def test_stage_names_missing_columns(config, corpus, tiny_export):
     with pytest.raises(InputError, match=r"stage tokenize: missing columns \['__rerank_status'"):
-        TokenizeStage(config, corpus, tiny_export)({"query": ["x"]})
+        TokenizeStage(
+            corpus_path=corpus, model_source=tiny_export, columns=config.columns, tokenizer=config.tokenizer
+        )({"query": ["x"]})
+
+
+def test_the_tokenize_and_rerank_stages_take_the_model_source_and_resolve_it_on_their_own_node(
+    tmp_path, monkeypatch, config, corpus, scored, tiny_model_dir
+):
+    """Given the Hugging Face folder instead of an export, each stage exports it into its own node's
+    cache (here a fresh RERANK_ENGINE_CACHE) and reads its tokenizer and graph from there: the same
+    tokens and logits as from the driver's export, and no path of the driver's is needed."""
+    node_cache = tmp_path / "node-cache"
+    monkeypatch.setenv("RERANK_ENGINE_CACHE", str(node_cache))
+    stage_in, tokenized, reranked = scored
+    source = str(tiny_model_dir)
+    tokenize = TokenizeStage(
+        corpus_path=corpus, model_source=source, columns=config.columns, tokenizer=config.tokenizer
+    )
+    assert len(list(node_cache.glob("onnx/*/manifest.json"))) == 1  # exported on "this node"
+    again = tokenize(stage_in)
+    assert again.column("__rerank_ids_flat").to_pylist() == tokenized.column("__rerank_ids_flat").to_pylist()
+    rerank = RerankStage(config.engine(source, threads=1))
+    assert str(rerank.engine.config.model_dir).startswith(str(node_cache))
+    got, want = rerank(again).column("__rerank_logits"), reranked.column("__rerank_logits")
+    for got_row, want_row in zip(got.to_pylist(), want.to_pylist(), strict=True):
+        np.testing.assert_allclose(got_row, want_row, rtol=0, atol=1e-5)

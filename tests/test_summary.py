@@ -29,8 +29,10 @@ def output(tiny_export, tmp_path_factory):
         "query": ["flood cover", "  ", "waiting period", "term life", "life"],
         "candidates": [["d1", "d2", "d3"], ["d1"], [], ["nope", "zzz"], ["d3", "missing", "gone"]],
     }
-    tokenized = TokenizeStage(config, str(corpus), tiny_export)(logged_candidates(batch, config=config))
-    reranked = RerankStage(config, tiny_export, threads=1)(tokenized)
+    tokenized = TokenizeStage(
+        corpus_path=str(corpus), model_source=tiny_export, columns=config.columns, tokenizer=config.tokenizer
+    )(logged_candidates(batch, columns=config.columns))
+    reranked = RerankStage(config.engine(tiny_export, threads=1))(tokenized)
     out = finalize(
         reranked,
         k_rerank=2,

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rerank_engine import schema
-from rerank_engine.config import JobConfig
+from rerank_engine.config import ColumnsConfig
 from rerank_engine.job.exactly_once import DIGEST, digests
 from rerank_engine.job.score_cache import normalise_query
 from rerank_engine.job.stages import _table, column_texts
@@ -41,14 +41,13 @@ class DistinctPlan:
     n_rows: int  # input rows
 
 
-def row_keys(table: pa.Table, config: JobConfig, logged: bool) -> np.ndarray:
+def row_keys(table: pa.Table, columns: ColumnsConfig, logged: bool) -> np.ndarray:
     """One 16-byte key per row (numpy S16): BLAKE2b of the normalised query, and in logged-candidates
     mode of the candidate list too. A missing query keys as the empty one."""
-    cols = config.columns
-    queries = column_texts(table.column(cols.query))
+    queries = column_texts(table.column(columns.query))
     texts = [normalise_query(q) if q is not None else "" for q in queries]
     if logged:
-        cands = table.column(cols.candidates).to_pylist()
+        cands = table.column(columns.candidates).to_pylist()
         texts = [f"{k}\x1e{json.dumps(c)}" for k, c in zip(texts, cands, strict=True)]
     return digests(texts)
 
@@ -59,14 +58,14 @@ def _batches(files, filesystem, columns: list[str]):
             yield from reader.iter_batches(batch_size=PLAN_BATCH_ROWS, columns=columns)
 
 
-def plan_distinct(files, filesystem, config: JobConfig, logged: bool, out: Path) -> DistinctPlan | None:
+def plan_distinct(files, filesystem, columns: ColumnsConfig, logged: bool, out: Path) -> DistinctPlan | None:
     """Write the first row of every distinct key to `out/distinct.parquet`; None if no key repeats.
 
     Two passes over the key columns, a batch at a time: the keys (16 bytes a row), then the first row of
     each distinct key; the driver never holds the log's text."""
-    cols = config.columns
-    needed = [cols.query, *([cols.candidates] if logged else [])]
-    keys = [row_keys(pa.Table.from_batches([b]), config, logged) for b in _batches(files, filesystem, needed)]
+    needed = [columns.query, *([columns.candidates] if logged else [])]
+    batches = _batches(files, filesystem, needed)
+    keys = [row_keys(pa.Table.from_batches([b]), columns, logged) for b in batches]
     keys = np.concatenate(keys) if keys else np.empty(0, dtype=DIGEST)
     _, first = np.unique(keys, return_index=True)
     if len(first) == len(keys):
@@ -80,7 +79,7 @@ def plan_distinct(files, filesystem, config: JobConfig, logged: bool, out: Path)
         start += batch.num_rows
     distinct = pa.concat_tables(parts)
     distinct = distinct.append_column(
-        cols.query_id, pa.array([f"k{i}" for i in range(distinct.num_rows)], pa.string())
+        columns.query_id, pa.array([f"k{i}" for i in range(distinct.num_rows)], pa.string())
     )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "distinct.parquet"
@@ -91,9 +90,9 @@ def plan_distinct(files, filesystem, config: JobConfig, logged: bool, out: Path)
 class FanOut:
     """Input rows (as read from the input files) + the result columns of their key's distinct query."""
 
-    def __init__(self, config: JobConfig, results: pa.Table, keys: np.ndarray, logged: bool):
-        self.config, self.logged = config, logged
-        order = np.argsort([int(k[1:]) for k in results.column(config.columns.query_id).to_pylist()])
+    def __init__(self, columns: ColumnsConfig, results: pa.Table, keys: np.ndarray, logged: bool):
+        self.columns, self.logged = columns, logged
+        order = np.argsort([int(k[1:]) for k in results.column(columns.query_id).to_pylist()])
         self.results = results.select([f.name for f in schema.OUTPUT_FIELDS]).take(pa.array(order))
         if self.results.num_rows != len(keys):
             raise RuntimeError(f"{self.results.num_rows} distinct results for {len(keys)} distinct queries")
@@ -102,7 +101,7 @@ class FanOut:
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
-        wanted = row_keys(batch, self.config, self.logged)
+        wanted = row_keys(batch, self.columns, self.logged)
         pos = np.minimum(np.searchsorted(self.sorted_keys, wanted), max(0, len(self.sorted_keys) - 1))
         if len(wanted) and (not len(self.sorted_keys) or np.any(self.sorted_keys[pos] != wanted)):
             raise RuntimeError("an input row's query is not among the planned distinct queries")

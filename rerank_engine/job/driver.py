@@ -194,6 +194,111 @@ def commit(staging: Path, out: Path, written: list[str]) -> None:
     shutil.rmtree(staging)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` resolved once Ray is up: the config as served (actors fitted to the nodes, the
+    tokenizer's served max_length), the score policy, the pipeline's inputs and the score cache."""
+
+    config: JobConfig
+    policy: ScorePolicy
+    inputs: object  # pipeline.PipelineInputs
+    cache: object | None  # score_cache.ScoreCache
+    gpus: int
+
+
+def prepare(config: JobConfig, c: Checked, *, corpus: str, index: str | None, run_id: str) -> Prepared:
+    """The export (on this node: for its manifest), the actors' CPU shares fitted to the nodes, the score
+    policy and served tokenizer settings, and the score cache's namespace."""
+    from rerank_engine.job.pipeline import PipelineInputs, fit_to_cluster, node_cpus, rerank_gpus
+    from rerank_engine.job.score_cache import CacheRef, ScoreCache, namespace
+    from rerank_engine.serving.exporting import needed_precisions, resolve_export
+    from rerank_engine.serving.manifest import read_manifest
+    from rerank_engine.serving.tokenization import check_long_passages
+
+    gpus = rerank_gpus(config)
+    precisions = tuple(needed_precisions(config.precision, gpu=bool(gpus)))
+    manifest = read_manifest(resolve_export(config.model, precisions))
+    recall_model, shard_bytes = None, ()
+    if not c.logged:
+        from rerank_engine.recall.index import RecallIndex
+
+        recall_model = str(c.index_manifest.get("model", "unknown"))
+        shard_bytes = tuple(
+            (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
+            for shard in c.index_manifest.get("shard_files", [])
+        )
+    shards = len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0
+    nodes = node_cpus()
+    resources, scale = fit_to_cluster(config.resources, nodes, logged=c.logged, shards=shards)
+    if scale < 1.0:
+        log.info("actor CPU shares scaled by %.2f to fit nodes of %s CPUs", scale, sorted(nodes))
+        config = config.model_copy(update={"resources": resources})
+    policy = ScorePolicy.for_job(config, manifest.model_id, recall_model)  # score, threshold, max_length
+    config = policy.serve(config)
+    check_long_passages(config.tokenizer, manifest.prompt, config.model)  # before any actor starts
+    config = config.model_copy(
+        update={"tokenizer": config.tokenizer.served_by(manifest.max_length, config.model)}
+    )
+    cache = cache_ref = None
+    if config.score_cache:
+        # exclude_none (and scoring_dump's truncate): an unset instruction, and truncated long passages,
+        # leave the namespaces of caches written before those keys existed
+        tokenizer = config.tokenizer.scoring_dump(exclude_none=True)
+        precision = precisions[0]  # the variant the rerank actors score ("auto" resolved)
+        cache = ScoreCache(config.score_cache, namespace(manifest.model_id, precision, tokenizer))
+        cache_ref = CacheRef(config.score_cache, cache.dir.name, precision)
+    inputs = PipelineInputs(
+        files=c.files,
+        n_rows=c.n_rows,
+        logged=c.logged,
+        corpus=str(corpus),
+        index_dir=index,
+        model_source=config.model,
+        precisions=precisions,
+        policy=policy,
+        run_id=run_id,
+        filesystem=c.filesystem,
+        cache=cache_ref,
+        index_shard_bytes=shard_bytes if shards else (),
+    )
+    return Prepared(config, policy, inputs, cache, gpus)
+
+
+@dataclass
+class Scored:
+    """What `score_and_write` leaves besides the files: the distinct queries' plan and results (None
+    where every row was scored as it is)."""
+
+    distinct: object | None = None  # dedupe.DistinctPlan
+    results: pa.Table | None = None
+
+
+def score_and_write(config: JobConfig, inp, staging: Path, doing: list[str]) -> Scored:
+    """Recall, rerank and write every input row into `staging`: each distinct query once, then fanned
+    out to its rows (`dedupe`), or, where nothing repeats or `dedupe_queries` is off, every row as it is.
+    `doing[0]` says what runs, for the timeout's message."""
+    import ray
+
+    from rerank_engine.job.dedupe import plan_distinct
+    from rerank_engine.job.pipeline import build_fanout, build_pipeline, write_output
+
+    distinct = None
+    if config.dedupe_queries:
+        distinct = plan_distinct(inp.files, inp.filesystem, config.columns, inp.logged, staging / "_distinct")
+    if distinct is None:
+        doing[0] = f"scoring and writing the {inp.n_rows} input rows"
+        write_output(build_pipeline(config, inp), config, staging)
+        return Scored()
+    doing[0] = f"scoring the {len(distinct.keys)} distinct queries"
+    only_distinct = dataclasses.replace(
+        inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
+    )
+    results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
+    doing[0] = f"fanning the results out to the {inp.n_rows} input rows and writing them"
+    write_output(build_fanout(config, inp, results, distinct.keys), config, staging)
+    return Scored(distinct, results)
+
+
 def run_job(
     config: JobConfig,
     *,
@@ -204,106 +309,27 @@ def run_job(
     run_id: str | None = None,
     overwrite: bool = False,
 ) -> dict:
+    """Preflight, prepare, score and write into staging, verify exactly-once, commit, summarize."""
     started = time.perf_counter()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    cols = config.columns
-
     c = preflight(config, input=input, corpus=corpus, output=output, index=index, overwrite=overwrite)
-    files, filesystem, n_rows, logged, out = c.files, c.filesystem, c.n_rows, c.logged, c.out
-    corpus_check, index_manifest, expected, n_duplicated = (
-        c.corpus_check,
-        c.index_manifest,
-        c.expected,
-        c.n_duplicated,
-    )
-    if n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
-        out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.output_schema(c.input_schema).empty_table(), out / "part-00000.parquet")
+    if c.n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
+        c.out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.output_schema(c.input_schema).empty_table(), c.out / "part-00000.parquet")
         summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
-        summary.update(
-            run_id=run_id,
-            input=input,
-            output=str(out),
-            mode="logged_candidates" if logged else "recall",
-            input_files=len(files),
-            corpus_duplicate_rows=corpus_check.duplicate_rows,
+        summary.update(_about(c, run_id=run_id, input=input))
+        _write_run_files(
+            c.out, summary, config, QueryFigures.of(None, config.columns.query_id, config.exploded)
         )
-        (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
-        write_report(out, QueryFigures.of(None, cols.query_id, config.exploded), summary)
         return summary
 
-    from rerank_engine.job.dedupe import plan_distinct
-    from rerank_engine.job.pipeline import (
-        PipelineInputs,
-        build_fanout,
-        build_pipeline,
-        fit_to_cluster,
-        node_cpus,
-        rerank_gpus,
-        write_output,
-    )
     from rerank_engine.job.watch import running_operators, watch_executions
-    from rerank_engine.serving.exporting import needed_precisions, resolve_export
-    from rerank_engine.serving.manifest import read_manifest
 
     checked = time.perf_counter()
     ray = ensure_ray()
-    gpus = rerank_gpus(config)
-    export_dir = resolve_export(config.model, needed_precisions(config.precision, gpu=bool(gpus)))
-    manifest = read_manifest(export_dir)
-    recall_model, shard_bytes = None, ()
-    if not logged:
-        from rerank_engine.recall.index import RecallIndex
-
-        recall_model = str(index_manifest.get("model", "unknown"))
-        shard_bytes = tuple(
-            (Path(index) / shard["path"] / RecallIndex.INDEX_FILE).stat().st_size
-            for shard in index_manifest.get("shard_files", [])
-        )
-    shards = len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0
-    nodes = node_cpus()
-    resources, scale = fit_to_cluster(config.resources, nodes, logged=logged, shards=shards)
-    if scale < 1.0:
-        log.info("actor CPU shares scaled by %.2f to fit nodes of %s CPUs", scale, sorted(nodes))
-        config = config.model_copy(update={"resources": resources})
-    policy = ScorePolicy.for_job(config, manifest.model_id, recall_model)  # score, threshold, max_length
-    config = policy.serve(config)
-    from rerank_engine.serving.tokenization import check_long_passages
-
-    check_long_passages(config.tokenizer, manifest.prompt, config.model)  # before any actor starts
-    config = config.model_copy(
-        update={"tokenizer": config.tokenizer.served_by(manifest.max_length, config.model)}
-    )
-
-    cache = None
-    if config.score_cache:
-        from rerank_engine.job.score_cache import ScoreCache, namespace
-        from rerank_engine.serving.exporting import auto_precision
-
-        precision = config.precision if config.precision != "auto" else auto_precision(gpu=bool(gpus))
-        # exclude_none (and scoring_dump's truncate): an unset instruction, and truncated long passages,
-        # leave the namespaces of caches written before those keys existed
-        tokenizer = config.tokenizer.scoring_dump(exclude_none=True)
-        cache = ScoreCache(config.score_cache, namespace(manifest.model_id, precision, tokenizer))
-    staging = out / f"_staging-{run_id}"
-    inp = PipelineInputs(
-        files=files,
-        n_rows=n_rows,
-        logged=logged,
-        corpus=str(corpus),
-        index_dir=index,
-        model_source=config.model,
-        export_dir=str(export_dir),
-        policy=policy,
-        run_id=run_id,
-        filesystem=filesystem,
-        cache_namespace=cache.dir.name if cache is not None else None,
-        cache_precision=precision if cache is not None else None,
-        index_shard_bytes=shard_bytes,
-    )
+    p = prepare(config, c, corpus=corpus, index=index, run_id=run_id)
+    staging = c.out / f"_staging-{run_id}"
     pipeline_started = time.perf_counter()
-    distinct = None
     step = ["planning the distinct queries"]  # what the job is doing, for the timeout's message
 
     def doing() -> str:
@@ -312,54 +338,30 @@ def run_job(
 
     watch_executions()
     try:  # a timeout, a failed stage or check, Ctrl-C: the unverified output goes with the error
-        with deadline(config.timeout_s, doing):
-            if config.dedupe_queries:
-                distinct = plan_distinct(files, filesystem, config, logged, staging / "_distinct")
-            if distinct is not None:  # recall and rerank each distinct query once, then fan out
-                step[0] = f"scoring the {len(distinct.keys)} distinct queries"
-                only_distinct = dataclasses.replace(
-                    inp, files=[distinct.path], n_rows=len(distinct.keys), filesystem=None
-                )
-                results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
-                step[0] = f"fanning the results out to the {n_rows} input rows and writing them"
-                ds = build_fanout(config, inp, results, distinct.keys)
-            else:
-                step[0] = f"scoring and writing the {n_rows} input rows"
-                ds = build_pipeline(config, inp)
-            write_output(ds, config, staging)
+        with deadline(p.config.timeout_s, doing):
+            scored = score_and_write(p.config, p.inputs, staging, step)
         pipeline_s = time.perf_counter() - pipeline_started
-
-        written = sorted(str(p) for p in staging.glob("*.parquet"))
-        counts, figures = scan_output(written, config, expected)  # exactly once, the summary's figures
+        written = sorted(str(f) for f in staging.glob("*.parquet"))
+        counts, figures = scan_output(written, p.config, c.expected)  # exactly once, the summary's figures
         verified = time.perf_counter()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    commit(staging, out, written)
+    commit(staging, c.out, written)
     committed = time.perf_counter()  # the end of the last stage and of the wall time alike
-    summary = summarize(counts, config, pipeline_s=pipeline_s, wall_s=committed - started)
-    if cache is not None:
-        summary["score_cache_pairs"] = cache.compact(run_id)
-    summary["distinct_queries"] = len(distinct.keys) if distinct is not None else summary["queries"]
-    if distinct is not None:  # pairs counts every row's candidates; these were scored once per query
-        summary["pairs_scored"] = int(pa.compute.sum(results.column("n_candidates")).as_py() or 0) - int(
-            pa.compute.sum(results.column("n_cached")).as_py() or 0
-        )
-        summary["windows_scored"] = int(pa.compute.sum(results.column("windows_scored")).as_py() or 0)
+    summary = summarize(counts, p.config, pipeline_s=pipeline_s, wall_s=committed - started)
+    if p.cache is not None:
+        summary["score_cache_pairs"] = p.cache.compact(run_id)
+    summary.update(_scored_counts(scored, summary["queries"]))
     summary.update(
-        run_id=run_id,
-        input=input,
-        input_files=len(files),  # Parquet files read (what engines leave beside them skipped)
-        output=str(out),
-        **policy.summary(),  # score_kind, threshold, fusion and where each came from, the models
-        max_length=config.tokenizer.max_length,
-        long_passages=config.tokenizer.long_passages,
-        stride=config.tokenizer.stride,
-        duplicate_query_ids=n_duplicated,
-        corpus_duplicate_rows=corpus_check.duplicate_rows,  # same doc id and text: one document
-        mode="logged_candidates" if logged else "recall",
-        recall_shard_stages=len(shard_bytes) if config.recall.shard_stages and len(shard_bytes) > 1 else 0,
-        ray_gpus_for_rerank=gpus,
+        _about(c, run_id=run_id, input=input),
+        **p.policy.summary(),  # score_kind, threshold, fusion and where each came from, the models
+        max_length=p.config.tokenizer.max_length,
+        long_passages=p.config.tokenizer.long_passages,
+        stride=p.config.tokenizer.stride,
+        duplicate_query_ids=c.n_duplicated,
+        recall_shard_stages=len(p.inputs.index_shard_bytes),
+        ray_gpus_for_rerank=p.gpus,
         ray_version=ray.__version__,
         driver_peak_rss_mb=driver_peak_rss_mb(),
         top_score_median=figures.median_top_score(),
@@ -371,13 +373,46 @@ def run_job(
             "commit": round(committed - verified, 2),
         },
     )
-    (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    write_report(out, figures, summary)
+    _write_run_files(c.out, summary, p.config, figures)
     from rerank_engine.job import ray_metrics
 
     ray_metrics.record(summary)
     return summary
+
+
+def _about(c: Checked, *, run_id: str, input: str) -> dict:
+    """The summary's lines about the run and its inputs."""
+    return {
+        "run_id": run_id,
+        "input": input,
+        "input_files": len(c.files),  # Parquet files read (what engines leave beside them skipped)
+        "output": str(c.out),
+        "mode": "logged_candidates" if c.logged else "recall",
+        "corpus_duplicate_rows": c.corpus_check.duplicate_rows,  # same doc id and text: one document
+    }
+
+
+def _scored_counts(scored: Scored, queries: int) -> dict:
+    """Distinct queries, and where they were scored once per query, the pairs and windows scored then
+    (the output's per-row counts would count each repeat again)."""
+    if scored.distinct is None:
+        return {"distinct_queries": queries}
+
+    def total(column: str) -> int:
+        return int(pa.compute.sum(scored.results.column(column)).as_py() or 0)
+
+    return {
+        "distinct_queries": len(scored.distinct.keys),
+        "pairs_scored": total("n_candidates") - total("n_cached"),
+        "windows_scored": total("windows_scored"),
+    }
+
+
+def _write_run_files(out: Path, summary: dict, config: JobConfig, figures) -> None:
+    """`_run_summary.json`, `_resolved_config.json` and the report beside the output files."""
+    (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    write_report(out, figures, summary)
 
 
 def driver_peak_rss_mb() -> float | None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from rerank_engine.config import JobConfig, ResourcesConfig
 from rerank_engine.errors import ConfigError
 from rerank_engine.job.dedupe import FanOut
-from rerank_engine.job.recall_stages import QueryEmbedStage, RecallStage, ShardSearchStage
+from rerank_engine.job.recall_stages import QueryEmbedStage, RecallSpec, RecallStage, ShardSearchStage
+from rerank_engine.job.score_cache import CacheRef
 from rerank_engine.job.stages import RerankStage, TokenizeStage, finalize, logged_candidates
 from rerank_engine.quality.score_policy import ScorePolicy
 
@@ -27,13 +28,12 @@ class PipelineInputs:
     logged: bool
     corpus: str
     index_dir: str | None
-    model_source: str  # what the rerank actors export (cached per node) and load
-    export_dir: str  # the driver's export (tokenizer files for the tokenize stage)
+    model_source: str  # what the tokenize and rerank actors export (cached per node) and load
+    precisions: tuple[str, ...]  # the variants the rerank actors score (`exporting.needed_precisions`)
     policy: ScorePolicy  # the score written and thresholded, and the models named in the output
     run_id: str
     filesystem: object = None
-    cache_namespace: str | None = None  # score cache of this model, precision and tokenizer
-    cache_precision: str | None = None  # the precision the rerank actors must score in
+    cache: CacheRef | None = None  # the score cache of this model, precision and tokenizer
     index_shard_bytes: tuple[int, ...] = ()  # per shard of a sharded index: its file size
 
 
@@ -146,7 +146,12 @@ def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str
     r = config.resources
     return _read(config, inp, r.fanout_block_rows).map_batches(
         FanOut,
-        fn_constructor_kwargs={"config": config, "results": results, "keys": keys, "logged": inp.logged},
+        fn_constructor_kwargs={
+            "columns": config.columns,
+            "results": results,
+            "keys": keys,
+            "logged": inp.logged,
+        },
         batch_format="pyarrow",
         batch_size=r.fanout_block_rows,
         compute=ActorPoolStrategy(size=1),
@@ -163,7 +168,7 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
     if inp.logged:
         ds = ds.map_batches(
             logged_candidates,
-            fn_kwargs={"config": config},
+            fn_kwargs={"columns": config.columns},
             batch_format="pyarrow",
             batch_size=r.recall_batch_rows,
             num_cpus=r.io_cpus,
@@ -174,8 +179,7 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
         ds = ds.map_batches(
             RecallStage,
             fn_constructor_kwargs={
-                "config": config,
-                "index_dir": inp.index_dir,
+                "spec": RecallSpec.of(config, inp.index_dir),
                 "threads": max(1, round(r.recall_cpus)),
             },
             batch_format="pyarrow",
@@ -186,10 +190,12 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
     ds = ds.map_batches(
         TokenizeStage,
         fn_constructor_kwargs={
-            "config": config,
             "corpus_path": inp.corpus,
-            "tokenizer_dir": inp.export_dir,
-            "cache_namespace": inp.cache_namespace,
+            "model_source": inp.model_source,
+            "precisions": inp.precisions,
+            "columns": config.columns,
+            "tokenizer": config.tokenizer,
+            "cache": inp.cache,
         },
         batch_format="pyarrow",
         batch_size=r.rerank_batch_rows,
@@ -199,12 +205,9 @@ def build_pipeline(config: JobConfig, inp: PipelineInputs):
     ds = ds.map_batches(
         RerankStage,
         fn_constructor_kwargs={
-            "config": config,
-            "model_source": inp.model_source,
-            "threads": r.rerank_threads,
-            "want_fp16": bool(gpus),
-            "cache_namespace": inp.cache_namespace,
-            "cache_precision": inp.cache_precision,
+            "engine": config.engine(inp.model_source, threads=r.rerank_threads),
+            "gpu": bool(gpus),
+            "cache": inp.cache,
         },
         batch_format="pyarrow",
         batch_size=r.rerank_batch_rows,
@@ -230,13 +233,10 @@ def _sharded_recall(ds, config: JobConfig, inp: PipelineInputs):
     from ray.data import ActorPoolStrategy
 
     r = config.resources
+    spec = RecallSpec.of(config, inp.index_dir)
     ds = ds.map_batches(
         QueryEmbedStage,
-        fn_constructor_kwargs={
-            "config": config,
-            "index_dir": inp.index_dir,
-            "threads": max(1, round(r.recall_cpus)),
-        },
+        fn_constructor_kwargs={"spec": spec, "threads": max(1, round(r.recall_cpus))},
         batch_format="pyarrow",
         batch_size=r.recall_batch_rows,
         compute=ActorPoolStrategy(size=r.recall_actors),
@@ -246,12 +246,7 @@ def _sharded_recall(ds, config: JobConfig, inp: PipelineInputs):
     for shard, size in enumerate(inp.index_shard_bytes):
         ds = ds.map_batches(
             ShardSearchStage,
-            fn_constructor_kwargs={
-                "config": config,
-                "index_dir": inp.index_dir,
-                "shard": shard,
-                "last": shard == last,
-            },
+            fn_constructor_kwargs={"spec": spec, "shard": shard, "last": shard == last},
             batch_format="pyarrow",
             batch_size=r.recall_batch_rows,
             compute=ActorPoolStrategy(size=r.shard_actors),

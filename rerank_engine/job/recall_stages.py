@@ -6,11 +6,13 @@ shard merges its shard's top-k into the running one. Like every stage, Ray-free.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pyarrow as pa
 
 from rerank_engine import schema
-from rerank_engine.config import JobConfig
+from rerank_engine.config import JobConfig, RecallConfig
 from rerank_engine.errors import ConfigError
 from rerank_engine.job.stages import (
     CAND_IDS,
@@ -26,27 +28,43 @@ from rerank_engine.job.stages import (
 )
 
 
+@dataclass(frozen=True)
+class RecallSpec:
+    """What the recall stages read of a job: the index, the candidates per query, how to search it, the
+    bi-encoder it was built with (None: the bundled one) and the query column."""
+
+    index_dir: str
+    k: int = 20
+    bi_encoder: str | None = None
+    query_column: str = "query"
+    recall: RecallConfig = field(default_factory=RecallConfig)
+
+    @classmethod
+    def of(cls, config: JobConfig, index_dir: str) -> RecallSpec:
+        return cls(str(index_dir), config.k_recall, config.bi_encoder, config.columns.query, config.recall)
+
+
 class QueryEncoder:
     """The bi-encoder an index was built with, and the query statuses of a batch (shared by the recall
     stages)."""
 
-    def __init__(self, config: JobConfig, index_dir: str, manifest: dict, threads: int = 1):
+    def __init__(self, spec: RecallSpec, manifest: dict, threads: int = 1):
         from rerank_engine.recall.index import BiEncoder
 
-        self.config = config
+        self.query_column = spec.query_column
         self.encoder = BiEncoder(
-            config.bi_encoder, threads=threads, max_length=int(manifest.get("max_length", 256))
+            spec.bi_encoder, threads=threads, max_length=int(manifest.get("max_length", 256))
         )
         built_with = manifest.get("model")
         if built_with and built_with != self.encoder.model_id:
             raise ConfigError(
-                f"index {index_dir} was built with bi-encoder {built_with}, "
+                f"index {spec.index_dir} was built with bi-encoder {built_with}, "
                 f"but bi_encoder resolves to {self.encoder.model_id}"
             )
 
     def __call__(self, batch: pa.Table) -> tuple[list[str | None], list[int], np.ndarray]:
         """(row statuses, rows that can be searched, their embeddings float32 [len(ok), dim])."""
-        qcol = self.config.columns.query
+        qcol = self.query_column
         require_columns(batch, [qcol], "recall")
         status = query_statuses(batch, qcol)
         ok = [i for i, s in enumerate(status) if s is None]
@@ -70,14 +88,14 @@ def _recall_columns(batch: pa.Table, status, ids: list[list[str]], scores: list[
 class RecallStage:
     """Bi-encoder + FAISS top-k: `CAND_IDS`, `RECALL_SCORES`, `RECALL_RANKS`."""
 
-    def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
+    def __init__(self, spec: RecallSpec, threads: int = 1):
         from rerank_engine.recall.index import RecallIndex
 
-        self.config = config
+        self.k = spec.k
         self.index = RecallIndex.load(  # memory-mapped: the node's recall actors share its pages
-            index_dir, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+            spec.index_dir, nprobe=spec.recall.nprobe, ef_search=spec.recall.ef_search
         )
-        self.encode = QueryEncoder(config, index_dir, self.index.manifest, threads)
+        self.encode = QueryEncoder(spec, self.index.manifest, threads)
 
     @property
     def model_id(self) -> str:
@@ -89,7 +107,7 @@ class RecallStage:
         ids: list[list[str]] = [[] for _ in status]
         scores: list[list[float]] = [[] for _ in status]
         if ok:
-            s, d = self.index.search(emb, self.config.k_recall)
+            s, d = self.index.search(emb, self.k)
             for row, i in enumerate(ok):
                 found = [j for j, x in enumerate(d[row]) if x is not None]  # an IVF may find fewer than k
                 ids[i] = [str(d[row][j]) for j in found]
@@ -105,10 +123,10 @@ class RecallStage:
 class QueryEmbedStage:
     """Embeds the queries for the shard stages: `STATUS`, `QUERY_EMB`, and an empty running top-k."""
 
-    def __init__(self, config: JobConfig, index_dir: str, threads: int = 1):
+    def __init__(self, spec: RecallSpec, threads: int = 1):
         from rerank_engine.recall.index import RecallIndex
 
-        self.encode = QueryEncoder(config, index_dir, RecallIndex.read_manifest(index_dir), threads)
+        self.encode = QueryEncoder(spec, RecallIndex.read_manifest(spec.index_dir), threads)
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
@@ -130,12 +148,12 @@ class ShardSearchStage:
     """Searches one shard and merges its top-k into the running one; the last shard's stage writes the
     recall columns `RecallStage` writes and drops the embeddings."""
 
-    def __init__(self, config: JobConfig, index_dir: str, shard: int, last: bool):
+    def __init__(self, spec: RecallSpec, shard: int, last: bool):
         from rerank_engine.recall.index import RecallIndex
 
-        self.config, self.last = config, last
+        self.k, self.last = spec.k, last
         self.index = RecallIndex.load(
-            index_dir, shard=shard, nprobe=config.recall.nprobe, ef_search=config.recall.ef_search
+            spec.index_dir, shard=shard, nprobe=spec.recall.nprobe, ef_search=spec.recall.ef_search
         )
 
     def __call__(self, batch) -> pa.Table:
@@ -149,7 +167,7 @@ class ShardSearchStage:
         if ok:
             dim = batch.schema.field(QUERY_EMB).type.list_size
             emb = batch.column(QUERY_EMB).combine_chunks().flatten().to_numpy().reshape(-1, dim)[ok]
-            s, r = self.index.search_rows(emb, self.config.k_recall)
+            s, r = self.index.search_rows(emb, self.k)
             for row, i in enumerate(ok):
                 hits = [
                     (
@@ -163,7 +181,7 @@ class ShardSearchStage:
                 merged = sorted(
                     [*zip(scores[i], rows[i], ids[i], strict=True), *hits], key=lambda h: (-h[0], h[1])
                 )
-                merged = merged[: self.config.k_recall]
+                merged = merged[: self.k]
                 scores[i], rows[i], ids[i] = (
                     [h[0] for h in merged],
                     [h[1] for h in merged],

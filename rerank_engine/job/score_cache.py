@@ -22,6 +22,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,16 @@ def pair_keys(queries: Sequence[str], doc_ids: Sequence[str], passages: Sequence
 def namespace(model_id: str, precision: str, tokenizer: dict) -> str:
     blob = json.dumps({"model": model_id, "precision": precision, "tokenizer": tokenizer}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class CacheRef:
+    """Which cache a job's stages read and write: its root folder, the namespace of this model, precision
+    and tokenizer, and the precision the rerank actors must score in (the namespace's)."""
+
+    root: str
+    namespace: str
+    precision: str
 
 
 class ScoreCache:

@@ -5,20 +5,29 @@ columns it needs on entry, and knows nothing of Ray or resources, so a test can 
 table. The working columns between stages (STATUS, CAND_IDS, ... below) live in a namespace of their own,
 `schema.WORK_PREFIX` ("__rerank_"): `finalize` drops them, and an input column in it is refused up front,
 so every other input column, whatever its name, is passed through.
+
+Each stage is built from the parts of the job's config it reads (`ColumnsConfig`, `TokenizerConfig`,
+the rerank `EngineConfig`, a `score_cache.CacheRef`), never the whole `JobConfig`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from rerank_engine import schema
-from rerank_engine.config import EngineConfig, JobConfig
+from rerank_engine.config import ColumnsConfig, EngineConfig, TokenizerConfig
 from rerank_engine.errors import ConfigError, InputError
-from rerank_engine.job.score_cache import KEY_BYTES, ScoreCache, as_arrow_keys, as_numpy_keys, pair_keys
+from rerank_engine.job.score_cache import (
+    KEY_BYTES,
+    CacheRef,
+    ScoreCache,
+    as_arrow_keys,
+    as_numpy_keys,
+    pair_keys,
+)
 from rerank_engine.quality.score_policy import ScorePolicy
 from rerank_engine.serving.tokenization import TokenizedPairs
 from rerank_engine.serving.validation import EMPTY_TEXT, text_problem
@@ -98,10 +107,10 @@ def _with_work(batch: pa.Table, **columns) -> pa.Table:
 # -- candidates (recall from an index: recall_stages.py) ----------------------------------------------------
 
 
-def logged_candidates(batch, *, config: JobConfig) -> pa.Table:
+def logged_candidates(batch, *, columns: ColumnsConfig) -> pa.Table:
     """Logged-candidates mode: the input's candidate list replaces recall (duplicates: first kept)."""
     batch = _table(batch)
-    cols = config.columns
+    cols = columns
     require_columns(batch, [cols.query, cols.candidates], "logged_candidates")
     status = query_statuses(batch, cols.query)
     ids, ranks = [], []
@@ -126,11 +135,11 @@ def logged_candidates(batch, *, config: JobConfig) -> pa.Table:
 # -- tokenize (CPU) ---------------------------------------------------------------------------------------
 
 
-def load_corpus(path: str, config: JobConfig) -> dict[str, str]:
+def load_corpus(path: str, columns: ColumnsConfig) -> dict[str, str]:
     """doc_id → passage text ("title. text" where a title column is present and non-empty)."""
     import pyarrow.parquet as pq
 
-    cols = config.columns
+    cols = columns
     table = pq.read_table(path)
     schema.check_corpus_schema(table.schema, schema.CorpusColumns(cols.doc_id, cols.text, cols.title), path)
     ids = [str(d) for d in table.column(cols.doc_id).to_pylist()]
@@ -151,23 +160,29 @@ class TokenizeStage:
 
     def __init__(
         self,
-        config: JobConfig,
+        *,
         corpus_path: str,
-        tokenizer_dir: str | Path,
-        cache_namespace: str | None = None,
+        model_source: str,
+        precisions: Sequence[str] = ("fp32",),
+        columns: ColumnsConfig | None = None,
+        tokenizer: TokenizerConfig | None = None,
+        cache: CacheRef | None = None,
     ):
+        """The tokenizer comes from `model_source` as this actor's node has it: an export folder is read
+        where it is; a Hugging Face folder or hub id is exported into this node's cache (`precisions`, once
+        per node: the rerank actors of the node wait for the same export) and read from there."""
+        from rerank_engine.serving.exporting import resolve_export
         from rerank_engine.serving.tokenization import PairTokenizer
 
-        self.config = config
-        self.corpus = load_corpus(corpus_path, config)
-        self.tokenizer = PairTokenizer(tokenizer_dir, config.tokenizer)
-        self.cache = None
-        if config.score_cache and cache_namespace:
-            self.cache = ScoreCache(config.score_cache, cache_namespace).load()
+        columns = columns or ColumnsConfig()
+        self.query_column = columns.query
+        self.corpus = load_corpus(corpus_path, columns)
+        self.tokenizer = PairTokenizer(resolve_export(model_source, precisions), tokenizer)
+        self.cache = ScoreCache(cache.root, cache.namespace).load() if cache is not None else None
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)
-        qcol = self.config.columns.query
+        qcol = self.query_column
         require_columns(batch, [qcol, STATUS, CAND_IDS, RECALL_SCORES, RECALL_RANKS], "tokenize")
         status = batch.column(STATUS).to_pylist()
         queries = column_texts(batch.column(qcol))
@@ -252,37 +267,22 @@ class RerankStage:
     Pairs the tokenize stage found in the score cache keep their cached logit (`n_cached` counts them);
     the newly scored ones are added to the cache."""
 
-    def __init__(
-        self,
-        config: JobConfig,
-        model_source: str | Path,
-        threads: int = 0,
-        want_fp16=False,
-        cache_namespace: str | None = None,
-        cache_precision: str | None = None,
-    ):
+    def __init__(self, engine: EngineConfig, *, gpu: bool = False, cache: CacheRef | None = None):
+        """`engine.model_dir` is the model source (`JobConfig.engine`): exported on this actor's node
+        (the variants a GPU or a CPU needs; `gpu`: this actor has a GPU) and loaded from there."""
         from rerank_engine.serving.engine import CrossEncoderEngine
         from rerank_engine.serving.exporting import needed_precisions, resolve_export
 
-        export_dir = resolve_export(model_source, needed_precisions(config.precision, gpu=want_fp16))
-        self.engine = CrossEncoderEngine(
-            EngineConfig.build(
-                model_dir=export_dir,
-                precision=config.precision,
-                provider=config.provider,
-                intra_op_threads=threads,
-                tokenizer=config.tokenizer,
-                batching=config.batching,
-            )
-        )
+        export_dir = resolve_export(engine.model_dir, needed_precisions(engine.precision, gpu=gpu))
+        self.engine = CrossEncoderEngine(engine.model_copy(update={"model_dir": export_dir}))
         self.cache = None
-        if config.score_cache and cache_namespace:
-            if self.engine.precision != cache_precision:  # the cache read so far holds another precision
+        if cache is not None:
+            if self.engine.precision != cache.precision:  # the cache read so far holds another precision
                 raise ConfigError(
-                    f"score cache {config.score_cache}: this rerank actor scores in {self.engine.precision}, "
-                    f"the job expected {cache_precision}; set `precision` explicitly"
+                    f"score cache {cache.root}: this rerank actor scores in {self.engine.precision}, "
+                    f"the job expected {cache.precision}; set `precision` explicitly"
                 )
-            self.cache = ScoreCache(config.score_cache, cache_namespace)  # written to, never loaded here
+            self.cache = ScoreCache(cache.root, cache.namespace)  # written to, never loaded here
 
     def __call__(self, batch) -> pa.Table:
         batch = _table(batch)

@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rerank_engine.errors import ConfigError, ModelFormatError
@@ -78,80 +79,100 @@ def export_model(
     out = Path(out) if out is not None else default_cache_root() / "onnx" / key[:20]
     wanted = list(dict.fromkeys(["fp32", *precisions]))
 
-    existing = cached_manifest(out, key)
-    if existing is not None:
-        if all(p in existing.variants for p in wanted):
-            return out
-        wanted = list(dict.fromkeys([*existing.variants, *wanted]))  # rebuild, keeping what was there
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out.with_name(out.name + ".lock")):  # actors of one node export a key once
+        existing = cached_manifest(out, key)
+        if existing is not None:
+            if all(p in existing.variants for p in wanted):
+                return out
+            wanted = list(dict.fromkeys([*existing.variants, *wanted]))  # rebuild, keeping what was there
 
-    started = time.perf_counter()
-    torch_model, tokenizer, prompt = load_torch(src_dir, trust_remote_code, model)
-    num_labels = int(torch_model.config.num_labels)
-    if num_labels not in (1, 2):
-        raise ModelFormatError(
-            f"{model}: num_labels={num_labels}; a cross-encoder needs 1 (sigmoid) or 2 (softmax[:, 1]) logits"
-        )
-    declared = declared_activation(src_dir, num_labels, model)
-    max_len = supported_max_length(torch_model.config, tokenizer, max_length)
-
-    with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
-        work = Path(tmp)
-        onnx_export(torch_model, work, opset)
-        inputs = graph_inputs(work / VARIANT_FILES["fp32"])
-        fp32_path = work / VARIANT_FILES["fp32"]
-        if optimize:
-            optimize_graph(fp32_path, torch_model.config)
-        if external_data_files(fp32_path):  # a graph over 2 GB keeps its weights beside it
-            log.info("%s: the fp32 graph keeps its weights in ONNX external data", model)
-        probe = ProbeSet(tokenizer, inputs, max_len, prompt)
-        ref = probe.torch_logits(torch_model)
-        variants = {
-            "fp32": Variant(
-                file=VARIANT_FILES["fp32"],
-                precision="fp32",
-                optimized=optimize,
-                validation=validate_fp32(torch_model, fp32_path, inputs),
-                external_data=external_data_files(fp32_path),
+        started = time.perf_counter()
+        torch_model, tokenizer, prompt = load_torch(src_dir, trust_remote_code, model)
+        num_labels = int(torch_model.config.num_labels)
+        if num_labels not in (1, 2):
+            raise ModelFormatError(
+                f"{model}: num_labels={num_labels}; a cross-encoder needs 1 (sigmoid) or 2 "
+                "(softmax[:, 1]) logits"
             )
-        }
-        if "fp16" in wanted:
-            to_fp16(fp32_path, work / VARIANT_FILES["fp16"])
-        if "int8" in wanted:
-            quantize_int8(fp32_path, work / VARIANT_FILES["int8"], INT8_RECIPE, optimized=optimize)
-        for precision in ("fp16", "int8"):
-            if precision in wanted:
-                path = work / VARIANT_FILES[precision]
-                variants[precision] = Variant(
-                    file=VARIANT_FILES[precision],
-                    precision=precision,
+        declared = declared_activation(src_dir, num_labels, model)
+        max_len = supported_max_length(torch_model.config, tokenizer, max_length)
+
+        with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
+            work = Path(tmp)
+            onnx_export(torch_model, work, opset)
+            inputs = graph_inputs(work / VARIANT_FILES["fp32"])
+            fp32_path = work / VARIANT_FILES["fp32"]
+            if optimize:
+                optimize_graph(fp32_path, torch_model.config)
+            if external_data_files(fp32_path):  # a graph over 2 GB keeps its weights beside it
+                log.info("%s: the fp32 graph keeps its weights in ONNX external data", model)
+            probe = ProbeSet(tokenizer, inputs, max_len, prompt)
+            ref = probe.torch_logits(torch_model)
+            variants = {
+                "fp32": Variant(
+                    file=VARIANT_FILES["fp32"],
+                    precision="fp32",
                     optimized=optimize,
-                    validation=check_ranking(
-                        probe, ref, path, f"{precision} variant of {model}", min_top5_overlap
-                    ),
-                    external_data=external_data_files(path),
-                    **({"recipe": INT8_RECIPE.describe()} if precision == "int8" else {}),
+                    validation=validate_fp32(torch_model, fp32_path, inputs),
+                    external_data=external_data_files(fp32_path),
                 )
-        tokenizer.save_pretrained(work)
-        torch_model.config.save_pretrained(work)
-        manifest = Manifest(
-            cache_key=key,
-            source={**source, "content_hash": chash, "model_type": torch_model.config.model_type},
-            opset=opset_of(fp32_path),
-            max_length=max_len,
-            num_labels=num_labels,
-            activation="sigmoid" if num_labels == 1 else "softmax",
-            declared_activation=declared,
-            inputs=inputs,
-            output=CONTRACT.output,
-            prompt=prompt,
-            variants=variants,
-            tool_versions=versions,
-            export_seconds=round(time.perf_counter() - started, 2),
-        )
-        write_manifest(work, manifest)
-        install(work, out)
-    log.info("exported %s → %s in %.1fs", model, out, time.perf_counter() - started)
-    return out
+            }
+            if "fp16" in wanted:
+                to_fp16(fp32_path, work / VARIANT_FILES["fp16"])
+            if "int8" in wanted:
+                quantize_int8(fp32_path, work / VARIANT_FILES["int8"], INT8_RECIPE, optimized=optimize)
+            for precision in ("fp16", "int8"):
+                if precision in wanted:
+                    path = work / VARIANT_FILES[precision]
+                    variants[precision] = Variant(
+                        file=VARIANT_FILES[precision],
+                        precision=precision,
+                        optimized=optimize,
+                        validation=check_ranking(
+                            probe, ref, path, f"{precision} variant of {model}", min_top5_overlap
+                        ),
+                        external_data=external_data_files(path),
+                        **({"recipe": INT8_RECIPE.describe()} if precision == "int8" else {}),
+                    )
+            tokenizer.save_pretrained(work)
+            torch_model.config.save_pretrained(work)
+            manifest = Manifest(
+                cache_key=key,
+                source={**source, "content_hash": chash, "model_type": torch_model.config.model_type},
+                opset=opset_of(fp32_path),
+                max_length=max_len,
+                num_labels=num_labels,
+                activation="sigmoid" if num_labels == 1 else "softmax",
+                declared_activation=declared,
+                inputs=inputs,
+                output=CONTRACT.output,
+                prompt=prompt,
+                variants=variants,
+                tool_versions=versions,
+                export_seconds=round(time.perf_counter() - started, 2),
+            )
+            write_manifest(work, manifest)
+            install(work, out)
+        log.info("exported %s → %s in %.1fs", model, out, time.perf_counter() - started)
+        return out
+
+
+@contextmanager
+def exclusive(lock_file: Path):
+    """Hold an exclusive lock on `lock_file` (made if absent): a second process waits for the first.
+    Where there is no `fcntl` (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_file, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def auto_precision(gpu: bool) -> str:
