@@ -33,7 +33,12 @@ def layers_arg(text: str) -> int | list[int]:
 
 
 def main(argv=None, prog: str = "python -m jobs.distill") -> int:
-    p = cli.command_parser(prog, __doc__, "--config jobs/configs/distill_insuranceqa.yaml --ship")
+    p = cli.command_parser(
+        prog,
+        __doc__,
+        "--config jobs/configs/distill_insuranceqa.yaml --ship",
+        overrides="override a recipe key, e.g. distill.steps=3600 (repeatable)",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--teacher", help="teacher model folder (default: the config's `teacher`)")
     p.add_argument("--layers", type=layers_arg, help="N, or 0-based layer indices 1,3,5 (default: config)")
@@ -43,8 +48,7 @@ def main(argv=None, prog: str = "python -m jobs.distill") -> int:
 
 
 def run(args) -> int:
-    with open(args.config) as fh:
-        cfg = yaml.safe_load(fh)
+    cfg = recipe.load_recipe(args.config, cli.parse_overrides(args.overrides), distill.DistillRecipe)
     if args.teacher:
         cfg["teacher"] = args.teacher
     if args.layers is not None:

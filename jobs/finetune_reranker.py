@@ -1,6 +1,7 @@
 """Fine-tune all-MiniLM-L6-v2 into an insurance cross-encoder on InsuranceQA (resumable).
 
     python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml [--ship]
+        [--set train.steps=600 --set run_dir=artifacts/try ...]
 
 Rerun the same command after an interruption: mining, the loss comparison and training resume from
 `run_dir`. `--ship` writes the best checkpoint to `output_model` (fp16 safetensors + card).
@@ -18,7 +19,12 @@ from rerank_engine.training import recipe
 
 
 def main(argv=None, prog: str = "python -m jobs.finetune_reranker") -> int:
-    p = cli.command_parser(prog, __doc__, "--config jobs/configs/finetune_insuranceqa.yaml --ship")
+    p = cli.command_parser(
+        prog,
+        __doc__,
+        "--config jobs/configs/finetune_insuranceqa.yaml --ship",
+        overrides="override a recipe key, e.g. train.steps=600 (repeatable)",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--ship", action="store_true", help="copy the best checkpoint to output_model")
     args = p.parse_args(argv)
@@ -26,8 +32,7 @@ def main(argv=None, prog: str = "python -m jobs.finetune_reranker") -> int:
 
 
 def run(args) -> int:
-    with open(args.config) as fh:
-        cfg = yaml.safe_load(fh)
+    cfg = recipe.load_recipe(args.config, cli.parse_overrides(args.overrides))
     summary = recipe.run(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     Path(cfg["run_dir"], "resolved_config.yaml").write_text(yaml.safe_dump(cfg))

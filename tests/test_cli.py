@@ -135,3 +135,24 @@ def test_log_level_decides_what_the_library_logs(level, shown):
     assert done.stdout == ""
     assert ("INFO rerank_engine.quality.evaluation: scored 10 pairs" in done.stderr) is shown
     assert "WARNING rerank_engine.job.driver: a duplicated id" in done.stderr
+
+
+def test_a_finetune_recipe_takes_set_and_names_a_bad_key_before_anything_runs(tmp_path, capsys):
+    """The recipe file is checked like a job config: `--set train.steps=600` lands in the mapping that
+    runs, and an unknown key is one line naming it (and the nearest), with nothing mined or trained."""
+    from jobs import finetune_reranker
+    from rerank_engine.training.recipe import load_recipe
+
+    recipe = REPO / "jobs/configs/finetune_insuranceqa_v6.yaml"
+    cfg = load_recipe(recipe, cli.parse_overrides(["train.steps=600", f"run_dir={tmp_path / 'run'}"]))
+    assert cfg["train"]["steps"] == 600 and cfg["run_dir"] == str(tmp_path / "run")
+    assert cfg["train"]["lr"] == 7.0e-5  # the rest as the file has it
+
+    argv = ["--config", str(recipe), "--set", f"run_dir={tmp_path / 'run'}", "--set", "train.stepz=600"]
+    assert finetune_reranker.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "finetune failed: invalid RecipeConfig: train.stepz: Extra inputs are not permitted"
+    )
+    assert "steps" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

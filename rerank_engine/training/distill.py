@@ -36,7 +36,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from rerank_engine.config import TokenizerConfig
+from rerank_engine.config import TokenizerConfig, _Frozen
 from rerank_engine.errors import ConfigError, ModelFormatError, require
 from rerank_engine.serving.hashing import content_hash
 from rerank_engine.serving.tokenization import PairTokenizer
@@ -53,6 +53,7 @@ from rerank_engine.training.finetune import (
     score_pairs,
 )
 from rerank_engine.training.groups import GroupSampler
+from rerank_engine.training.hard_negatives import MiningConfig
 
 log = logging.getLogger(__name__)
 _log_info = log.info
@@ -336,6 +337,20 @@ def teacher_figures(
     if config.fusion_weight > 0 and evalset.recall_scores is not None:
         metrics["NDCG@5_fused"] = figures(logits, evalset, config.fusion_weight, ks=(5,))["NDCG@5"]
     return metrics
+
+
+class DistillRecipe(_Frozen):
+    """A distillation recipe file (`jobs/configs/distill_*.yaml`), every key checked."""
+
+    data: str = Field("insuranceqa-data==1.0", description="the dataset package the recipe trains on")
+    teacher: str = Field(description="the teacher's model folder")
+    run_dir: str = Field(description="checkpoints, mined sets and logs (resumed from)")
+    cache_dir: str = Field(".cache/embeddings", description="bi-encoder embeddings of the corpus")
+    teacher_cache: str = Field(".cache/teacher_logits", description="the teacher's logits, computed once")
+    output_model: str | None = Field(None, description="where --ship writes the best student")
+    mining: MiningConfig
+    valid_queries: int = Field(300, ge=1, description="valid questions used for selection")
+    distill: DistillConfig = DistillConfig()
 
 
 def run(cfg: dict, log=_log_info) -> dict:

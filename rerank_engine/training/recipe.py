@@ -10,13 +10,43 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from rerank_engine.config import _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.training.finetune import EvalSet, FinetuneConfig, train
 from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
 
 _log_info = logging.getLogger(__name__).info
+
+
+class RecipeConfig(_Frozen):
+    """A fine-tuning recipe file (`jobs/configs/finetune_*.yaml`), every key checked: an unknown or
+    mistyped one is a ConfigError naming it, as in a job config."""
+
+    data: str = Field("insuranceqa-data==1.0", description="the dataset package the recipe trains on")
+    base_model: str | None = Field(None, description="model folder to start from; null: bundled MiniLM")
+    run_dir: str = Field(description="checkpoints, mined sets and logs (resumed from)")
+    cache_dir: str = Field(".cache/embeddings", description="bi-encoder embeddings of the corpus")
+    output_model: str | None = Field(None, description="where --ship writes the best checkpoint")
+    mined_from: str | None = Field(None, description="mined records to reuse; null: mine into run_dir")
+    mining: MiningConfig | None = None
+    valid_queries: int = Field(300, ge=1, description="valid questions used for selection")
+    compare_steps: int = Field(300, ge=1, description="steps each loss of `losses` gets before the choice")
+    losses: list[Literal["bce", "listwise"]] = Field(["listwise"], min_length=1)
+    train: FinetuneConfig = FinetuneConfig()
+
+
+def load_recipe(
+    path: str | Path, overrides: dict | None = None, schema: type[_Frozen] = RecipeConfig
+) -> dict:
+    """A recipe file with `--set` overrides (`train.steps=600`), checked by `schema` (`RecipeConfig`, or
+    `distill.DistillRecipe`); returned as the mapping `run` takes."""
+    values = apply_overrides(read_yaml_mapping(path), overrides)
+    schema.build(**values)
+    return values
 
 
 def valid_evalset(recall, n_queries: int, k: int = 20, split: str = "valid") -> EvalSet:
