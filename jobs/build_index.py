@@ -2,7 +2,7 @@
 
     python -m jobs.build_index --corpus <corpus.parquet> --out <dir> [--bi-encoder <dir>]
         [--index-factory "IVF4096,Flat"] [--train-size 100000] [--nprobe 32] [--ef-search 64]
-        [--shards N] [--eval-queries 1000] [--embeddings <dir>]
+        [--shards N] [--eval-queries 1000] [--embeddings <dir>] [--actors N] [--set batch_rows=512 ...]
     python -m jobs.build_index --from-embeddings <dir> --out <dir> --index-factory HNSW32
 
 Writes index.faiss, doc_ids.json and manifest.json (model, dimension, count, metric, corpus hash, factory,
@@ -18,13 +18,21 @@ from __future__ import annotations
 import json
 
 from rerank_engine import cli
+from rerank_engine.config import EmbedConfig
 from rerank_engine.job.index_build import build_index
 
 EXAMPLE = "--corpus sample/corpus.parquet --out sample/index --index-factory Flat"
 
 
 def main(argv=None, prog: str = "python -m jobs.build_index") -> int:
-    p = cli.command_parser(prog, __doc__, EXAMPLE, with_progress=True)
+    p = cli.command_parser(
+        prog,
+        __doc__,
+        EXAMPLE,
+        with_progress=True,
+        overrides="an embedding resource (config.EmbedConfig: actors, cpus, threads, batch_rows, "
+        "block_rows, io_cpus), e.g. batch_rows=512 (repeatable)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--corpus", help="Parquet with doc_id, text (optionally title)")
     src.add_argument("--from-embeddings", help="embeddings folder written by an earlier build (no corpus)")
@@ -34,7 +42,7 @@ def main(argv=None, prog: str = "python -m jobs.build_index") -> int:
     )
     p.add_argument("--bi-encoder", default=None, help="model folder (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--actors", type=int, default=1, help="embedding actors (EmbedConfig.actors)")
     p.add_argument(
         "--index-factory", default="Flat", help='FAISS factory string: "Flat", "IVF4096,Flat", ...'
     )
@@ -62,7 +70,7 @@ def main(argv=None, prog: str = "python -m jobs.build_index") -> int:
             seed=args.seed,
             bi_encoder=args.bi_encoder,
             max_length=args.max_length,
-            actors=args.actors,
+            embed=EmbedConfig.build(**{"actors": args.actors, **cli.parse_overrides(args.overrides)}),
         )
         print(json.dumps(manifest, indent=2))
         return 0

@@ -183,6 +183,17 @@ class ResourcesConfig(_Frozen):
     )
 
 
+class EmbedConfig(_Frozen):
+    """The index build's corpus embedding on Ray (`job.pipeline.embedding_pipeline`)."""
+
+    actors: int = Field(1, ge=1, description="bi-encoder actors (a GPU each where the cluster has one)")
+    cpus: float = Field(1.0, gt=0, description="CPU share of each actor, fitted to the nodes found")
+    threads: int = Field(2, ge=1, description="torch threads per actor")
+    batch_rows: int = Field(256, ge=1, description="passages per bi-encoder call")
+    block_rows: int = Field(512, ge=1, description="corpus rows per read block")
+    io_cpus: float = Field(0.1, gt=0, description="CPU share of the read and write tasks")
+
+
 class JobConfig(_Frozen):
     """Everything `jobs.rerank` needs besides the paths; YAML + CLI overrides."""
 

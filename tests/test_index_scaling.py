@@ -296,3 +296,15 @@ def test_shard_stages_equal_one_recall_stage_over_the_unsharded_index(tmp_path):
         assert got_texts == [text_of[d] for d in want["__rerank_cand_ids"]]
     top = in_process["__rerank_recall_scores"].to_pylist()[2]
     assert len(set(np.round(top, 5))) < len(top)  # the third query's top-10 holds ties
+
+
+def test_the_embedding_resources_are_config_and_a_bad_one_is_named(tmp_path, capsys):
+    """The index build's Ray pipeline is sized by EmbedConfig (`--actors`, `--set batch_rows=…`), checked
+    before anything is embedded."""
+    from jobs import build_index as cmd
+
+    argv = ["--corpus", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "ix"), "--set", "batch_rowz=8"]
+    assert cmd.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "invalid EmbedConfig: batch_rowz: Extra inputs are not permitted" in err and "batch_rows" in err
+    assert not (tmp_path / "ix").exists()

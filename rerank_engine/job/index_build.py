@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from rerank_engine import schema
-from rerank_engine.config import ColumnsConfig
+from rerank_engine.config import ColumnsConfig, EmbedConfig
 from rerank_engine.recall.build import EMBEDDINGS_META, index_from_embeddings, read_embeddings_meta
 from rerank_engine.recall.checks import check_corpus
 from rerank_engine.serving.hashing import file_hash
@@ -30,7 +30,7 @@ def embed_corpus(
     *,
     bi_encoder: str | None = None,
     max_length: int = 256,
-    actors: int = 1,
+    embed: EmbedConfig | None = None,
     columns: ColumnsConfig | None = None,
 ) -> dict:
     """Embed a corpus Parquet into `out` (Parquet files + `_embeddings.json`); a no-op when `out` already
@@ -61,7 +61,9 @@ def embed_corpus(
         "text_col": cols.text,
         "title_col": cols.title,
     }
-    embedding_pipeline(corpus, read_cols, n_rows, staging, actors=actors, stage=stage, doc_id=cols.doc_id)
+    embedding_pipeline(
+        corpus, read_cols, n_rows, staging, embed=embed or EmbedConfig(), stage=stage, doc_id=cols.doc_id
+    )
     written = pq.ParquetDataset(staging).read(columns=["doc_id"]).num_rows if staging.exists() else 0
     if written != n_rows:
         shutil.rmtree(staging, ignore_errors=True)
@@ -96,7 +98,7 @@ def build_index(
     seed: int = 0,
     bi_encoder: str | None = None,
     max_length: int = 256,
-    actors: int = 1,
+    embed: EmbedConfig | None = None,
     columns: ColumnsConfig | None = None,
 ) -> dict:
     """Build the recall index in `out` and return its manifest.
@@ -110,7 +112,7 @@ def build_index(
     if corpus is not None:  # a doc id repeated with another text fails here, before any embedding
         repeats = check_corpus(corpus, columns or ColumnsConfig()).duplicate_rows
         embed_corpus(
-            corpus, emb_dir, bi_encoder=bi_encoder, max_length=max_length, actors=actors, columns=columns
+            corpus, emb_dir, bi_encoder=bi_encoder, max_length=max_length, embed=embed, columns=columns
         )
     return index_from_embeddings(
         emb_dir,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rerank_engine.config import JobConfig, ResourcesConfig
+from rerank_engine.config import EmbedConfig, JobConfig, ResourcesConfig
 from rerank_engine.errors import ConfigError
 from rerank_engine.job.dedupe import FanOut
 from rerank_engine.job.recall_stages import QueryEmbedStage, RecallSpec, RecallStage, ShardSearchStage
@@ -272,40 +272,40 @@ def write_output(ds, config: JobConfig, folder) -> None:
     ds.write_parquet(str(folder), ray_remote_args={"num_cpus": r.io_cpus})
 
 
-EMBED_BLOCK_ROWS = 512  # corpus rows per read block
-EMBED_BATCH_ROWS = 256  # passages per bi-encoder call
-EMBED_THREADS = 2  # torch threads per embedding actor
-EMBED_CPUS = 1.0  # CPU share of an embedding actor, fitted to the nodes like the job's actors
-EMBED_IO_CPUS = 0.1  # read and write tasks
-
-
 def embedding_pipeline(
-    corpus: str, columns: list[str], n_rows: int, folder, *, actors: int, stage: dict, doc_id: str = "doc_id"
+    corpus: str,
+    columns: list[str],
+    n_rows: int,
+    folder,
+    *,
+    embed: EmbedConfig,
+    stage: dict,
+    doc_id: str = "doc_id",
 ):
     """Embed the corpus's `columns` (its `doc_id` column written as doc_id) with
-    `recall_stages.EmbedStage(**stage)` in `actors` actors (a GPU
-    each where the cluster has one) and write Parquet into `folder`. Read with the V1 reader and the
-    actor share fitted to the nodes found, as the job is, so a 1-CPU node does not stall."""
+    `recall_stages.EmbedStage(**stage)` in `embed.actors` actors (a GPU each where the cluster has one)
+    and write Parquet into `folder`. Read with the V1 reader and the actor share fitted to the nodes
+    found, as the job is, so a 1-CPU node does not stall."""
     from ray.data import ActorPoolStrategy
 
     from rerank_engine.job.recall_stages import EmbedStage
 
-    cpus = EMBED_CPUS * fit_scale([EMBED_CPUS] * actors, node_cpus(), EMBED_IO_CPUS)
+    cpus = embed.cpus * fit_scale([embed.cpus] * embed.actors, node_cpus(), embed.io_cpus)
     ds = _read_parquet(
         corpus,
         columns=columns,
-        num_cpus=EMBED_IO_CPUS,
-        override_num_blocks=max(1, n_rows // EMBED_BLOCK_ROWS),
+        num_cpus=embed.io_cpus,
+        override_num_blocks=max(1, n_rows // embed.block_rows),
     )
     if doc_id != "doc_id":
         ds = ds.rename_columns({doc_id: "doc_id"})
     ds = ds.map_batches(
         EmbedStage,
-        fn_constructor_kwargs={**stage, "threads": EMBED_THREADS},
+        fn_constructor_kwargs={**stage, "threads": embed.threads},
         batch_format="pyarrow",
-        batch_size=EMBED_BATCH_ROWS,
-        compute=ActorPoolStrategy(size=actors),
+        batch_size=embed.batch_rows,
+        compute=ActorPoolStrategy(size=embed.actors),
         num_cpus=cpus,
         num_gpus=cluster_gpus(),
     )
-    ds.write_parquet(str(folder), ray_remote_args={"num_cpus": EMBED_IO_CPUS})
+    ds.write_parquet(str(folder), ray_remote_args={"num_cpus": embed.io_cpus})
