@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +133,7 @@ def tiny_world():
 
 @pytest.mark.slow
 def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export, tmp_path):
-    from jobs.calibrate import calibrate
+    from rerank_engine.quality.calibration import calibrate
     from rerank_engine.serving.manifest import read_manifest
 
     questions, answers, recall = tiny_world
@@ -200,7 +199,7 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export
 
 @pytest.mark.slow
 def test_out_of_domain_and_report(tiny_world, tmp_path):
-    from jobs.evaluate import write_report
+    from rerank_engine.quality.report import write_report
 
     _, _, recall = tiny_world
     encoder = recall[0]
@@ -252,17 +251,9 @@ def test_out_of_domain_and_report(tiny_world, tmp_path):
         "out_of_domain": {"toy": ood},
         "_meta": {"split": "test", "data": "tiny", "seconds": 1.0},
     }
-    args = Namespace(
-        split="test",
-        models=["m"],
-        queries=3,
-        pool_queries=0,
-        classic_queries=None,
-        no_classic_ir=False,
-        max_length=256,
-        out="o",
-    )
-    report = write_report(tmp_path, results, sc, calibrated, args).read_text()
+    command = "python -m jobs.evaluate --split test --models m --queries 3 --out o"
+    report = write_report(tmp_path, results, sc, calibrated, command).read_text()
+    assert f"`{command}`" in report
     for png in ("threshold_curves.png", "score_histograms.png", "handed_on.png", "out_of_domain.png"):
         assert_png(tmp_path / png)
         assert f"({png})" in report
@@ -329,8 +320,8 @@ def test_compare_models_alone_against_fused(tiny_world, tiny_export, copy_export
     weights, calibrated) fused with its own fusion.json, at the NDCG@5 calibration's fit recorded; the
     paired difference is that of the two means. The tiny model's fit is flat (scale ~1e-6): its fused
     probabilities differ by ~1e-8, which float32 probabilities used to collapse into ties."""
-    from jobs.calibrate import calibrate
     from jobs.compare_models import compare
+    from rerank_engine.quality.calibration import calibrate
 
     questions, answers, recall = tiny_world
     baseline, candidate = copy_export(tiny_export, "baseline"), copy_export(tiny_export, "candidate")
