@@ -26,7 +26,7 @@ from rerank_engine.serving.exporting import export_model
 
 def real_pairs(n_queries: int) -> tuple[list[str], list[str]]:
     """The `real` workload of `benchmarks.throughput` (bi-encoder top-20 over all InsuranceQA answers)."""
-    from benchmarks.throughput import insuranceqa_workloads
+    from benchmarks.workloads import insuranceqa_workloads
 
     real, _ = insuranceqa_workloads(n_queries, 0)
     return real.queries, real.passages

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import DEFAULT_MODEL, Shapes, machine, synthetic_workloads
+from benchmarks.common import DEFAULT_MODEL, machine
+from benchmarks.variants import Shapes
+from benchmarks.workloads import synthetic_workloads
 from rerank_engine.serving.agreement import spearman, top_k_overlap
 from rerank_engine.serving.batching import pad_rows, plan_batches
 

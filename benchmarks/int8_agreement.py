@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import throughput
-from benchmarks.throughput import EngineVariant, Workload
+from benchmarks.common import DEFAULT_MODEL, machine, shown_path
+from benchmarks.variants import CalibrationReader, EngineVariant, Shapes, derived_export
+from benchmarks.workloads import Workload, agreement, labelled_top20, recall_candidates, synthetic_workloads
 from rerank_engine.serving.engine import CrossEncoderEngine
 from rerank_engine.serving.export_quantization import INT8_RECIPE, Int8Recipe
 
@@ -107,7 +108,7 @@ def per_token_rows(export_dir: Path, calib_queries: int, start: int) -> list[Row
         def run(src: Path, dst: Path) -> None:
             smoothing = {}
             if alpha is not None:
-                feeds = throughput._CalibrationReader(export_dir, calib_queries, start=start).feeds
+                feeds = CalibrationReader(export_dir, calib_queries, start=start).feeds
                 smoothing = {"calibration": feeds, "alpha": alpha}
             quantize_per_token(src, dst, weight_bits=bits, **smoothing)
 
@@ -188,7 +189,7 @@ def static_rows(export_dir: Path, calib_queries: int, start: int, methods: list[
             quantize_static(
                 str(src),
                 str(dst),
-                throughput._CalibrationReader(export_dir, calib_queries, start=start),
+                CalibrationReader(export_dir, calib_queries, start=start),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=["MatMul"],
                 nodes_to_quantize=nodes,
@@ -211,10 +212,10 @@ def valid_workload(n_queries: int) -> Workload:
     from rerank_engine.data.insuranceqa import load_answers, load_split
 
     questions = load_split("valid")[:n_queries]
-    return throughput.labelled_top20(
+    return labelled_top20(
         "valid",
         questions,
-        throughput.recall_candidates(questions),
+        recall_candidates(questions),
         load_answers(),
         f"bi-encoder top-20 of the first {n_queries} InsuranceQA valid questions, max_length 256",
     )
@@ -224,10 +225,10 @@ def valid_workload(n_queries: int) -> Workload:
 
 
 def compare(w: Workload, scores: np.ndarray, ref: np.ndarray, ref_ndcg: float | None) -> dict:
-    """Agreement with fp32 (`throughput.agreement`, plus mean |Δscore| and the worst query's overlap)."""
+    """Agreement with fp32 (`workloads.agreement`, plus mean |Δscore| and the worst query's overlap)."""
     from rerank_engine.serving.agreement import top_k_overlap
 
-    got = throughput.agreement(w, scores, ref)
+    got = agreement(w, scores, ref)
     out = {
         "max_abs_dscore": got["max_abs_dscore_vs_A"],
         "mean_abs_dscore": float(np.mean(np.abs(scores - ref))) if len(ref) else 0.0,
@@ -272,9 +273,7 @@ def build_variants(export_dir: Path, rows: list[Row], threads: int, work: Path) 
     for row in rows:
         started = time.perf_counter()
         tag = hashlib.sha256(json.dumps(row.describe, sort_keys=True).encode()).hexdigest()[:8]
-        folder = throughput._derived_export(
-            export_dir, work / f"{export_dir.name}-{row.name}-{tag}", row.build
-        )
+        folder = derived_export(export_dir, work / f"{export_dir.name}-{row.name}-{tag}", row.build)
         print(f"  built {row.name} in {time.perf_counter() - started:.1f}s")
         variants[row.name] = EngineVariant(folder, precision="int8", threads=threads, batching=BUCKETED)
     return variants
@@ -301,7 +300,7 @@ def measure(
             times[name].append(time.perf_counter() - t)
         print(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{n} {t[-1]:.1f}s" for n, t in times.items()))
     ref = scores["fp32"]
-    ref_ndcg = throughput.agreement(w, ref, ref).get("ndcg5")
+    ref_ndcg = agreement(w, ref, ref).get("ndcg5")
     fp32_pps = len(sub) / statistics.median(times["fp32"])
     table = {}
     for name in variants:
@@ -374,11 +373,11 @@ def run(args) -> dict:
     export_dir = Path(args.export) if args.export else resolve_export(args.model, ["fp32"])
     n_queries = 8 if args.quick and not args.synthetic else args.queries
     if args.synthetic:
-        w = throughput.synthetic_workloads(args.synthetic)[0]
+        w = synthetic_workloads(args.synthetic)[0]
         w.name = "synthetic"
     else:
         w = valid_workload(n_queries)
-    shapes = throughput.Shapes.of(export_dir)
+    shapes = Shapes.of(export_dir)
     rows = dynamic_rows(args.quick)
     if args.per_token:
         rows += per_token_rows(export_dir, args.calib_queries, n_queries)
@@ -405,9 +404,9 @@ def run(args) -> dict:
     labels = w.labels if w.labels is not None else np.zeros(len(w))
     result = {
         "date": datetime.date.today().isoformat(),
-        "machine": throughput.machine(),
+        "machine": machine(),
         "model": str(args.model),
-        "export": throughput.shown_path(export_dir),
+        "export": shown_path(export_dir),
         "threads": args.threads,
         "reps": args.reps,
         "quick": bool(args.quick),
@@ -431,7 +430,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.int8_agreement", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--model", default=throughput.DEFAULT_MODEL, help="Hugging Face model folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face model folder")
     p.add_argument("--export", default=None, help="its export folder (default: the cached export)")
     p.add_argument("--quick", action="store_true", help="8 valid questions, three recipes")
     p.add_argument("--queries", type=int, default=100, help="valid questions (× their recall top-20)")

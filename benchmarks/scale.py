@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         from jobs.make_sample import make_sample
 
         make_sample(sample)
-    from benchmarks.throughput import machine
+    from benchmarks.common import machine
 
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "distinct": args.distinct, "sizes": []}
     with tempfile.TemporaryDirectory(prefix="rerank-scale-") as tmp:

@@ -18,7 +18,7 @@ TEACHER = "C_onnx_fp32_bucketed_8192"  # the teacher's engine at the same precis
 
 def variant(student: str | Path, threads: int):
     """The student's engine, configured as the teacher's `TEACHER` variant."""
-    from benchmarks.throughput import EngineVariant
+    from benchmarks.variants import EngineVariant
     from rerank_engine.serving.exporting import resolve_export
 
     return EngineVariant(
@@ -32,7 +32,7 @@ def variant(student: str | Path, threads: int):
 def rescale_flops(row: dict, teacher_shapes, student_model: str | Path, lengths) -> None:
     """`measure` counts every variant's useful FLOPs with the teacher's shapes: redo the student's row
     with its own (fewer layers), on the same true lengths (the student keeps the teacher's tokenizer)."""
-    from benchmarks.throughput import Shapes
+    from benchmarks.variants import Shapes
 
     ratio = Shapes.of(student_model).flops(lengths) / teacher_shapes.flops(lengths)
     for key in ("useful_gflops", "share_of_int8_gemm", "share_of_fp32_gemm"):

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import gpu_check, student, throughput
+from benchmarks import common, gpu_check, student, throughput, variants, workloads
 
 
 def test_zipf_log_repeats_head_queries():
-    log = throughput.zipf_log(10_000, 2_000)
+    log = workloads.zipf_log(10_000, 2_000)
     distinct = len(set(log.tolist()))
     assert log.min() >= 0 and log.max() < 2_000
     assert 1_200 < distinct < 1_700  # the "about 1,460 distinct"
@@ -22,7 +22,7 @@ def test_zipf_log_repeats_head_queries():
 
 
 def test_model_flops_count_attention_quadratically():
-    shapes = throughput.Shapes(layers=6, hidden=384, ffn=1536)
+    shapes = variants.Shapes(layers=6, hidden=384, ffn=1536)
     one = shapes.flops(np.array([100]))
     assert one == pytest.approx(6 * (2 * 100 * (4 * 384**2 + 2 * 384 * 1536) + 4 * 100**2 * 384))
     assert shapes.flops(np.array([100, 100])) == pytest.approx(2 * one)
@@ -129,10 +129,10 @@ def test_reports_record_no_machine_paths(tmp_path, monkeypatch):
     from pathlib import Path
 
     monkeypatch.setenv("RERANK_ENGINE_CACHE", str(tmp_path / "cache"))
-    assert throughput.shown_path(tmp_path / "cache" / "onnx" / "abc") == "$RERANK_ENGINE_CACHE/onnx/abc"
+    assert common.shown_path(tmp_path / "cache" / "onnx" / "abc") == "$RERANK_ENGINE_CACHE/onnx/abc"
     monkeypatch.chdir(tmp_path)
-    assert throughput.shown_path(tmp_path / "artifacts" / "x") == "artifacts/x"
-    assert throughput.shown_path("/elsewhere/x") == "/elsewhere/x"
+    assert common.shown_path(tmp_path / "artifacts" / "x") == "artifacts/x"
+    assert common.shown_path("/elsewhere/x") == "/elsewhere/x"
 
     root = Path(__file__).resolve().parent.parent
     machine_path = re.compile(r"(?<![\w.$])/(?:root|home|tmp|work|Users)/")
