@@ -118,7 +118,7 @@ def run(args) -> int:
     if not Path(config.model).exists():
         raise RerankEngineError(
             f"default model {config.model} is missing; train it with "
-            "`python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml --ship`"
+            "`python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa_v6.yaml --ship`"
         )
     if not (root / "queries.parquet").is_file():
         print("sample:", json.dumps(make_sample(root, args.queries)))

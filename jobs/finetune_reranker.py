@@ -1,6 +1,6 @@
 """Fine-tune all-MiniLM-L6-v2 into an insurance cross-encoder on InsuranceQA (resumable).
 
-    python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa.yaml [--ship]
+    python -m jobs.finetune_reranker --config jobs/configs/finetune_insuranceqa_v6.yaml [--ship]
         [--set train.steps=600 --set run_dir=artifacts/try ...]
 
 Rerun the same command after an interruption: mining, the loss comparison and training resume from
@@ -22,7 +22,7 @@ def main(argv=None, prog: str = "python -m jobs.finetune_reranker") -> int:
     p = cli.command_parser(
         prog,
         __doc__,
-        "--config jobs/configs/finetune_insuranceqa.yaml --ship",
+        "--config jobs/configs/finetune_insuranceqa_v6.yaml --ship",
         overrides="override a recipe key, e.g. train.steps=600 (repeatable)",
     )
     p.add_argument("--config", required=True)

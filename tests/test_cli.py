@@ -137,6 +137,29 @@ def test_log_level_decides_what_the_library_logs(level, shown):
     assert "WARNING rerank_engine.job.driver: a duplicated id" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    sorted((REPO / "jobs/configs").glob("finetune_*.yaml"))
+    + sorted((REPO / "jobs/configs/history").glob("*.yaml")),
+    ids=lambda p: p.relative_to(REPO / "jobs/configs").as_posix(),
+)
+def test_every_kept_finetune_recipe_still_passes_the_recipe_check(recipe):
+    """The recipes kept for history reproduce their models only while they still load: each one passes
+    the same check as a run's (no key the loop no longer knows)."""
+    from rerank_engine.training.recipe import load_recipe
+
+    cfg = load_recipe(recipe)
+    assert cfg["data"] == "insuranceqa-data==1.0" and cfg["train"]["steps"] >= 1
+
+
+def test_the_distillation_recipe_passes_its_check():
+    from rerank_engine.training.distill import DistillRecipe
+    from rerank_engine.training.recipe import load_recipe
+
+    cfg = load_recipe(REPO / "jobs/configs/distill_insuranceqa.yaml", schema=DistillRecipe)
+    assert cfg["teacher"] == "models/insurance-minilm-l6-ce" and cfg["distill"]["steps"] >= 1
+
+
 def test_a_finetune_recipe_takes_set_and_names_a_bad_key_before_anything_runs(tmp_path, capsys):
     """The recipe file is checked like a job config: `--set train.steps=600` lands in the mapping that
     runs, and an unknown key is one line naming it (and the nearest), with nothing mined or trained."""
