@@ -282,13 +282,16 @@ def test_evaluate_reports_the_fused_order(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, assert_same_checkpoint):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, assert_same_checkpoint, precision):
     """Stopped at step 7 and resumed, a run ends with the same weights and losses as one left alone:
-    optimizer, schedule, data order and dropout RNG all come back from the checkpoint."""
+    optimizer, schedule, data order and dropout RNG all come back from the checkpoint (bf16 autocast
+    included)."""
 
     from rerank_engine.training.finetune import FinetuneConfig, train
 
     config = FinetuneConfig.build(
+        precision=precision,
         loss="bce",
         pos_weight=3.0,
         n_negatives=2,
@@ -306,6 +309,32 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, assert_sam
     rest = train(config, _fused_records(), tmp_path / "split", base_model=tiny_model_dir, progress=False)
     assert_same_checkpoint(tmp_path / "whole", tmp_path / "split")
     assert rest["last_losses"] == whole["last_losses"][-len(rest["last_losses"]) :]
+
+
+@pytest.mark.slow
+def test_bf16_autocast_trains_its_own_run_close_to_fp32_and_keeps_the_fp32_key(tmp_path, tiny_model_dir):
+    """`precision: bf16` runs the step's forward in bf16: the losses move (so autocast took effect) but
+    stay close to fp32's, the checkpoint key differs (a bf16 run never resumes an fp32 one), the saved
+    weights stay fp32, and the fp32 key is the one runs had before the option existed."""
+    import torch
+
+    from rerank_engine.training.finetune import FinetuneConfig, train
+
+    assert FinetuneConfig().key() == "ce84c2b6cf2517fe"  # the default's key before `precision` existed
+    settings = dict(n_negatives=2, groups_per_step=2, steps=6, lr=1e-3, max_length=32, eval_every=100)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        config = FinetuneConfig.build(precision=precision, **settings)
+        runs[precision] = train(
+            config, _fused_records(), tmp_path / precision, base_model=tiny_model_dir, progress=False
+        )
+        runs[precision]["key"] = config.key()
+    fp32, bf16 = np.array(runs["fp32"]["last_losses"]), np.array(runs["bf16"]["last_losses"])
+    assert runs["fp32"]["key"] != runs["bf16"]["key"]
+    assert not np.array_equal(fp32, bf16)
+    assert np.allclose(fp32, bf16, rtol=0.05, atol=0.02)
+    saved = torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)
+    assert {t.dtype for t in saved["model"].values() if t.is_floating_point()} == {torch.float32}
 
 
 def test_bce_weighs_the_positive_by_pos_weight():
