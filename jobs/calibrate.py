@@ -11,7 +11,8 @@ recall cosine on the same questions (`rerank_engine.quality.fusion`) and writes 
 fused score's own best-F1 threshold. The batch job uses the fused score and its threshold by default, the
 plain one where it cannot fuse (logged candidates, another bi-encoder, `fusion: off`). Plots:
 `threshold_curves.png` (precision / recall / F1 / share no_relevant against the threshold) and
-`score_histograms.png` (scores of relevant vs irrelevant pairs).
+`score_histograms.png` (scores of relevant vs irrelevant pairs), and `threshold_tradeoff.md` (for the
+served score: the threshold that hands nothing to 0 %, 10 %, … of the questions, its noise beside recall's).
 
 The test split is never used here (report on it with `python -m jobs.evaluate --split test`). A rerun
 with the same model and settings finds `threshold.json` up to date and returns at once; the pairs' scores

@@ -171,6 +171,11 @@ def test_calibrate_end_to_end_on_tiny_model(tiny_world, tiny_export, copy_export
     )
     assert_png(tmp_path / "plots" / "threshold_curves.png")
     assert_png(tmp_path / "plots" / "score_histograms.png")
+    tradeoff = (tmp_path / "plots" / "threshold_tradeoff.md").read_text()
+    assert "Recall's top-5 on the same questions" in tradeoff
+    calibrated = [line for line in tradeoff.splitlines() if "(calibrated, best F1)" in line]
+    assert len(calibrated) == 1 and f"| {fusion.threshold:.4f} |" in calibrated[0]
+    assert tradeoff.count("\n| ") >= 2  # the calibrated row and at least the no-threshold row
 
     # same model and settings: up to date, nothing loaded, rescored or rewritten
     before = (model / "threshold.json").read_bytes()

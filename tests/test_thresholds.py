@@ -17,6 +17,7 @@ from rerank_engine.quality.thresholds import (
     cut_points,
     for_precision,
     sweep,
+    tradeoff,
 )
 
 MODEL = "tiny@0123456789ab"
@@ -68,6 +69,18 @@ def test_grid_sweep_between_cut_points():
     assert s.recall.tolist() == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
     assert s.empty_queries.tolist() == [0, 0, 1, 3]
     assert len(GRID) == 101 and GRID[0] == 0.0 and GRID[-1] == 1.0 and GRID[52] == 0.52
+
+
+def test_tradeoff_rows_by_hand():
+    """Per query the best scores are 0.9, 0.8 and 0.7. No threshold: all 6 kept, 3 relevant. A third of
+    the questions empty: just above 0.7, keeping (0.9 R) (0.8 -). Two thirds: just above 0.8, keeping
+    (0.9 R). Emptying all three is no trade and is left out; shares that need the same cut share a row."""
+    rows = tradeoff(QUERIES)
+    assert [r["threshold"] for r in rows] == [0.0, np.nextafter(0.7, 1), np.nextafter(0.8, 1)]
+    assert [r["share_asked"] for r in rows] == [0.0, 0.1, 0.4]
+    assert [r["no_relevant_share"] for r in rows] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    assert [(r["kept"], r["kept_relevant"]) for r in rows] == [(6, 3), (2, 1), (1, 1)]
+    assert [r["noise"] for r in rows] == pytest.approx([0.5, 0.5, 0.0])
 
 
 def test_best_f1_takes_the_lowest_of_tied_thresholds():

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from rerank_engine.errors import ConfigError, ModelNotFoundError
 from rerank_engine.quality import evaluation, plots
-from rerank_engine.quality.fusion import Fusion, fit, logit_of
+from rerank_engine.quality.fusion import fit, logit_of
+from rerank_engine.quality.metrics import noise_ratio
 from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE, calibrated_with
-from rerank_engine.quality.thresholds import GRID, Threshold, best_f1, for_precision, sweep
+from rerank_engine.quality.thresholds import GRID, Threshold, best_f1, for_precision, sweep, tradeoff
 from rerank_engine.serving.exporting import resolve_export
 from rerank_engine.serving.manifest import read_manifest
 
@@ -81,7 +82,8 @@ def calibrate(
     current = None if force else calibrated_with(model, model_id, settings)
     if current is not None:
         have_plots = plots_dir is None or all(
-            (plots_dir / f).is_file() for f in ("threshold_curves.png", "score_histograms.png")
+            (plots_dir / f).is_file()
+            for f in ("threshold_curves.png", "score_histograms.png", "threshold_tradeoff.md")
         )
         if have_plots:
             log(f"{path} is up to date for {model_id} ({current.value:.4f}); --force recalibrates")
@@ -103,7 +105,7 @@ def calibrate(
         stride=stride,
         log=log,
     )
-    fit_fusion(sc, cosines, model / FUSION_FILE, settings, k_rerank, log=log)
+    fusion, fused = fit_fusion(sc, cosines, model / FUSION_FILE, settings, k_rerank, log=log)
     scored = sc.scored_queries(k_rerank)
     best = best_f1(scored, model_id=model_id)
     grid = sweep(scored, GRID)
@@ -138,14 +140,20 @@ def calibrate(
         title = f"{model_id}, {split} ({len(questions)} q), rerank top-{k_rerank}"
         plots.threshold_curves(grid, plots_dir / "threshold_curves.png", marks=marks, title=title)
         plots.score_histograms(scored, plots_dir / "score_histograms.png", threshold=best.value, title=title)
-        log(f"plots in {plots_dir}")
+        recall_top = zip((c[:k_rerank] for c in sc.candidates), sc.relevant, strict=True)
+        recall_noise = noise_ratio(recall_top)
+        (plots_dir / "threshold_tradeoff.md").write_text(
+            tradeoff_markdown(fused, fusion.threshold, recall_noise, title, k_rerank)
+        )
+        log(f"plots and the threshold trade-off in {plots_dir}")
     log(f"calibration took {time.perf_counter() - started:.0f}s")
     return threshold.to_dict()
 
 
-def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=_log_info) -> Fusion:
+def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=_log_info):
     """Fit the score fusion of the reranker with the recall cosine (`rerank_engine.quality.fusion`) on the
-    same questions, calibrate its threshold (best F1, as for the plain score) and write `path`."""
+    same questions, calibrate its threshold (best F1, as for the plain score) and write `path`. Returns
+    the fusion and the fused top-k (`ScoredQuery`s) it was calibrated on."""
     fusion = fit(
         sc.candidates,
         [logit_of(s) for s in sc.scores],
@@ -170,4 +178,30 @@ def fit_fusion(sc, cosines, path: Path, settings: dict, k_rerank: int, log=_log_
         f"fused {c[f'ndcg@{k_rerank}_fused']:.4f}; threshold {best.value:.4f} "
         f"(F1 {best.calibration['f1']:.3f})"
     )
-    return fusion
+    return fusion, fused
+
+
+def tradeoff_markdown(fused, threshold: float, recall_noise: float, title: str, k: int) -> str:
+    """The served (fused) score's threshold trade-off as a table: for each share of questions handed
+    nothing, the threshold, what is kept and its noise, beside recall top-k's noise on the same questions."""
+    rows = tradeoff(fused)
+    at = sweep(fused, [threshold]).at(0)
+    lines = [
+        f"# What the threshold trades: {title}",
+        "",
+        "The served score (fused with the recall cosine, `fusion.json`). Noise = share of the passages",
+        "handed on that are not labelled relevant.",
+        f"Recall's top-{k} on the same questions: **{recall_noise:.1%}**; the reranker's top-{k} with no "
+        f"threshold: {rows[0]['noise']:.1%}.",
+        "",
+        f"| questions handed nothing | threshold | passages kept | noise | vs recall top-{k} |",
+        "|---|---|---|---|---|",
+    ]
+    marked = {**at, "noise": 1.0 - at["precision"] if at["kept"] else 0.0}
+    for r in sorted([*rows, {**marked, "calibrated": True}], key=lambda r: r["threshold"]):
+        name = f"{r['no_relevant_share']:.1%}" + (" (calibrated, best F1)" if r.get("calibrated") else "")
+        lines.append(
+            f"| {name} | {r['threshold']:.4f} | {r['kept']} | {r['noise']:.1%} | "
+            f"{100 * (r['noise'] - recall_noise):+.1f} points |"
+        )
+    return "\n".join(lines) + "\n"

@@ -206,6 +206,28 @@ class Threshold:
 # -- choosing -------------------------------------------------------------------------------------------
 
 
+EMPTY_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def tradeoff(queries: Sequence[ScoredQuery], shares: Iterable[float] = EMPTY_SHARES) -> list[dict]:
+    """What a threshold trades, one row per share of queries to hand nothing: the lowest threshold that
+    leaves at least that share empty (0 for a share of 0), and there the share actually left empty,
+    the passages kept and the noise (1 − pooled precision). Rows are ascending; a share no threshold
+    reaches short of emptying every query is left out, and a share that needs the row before's cut too."""
+    best = np.sort([q.scores.max() for q in queries if len(q.scores)])
+    rows = []
+    for share in shares:
+        t = 0.0 if share <= 0 else float(best[min(len(best) - 1, int(np.ceil(share * len(queries))) - 1)])
+        t = float(np.nextafter(t, np.inf)) if share > 0 else t  # `>= t` keeps the query at the cut out
+        if rows and rows[-1]["threshold"] == t:  # few queries: two shares, one cut
+            continue
+        row = sweep(queries, [t]).at(0)
+        if share > 0 and row["no_relevant_share"] >= 1.0:
+            break
+        rows.append({**row, "share_asked": share, "noise": 1.0 - row["precision"] if row["kept"] else 0.0})
+    return rows
+
+
 def best_f1(queries: Sequence[ScoredQuery], *, model_id: str, scale: str = PROBABILITY) -> Threshold:
     """The exact cut point with the highest pooled F1 (ties: the lowest such threshold, keeping more)."""
     s = sweep(queries, cut_points(queries))
