@@ -53,9 +53,11 @@ def main(argv=None) -> int:
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.recall.index import bundled_minilm_dir
     from rerank_engine.serving.tokenization import PairTokenizer
-    from rerank_engine.training.finetune import _bucketed_logits, _group_loss, load_model
+    from rerank_engine.training.finetune import group_loss
     from rerank_engine.training.groups import GroupSampler
     from rerank_engine.training.hard_negatives import read_records
+    from rerank_engine.training.loop import bucketed_logits
+    from rerank_engine.training.scoring import load_model
 
     torch.set_num_threads(args.threads)
     base = bundled_minilm_dir()
@@ -81,8 +83,8 @@ def main(argv=None) -> int:
                 queries = [g.query for g in groups for _ in g.passages]
                 passages = [x for g in groups for x in g.passages]
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s["bf16"]):
-                    logits = _bucketed_logits(s["model"], s["tokenizer"], queries, passages, "cpu")
-                    loss = _group_loss("listwise", logits.view(len(groups), 1 + n_neg + n_rand))
+                    logits = bucketed_logits(s["model"], s["tokenizer"], queries, passages, "cpu")
+                    loss = group_loss("listwise", logits.view(len(groups), 1 + n_neg + n_rand))
                 s["optimizer"].zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(s["model"].parameters(), 1.0)

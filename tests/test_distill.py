@@ -87,7 +87,7 @@ def _config(**kw) -> DistillConfig:
 
 
 def _evalset():
-    from rerank_engine.training.finetune import EvalSet
+    from rerank_engine.training.scoring import EvalSet
 
     cands = [[PASSAGES[(i + k) % len(PASSAGES)] for k in range(6)] for i in range(len(QUERIES))]
     ids = [[f"a{(i + k) % len(PASSAGES)}" for k in range(6)] for i in range(len(QUERIES))]
@@ -157,7 +157,7 @@ def _distill_loss_now(model_dir, teacher_dir, records, config) -> float:
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.distill import distill_loss, record_pairs
-    from rerank_engine.training.finetune import load_model, score_pairs
+    from rerank_engine.training.scoring import load_model, score_pairs
 
     tok = TokenizerConfig(max_length=config.max_length)
     queries, passages = record_pairs(records)
@@ -343,7 +343,7 @@ def test_the_teachers_valid_figures_are_those_of_its_reranking(tmp_path, teacher
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.serving.tokenization import PairTokenizer
     from rerank_engine.training.distill import teacher_figures
-    from rerank_engine.training.finetune import evaluate, load_model
+    from rerank_engine.training.scoring import evaluate, load_model
 
     got = teacher_figures(teacher_dir, _evalset(), tmp_path / "cache", _config())
     teacher = load_model(teacher_dir, seed=0, require_head=True)

@@ -260,7 +260,7 @@ def test_evaluate_reports_the_fused_order(tiny_model_dir):
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.quality.metrics import mean_metrics
     from rerank_engine.serving.tokenization import PairTokenizer
-    from rerank_engine.training.finetune import EvalSet, evaluate, load_model
+    from rerank_engine.training.scoring import EvalSet, evaluate, load_model
 
     rng = np.random.default_rng(1)
     ids = [[f"d{j}" for j in range(6)] for _ in range(4)]
@@ -340,13 +340,13 @@ def test_bf16_autocast_trains_its_own_run_close_to_fp32_and_keeps_the_fp32_key(t
 def test_bce_weighs_the_positive_by_pos_weight():
     import torch
 
-    from rerank_engine.training.finetune import _group_loss
+    from rerank_engine.training.finetune import group_loss
 
     grouped = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.5, -1.0]])
     sp = torch.nn.functional.softplus
     by_hand = (3.0 * sp(-grouped[:, 0]).sum() + sp(grouped[:, 1:]).sum()) / grouped.numel()
-    assert float(_group_loss("bce", grouped, pos_weight=3.0)) == pytest.approx(float(by_hand), rel=1e-6)
-    assert float(_group_loss("bce", grouped)) < float(_group_loss("bce", grouped, pos_weight=3.0))
+    assert float(group_loss("bce", grouped, pos_weight=3.0)) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(group_loss("bce", grouped)) < float(group_loss("bce", grouped, pos_weight=3.0))
 
 
 def test_memoized_tokenizer_gives_the_same_pairs(random_pairs):
@@ -368,7 +368,7 @@ def test_memoized_tokenizer_gives_the_same_pairs(random_pairs):
 
 def test_comparison_figures_pick_the_fusion_weight_and_keep_the_bi_encoder_row():
     from rerank_engine.training.comparison import markdown, recall_figures, set_figures
-    from rerank_engine.training.finetune import EvalSet
+    from rerank_engine.training.scoring import EvalSet
 
     evalset = EvalSet(
         queries=["q0", "q1"],
@@ -391,7 +391,7 @@ def test_trained_models_are_scored_on_the_comparison_sets_and_kept(tmp_path, tin
     """`compare_recipes --models`: a trained folder gets the variants' figures (alone and fused) on the
     same sets; its row is read back, not rescored, while the folder's content is unchanged."""
     from rerank_engine.training import comparison
-    from rerank_engine.training.finetune import EvalSet
+    from rerank_engine.training.scoring import EvalSet
 
     evalset = EvalSet(
         queries=["what does term life cover", "is flood damage covered"],
@@ -422,7 +422,7 @@ def test_trained_model_rows_refuse_a_folder_without_a_trained_head(tmp_path, hea
     head is refused by name instead of being scored with a head drawn at random."""
     from rerank_engine.errors import ModelFormatError
     from rerank_engine.training import comparison
-    from rerank_engine.training.finetune import EvalSet
+    from rerank_engine.training.scoring import EvalSet
 
     evalset = EvalSet(
         queries=["q"],
@@ -439,7 +439,7 @@ def test_trained_model_rows_refuse_a_folder_without_a_trained_head(tmp_path, hea
 
 
 def comparison_model(folder):
-    from rerank_engine.training.finetune import load_model
+    from rerank_engine.training.scoring import load_model
 
     return load_model(folder, seed=0)
 
@@ -478,7 +478,7 @@ def test_load_model_says_when_it_starts_from_a_fresh_head(headless_model_dir, ti
     its log says which weights it drew fresh."""
     import logging
 
-    from rerank_engine.training.finetune import load_model
+    from rerank_engine.training.scoring import load_model
 
     with caplog.at_level(logging.WARNING, logger="rerank_engine.training.finetune"):
         model = load_model(headless_model_dir, seed=0)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_engine.training.finetune import EvalSet, FinetuneConfig, evalset_logits, figures, train
+from rerank_engine.training.finetune import FinetuneConfig, train
 from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
+from rerank_engine.training.scoring import EvalSet, evalset_logits, figures
 
 FUSION_WEIGHTS = (2.0, 5.0, 10.0, 20.0, 40.0)
 _log_info = logging.getLogger(__name__).info
@@ -56,7 +57,7 @@ def final_model(base_model, run_dir: Path, config: FinetuneConfig):
     """The weights of `run_dir/checkpoint.pt` in the base model's architecture."""
     import torch
 
-    from rerank_engine.training.finetune import load_model
+    from rerank_engine.training.scoring import load_model
 
     model = load_model(base_model, config.seed)
     saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -98,7 +99,7 @@ def trained_model_rows(
     from rerank_engine.config import TokenizerConfig
     from rerank_engine.serving.hashing import content_hash
     from rerank_engine.serving.tokenization import PairTokenizer
-    from rerank_engine.training.finetune import load_model
+    from rerank_engine.training.scoring import load_model
 
     rows = [recall_row(evalsets)]
     for name, folder in models.items():

@@ -14,7 +14,7 @@ How ms-marco-MiniLM-L2/L4 and TinyBERT-L2 rerankers were made (FIELD_NOTES "Trai
   once and cached on disk, keyed by the teacher's content hash, the pairs' texts and the tokenization;
   written in chunks, so an interrupted computation resumes at the first missing chunk.
 
-Training is finetune.fit: `run_dir/checkpoint.pt` (model, optimizer, schedule, data order, torch RNG) and
+Training is loop.fit: `run_dir/checkpoint.pt` (model, optimizer, schedule, data order, torch RNG) and
 exact resume; the best student by valid NDCG@5 in `run_dir/best/`. `run(cfg)` is what `jobs/distill.py`
 runs: the mined records and the valid selection set as the fine-tuning recipe makes them, the teacher's
 own valid figures beside the student's.
@@ -40,20 +40,11 @@ from rerank_engine.config import TokenizerConfig, _Frozen
 from rerank_engine.errors import ConfigError, ModelFormatError, require
 from rerank_engine.serving.hashing import content_hash
 from rerank_engine.serving.tokenization import PairTokenizer
-from rerank_engine.training.finetune import (
-    EvalSet,
-    LoopConfig,
-    _bucketed_logits,
-    _group_loss,
-    evalset_pairs,
-    figures,
-    fit,
-    load_model,
-    per_query,
-    score_pairs,
-)
+from rerank_engine.training.finetune import group_loss
 from rerank_engine.training.groups import GroupSampler
 from rerank_engine.training.hard_negatives import MiningConfig
+from rerank_engine.training.loop import LoopConfig, bucketed_logits, fit
+from rerank_engine.training.scoring import EvalSet, evalset_pairs, figures, load_model, per_query, score_pairs
 
 log = logging.getLogger(__name__)
 _log_info = log.info
@@ -297,12 +288,12 @@ def distill(
     def step_loss(groups):
         qs = [g.query for g in groups for _ in g.passages]
         ps = [p for g in groups for p in g.passages]
-        student = _bucketed_logits(model, tokenizer, qs, ps, device).view(len(groups), width)
+        student = bucketed_logits(model, tokenizer, qs, ps, device).view(len(groups), width)
         wanted = [target_of[pair] for pair in zip(qs, ps, strict=True)]
         teacher_scores = torch.tensor(wanted, dtype=student.dtype, device=device).view(len(groups), width)
         loss = distill_loss(config.loss, student, teacher_scores)
         if config.label_weight > 0:
-            loss = loss + config.label_weight * _group_loss(config.label_loss, student, config.pos_weight)
+            loss = loss + config.label_weight * group_loss(config.label_loss, student, config.pos_weight)
         return loss
 
     key = hashlib.sha256(f"{config.key()}:{teacher_hash}".encode()).hexdigest()[:16]

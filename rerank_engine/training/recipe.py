@@ -16,8 +16,9 @@ import numpy as np
 from pydantic import Field
 
 from rerank_engine.config import _Frozen, apply_overrides, read_yaml_mapping
-from rerank_engine.training.finetune import EvalSet, FinetuneConfig, train
+from rerank_engine.training.finetune import FinetuneConfig, train
 from rerank_engine.training.hard_negatives import MiningConfig, mine_insuranceqa, read_records
+from rerank_engine.training.scoring import EvalSet
 
 _log_info = logging.getLogger(__name__).info
 
