@@ -16,7 +16,15 @@ from rerank_engine.quality import evaluation, plots
 from rerank_engine.quality.fusion import fit, logit_of
 from rerank_engine.quality.metrics import noise_ratio
 from rerank_engine.quality.score_policy import FUSION_FILE, THRESHOLD_FILE, calibrated_with
-from rerank_engine.quality.thresholds import GRID, Threshold, best_f1, for_precision, sweep, tradeoff
+from rerank_engine.quality.thresholds import (
+    GRID,
+    Threshold,
+    best_f1,
+    for_precision,
+    sweep,
+    tradeoff,
+    tradeoff_at,
+)
 from rerank_engine.serving.exporting import resolve_export
 from rerank_engine.serving.manifest import read_manifest
 
@@ -185,7 +193,6 @@ def tradeoff_markdown(fused, threshold: float, recall_noise: float, title: str, 
     """The served (fused) score's threshold trade-off as a table: for each share of questions handed
     nothing, the threshold, what is kept and its noise, beside recall top-k's noise on the same questions."""
     rows = tradeoff(fused)
-    at = sweep(fused, [threshold]).at(0)
     lines = [
         f"# What the threshold trades: {title}",
         "",
@@ -197,8 +204,8 @@ def tradeoff_markdown(fused, threshold: float, recall_noise: float, title: str, 
         f"| questions handed nothing | threshold | passages kept | noise | vs recall top-{k} |",
         "|---|---|---|---|---|",
     ]
-    marked = {**at, "noise": 1.0 - at["precision"] if at["kept"] else 0.0}
-    for r in sorted([*rows, {**marked, "calibrated": True}], key=lambda r: r["threshold"]):
+    calibrated = {**tradeoff_at(fused, threshold), "calibrated": True}
+    for r in sorted([*rows, calibrated], key=lambda r: r["threshold"]):
         name = f"{r['no_relevant_share']:.1%}" + (" (calibrated, best F1)" if r.get("calibrated") else "")
         lines.append(
             f"| {name} | {r['threshold']:.4f} | {r['kept']} | {r['noise']:.1%} | "

@@ -209,22 +209,31 @@ class Threshold:
 EMPTY_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def tradeoff_at(queries: Sequence[ScoredQuery], threshold: float) -> dict:
+    """One threshold's figures (`Sweep.at`) and its noise: 1 − pooled precision, 0 where nothing is kept."""
+    row = sweep(queries, [threshold]).at(0)
+    return {**row, "noise": 1.0 - row["precision"] if row["kept"] else 0.0}
+
+
 def tradeoff(queries: Sequence[ScoredQuery], shares: Iterable[float] = EMPTY_SHARES) -> list[dict]:
     """What a threshold trades, one row per share of queries to hand nothing: the lowest threshold that
     leaves at least that share empty (0 for a share of 0), and there the share actually left empty,
-    the passages kept and the noise (1 − pooled precision). Rows are ascending; a share no threshold
-    reaches short of emptying every query is left out, and a share that needs the row before's cut too."""
+    the passages kept and the noise (`tradeoff_at`). Rows are ascending; a share no threshold reaches
+    short of emptying every query is left out, and a share that needs the row before's cut too."""
     best = np.sort([q.scores.max() for q in queries if len(q.scores)])
     rows = []
     for share in shares:
-        t = 0.0 if share <= 0 else float(best[min(len(best) - 1, int(np.ceil(share * len(queries))) - 1)])
-        t = float(np.nextafter(t, np.inf)) if share > 0 else t  # `>= t` keeps the query at the cut out
+        if share <= 0:
+            t = 0.0
+        else:  # just above the best score of the last query to empty: `>= t` keeps that query out
+            last = min(len(best) - 1, int(np.ceil(share * len(queries))) - 1)
+            t = float(np.nextafter(best[last], np.inf))
         if rows and rows[-1]["threshold"] == t:  # few queries: two shares, one cut
             continue
-        row = sweep(queries, [t]).at(0)
+        row = tradeoff_at(queries, t)
         if share > 0 and row["no_relevant_share"] >= 1.0:
             break
-        rows.append({**row, "share_asked": share, "noise": 1.0 - row["precision"] if row["kept"] else 0.0})
+        rows.append({**row, "share_asked": share})
     return rows
 
 
