@@ -616,3 +616,36 @@ def test_a_rerun_removes_the_staging_a_killed_run_left(tmp_path):
         output=str(out),
     )
     assert not list(out.glob("_staging-*")) and (out / "part-00000.parquet").is_file()
+
+
+# -- 6. --overwrite replaces an earlier output only once the new one is verified ----------------------------
+
+
+def _earlier_output(out: Path) -> dict:
+    out.mkdir()
+    pq.write_table(pa.table({"query_id": ["old"]}), out / "part-00000.parquet")
+    (out / "_run_summary.json").write_text('{"run_id": "earlier"}')
+    return snapshot(out)
+
+
+def test_a_run_that_fails_after_its_checks_leaves_the_earlier_output_as_it_was(inputs, no_ray):
+    out = inputs["root"] / "out"
+    before = _earlier_output(out)
+    with pytest.raises(AssertionError, match="reached Ray"):  # fails after preflight, before any commit
+        run_job(
+            CONFIG, input=str(inputs["logs"]), corpus=str(inputs["corpus"]), output=str(out), overwrite=True
+        )
+    assert snapshot(out) == before
+
+
+def test_overwrite_replaces_the_earlier_output_whole(inputs, no_ray):
+    out = inputs["root"] / "out"
+    _earlier_output(out)
+    (out / "_replaced-killed").mkdir()  # what a commit killed half-way left
+    empty = inputs["root"] / "empty.parquet"
+    pq.write_table(pq.read_table(next(inputs["logs"].glob("*.parquet"))).slice(0, 0), empty)
+    summary = run_job(CONFIG, input=str(empty), corpus=str(inputs["corpus"]), output=str(out), overwrite=True)
+    assert pq.read_table(out).num_rows == 0  # the earlier row is gone
+    assert json.loads((out / "_run_summary.json").read_text())["run_id"] == summary["run_id"]
+    assert [p.name for p in out.glob("*.parquet")] == ["part-00000.parquet"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(("_replaced-", "_staging-"))]

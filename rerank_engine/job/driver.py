@@ -35,6 +35,13 @@ from rerank_engine.recall.checks import check_corpus, check_index
 
 log = logging.getLogger(__name__)
 
+STAGING = "_staging-"  # <output>/_staging-<run id>: the run's files until they are verified
+REPLACED = "_replaced-"  # <output>/_replaced-<run id>: an earlier output, set aside while it is replaced
+
+
+def _is_work(path: Path) -> bool:
+    return path.name.startswith((STAGING, REPLACED))
+
 
 # -- inputs ---------------------------------------------------------------------------------------------
 
@@ -157,11 +164,10 @@ def preflight(
         )
         check_index(index, index_manifest, corpus, corpus_check, config.bi_encoder)
     out = Path(output)
-    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith("_staging")):
-        if not overwrite:
-            raise InputError(f"output {out} is not empty; choose another folder or pass --overwrite")
-        shutil.rmtree(out)
-    for stale in sorted(out.glob("_staging-*")):  # what a killed run of this output left (never committed)
+    if out.exists() and not overwrite and any(not _is_work(p) for p in out.iterdir()):
+        raise InputError(f"output {out} is not empty; choose another folder or pass --overwrite")
+    # with overwrite, what is there stays until the new output is verified: `commit` replaces it
+    for stale in sorted(out.glob(f"{STAGING}*")):  # what a killed run of this output left (never committed)
         log.warning("removing %s, left unfinished by an earlier run", stale)
         shutil.rmtree(stale, ignore_errors=True)
     expected = InputIds.read(files, filesystem, cols.query_id)
@@ -188,10 +194,21 @@ def preflight(
 
 
 def commit(staging: Path, out: Path, written: list[str]) -> None:
-    """The verified files move out of staging into the output folder, then staging goes."""
+    """The verified files move out of staging into the output folder, then staging goes. What the
+    folder held before (an earlier output, replaced with `overwrite`) is set aside first and removed
+    last, so a run that fails before this point leaves the earlier output as it was. The run files
+    (`_run_summary.json` last) are written after this: an output without its summary is incomplete."""
+    earlier = [p for p in out.iterdir() if not _is_work(p)]
+    if earlier:
+        aside = out / (REPLACED + staging.name.removeprefix(STAGING))
+        aside.mkdir()
+        for p in earlier:
+            p.rename(aside / p.name)
     for f in written:
         shutil.move(f, out / Path(f).name)
     shutil.rmtree(staging)
+    for aside in sorted(out.glob(f"{REPLACED}*")):  # this run's, and any a killed commit left
+        shutil.rmtree(aside)
 
 
 @dataclass(frozen=True)
@@ -313,9 +330,12 @@ def run_job(
     started = time.perf_counter()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     c = preflight(config, input=input, corpus=corpus, output=output, index=index, overwrite=overwrite)
+    staging = c.out / f"{STAGING}{run_id}"
     if c.n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
-        c.out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.output_schema(c.input_schema).empty_table(), c.out / "part-00000.parquet")
+        staging.mkdir(parents=True)
+        empty = staging / "part-00000.parquet"
+        pq.write_table(schema.output_schema(c.input_schema).empty_table(), empty)
+        commit(staging, c.out, [str(empty)])
         summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
         summary.update(_about(c, run_id=run_id, input=input))
         _write_run_files(
@@ -328,7 +348,6 @@ def run_job(
     checked = time.perf_counter()
     ray = ensure_ray()
     p = prepare(config, c, corpus=corpus, index=index, run_id=run_id)
-    staging = c.out / f"_staging-{run_id}"
     pipeline_started = time.perf_counter()
     step = ["planning the distinct queries"]  # what the job is doing, for the timeout's message
 
@@ -410,9 +429,9 @@ def _scored_counts(scored: Scored, queries: int) -> dict:
 
 def _write_run_files(out: Path, summary: dict, config: JobConfig, figures) -> None:
     """`_run_summary.json`, `_resolved_config.json` and the report beside the output files."""
-    (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "_resolved_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     write_report(out, figures, summary)
+    (out / "_run_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # last
 
 
 def driver_peak_rss_mb() -> float | None:
