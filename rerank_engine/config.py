@@ -228,7 +228,7 @@ class JobConfig(_Frozen):
     resources: ResourcesConfig = ResourcesConfig()
     exploded: bool = Field(False, description="one output row per kept (query, passage) instead of a list")
     dedupe_queries: bool = Field(
-        True, description="score each distinct normalised query once and fan out (off for cased models)"
+        True, description="score each distinct query (as the models' tokenizers read it) once and fan out"
     )
     score_cache: str | None = Field(
         None, description="folder of scores from earlier runs (shared by all nodes); None: no cache"

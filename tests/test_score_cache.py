@@ -17,16 +17,16 @@ from rerank_engine.job.score_cache import (
     as_arrow_keys,
     as_numpy_keys,
     namespace,
-    normalise_query,
     pair_keys,
 )
 from rerank_engine.job.stages import RerankStage, TokenizeStage, logged_candidates
+from rerank_engine.serving.query_identity import QueryNormaliser
 
 
-def test_normalised_queries_share_keys_and_any_change_of_pair_does_not():
-    assert normalise_query("  What is\tCOBRA? ") == "what is cobra?"
+def test_one_query_key_shares_pair_keys_and_any_change_of_pair_does_not(bundled_tokenizer):
+    key = QueryNormaliser.of(bundled_tokenizer)  # the default cross-encoder's (uncased)
     k = pair_keys(
-        ["What is  COBRA?", "what is cobra?", "what is cobra?", "what is cobra?"],
+        [key(q) for q in ["What is  COBRA?", "what is cobra?", "what is cobra?", "what is cobra?"]],
         ["d1", "d1", "d2", "d1"],
         ["text", "text", "text", "edited text"],
     )

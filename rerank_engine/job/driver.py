@@ -299,9 +299,12 @@ def score_and_write(config: JobConfig, inp, staging: Path, doing: list[str]) -> 
     from rerank_engine.job.dedupe import plan_distinct
     from rerank_engine.job.pipeline import build_fanout, build_pipeline, write_output
 
-    distinct = None
+    distinct = key = None
     if config.dedupe_queries:
-        distinct = plan_distinct(inp.files, inp.filesystem, config.columns, inp.logged, staging / "_distinct")
+        key = query_key(inp, config.bi_encoder)
+        distinct = plan_distinct(
+            inp.files, inp.filesystem, config.columns, inp.logged, staging / "_distinct", key
+        )
     if distinct is None:
         doing[0] = f"scoring and writing the {inp.n_rows} input rows"
         write_output(build_pipeline(config, inp), config, staging)
@@ -312,8 +315,25 @@ def score_and_write(config: JobConfig, inp, staging: Path, doing: list[str]) -> 
     )
     results = pa.concat_tables(ray.get(build_pipeline(config, only_distinct).to_arrow_refs()))
     doing[0] = f"fanning the results out to the {inp.n_rows} input rows and writing them"
-    write_output(build_fanout(config, inp, results, distinct.keys), config, staging)
+    write_output(build_fanout(config, inp, results, distinct.keys, key), config, staging)
     return Scored(distinct, results)
+
+
+def query_key(inp, bi_encoder: str | None):
+    """Which query texts are one query to this run: the cross-encoder's tokenizer, and where recall runs
+    the bi-encoder's, cannot tell them apart (`serving/query_identity.py`)."""
+    from transformers import AutoTokenizer
+
+    from rerank_engine.recall.index import bundled_minilm_dir
+    from rerank_engine.serving.exporting import resolve_export
+    from rerank_engine.serving.query_identity import QueryKey, QueryNormaliser
+
+    folders = [resolve_export(inp.model_source, inp.precisions)]
+    if not inp.logged:
+        folders.append(Path(bi_encoder) if bi_encoder else bundled_minilm_dir())
+    return QueryKey(
+        [QueryNormaliser.of(AutoTokenizer.from_pretrained(str(f), use_fast=True)) for f in folders]
+    )
 
 
 def run_job(

@@ -137,7 +137,7 @@ def _read(config: JobConfig, inp: PipelineInputs, block_rows: int):
     )
 
 
-def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str]):
+def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str], key):
     """The input rows again, each joined to the results of its distinct query (see `dedupe`), in blocks
     of `fanout_block_rows`: the join is cheap per row, so small blocks would cost a task and an output
     file each."""
@@ -151,6 +151,7 @@ def build_fanout(config: JobConfig, inp: PipelineInputs, results, keys: list[str
             "results": results,
             "keys": keys,
             "logged": inp.logged,
+            "key": key,
         },
         batch_format="pyarrow",
         batch_size=r.fanout_block_rows,

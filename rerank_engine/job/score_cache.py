@@ -8,10 +8,12 @@ a crashed run's entries are as good as a committed run's, and nothing about it n
 
 `namespace` hashes the model id (content hash of its weights), the precision that scores and the
 tokenizer settings: a new model, int8 vs fp16, or another max_length never reads another's scores.
-A pair's key is the first 16 bytes of BLAKE2b over (normalised query, doc_id, passage text), so an edited
-passage is scored again. Each file is written under a temporary name and renamed, so readers never see
-half a file. Loaded, the cache is a sorted array of 16-byte keys and one of float32 logits (20 bytes a
-pair: 50 million pairs fit in 1 GB per tokenize actor). `root` must be a path every node reads and writes.
+A pair's key is the first 16 bytes of BLAKE2b over (query key, doc_id, passage text): the query as the cross-
+encoder's tokenizer reads it (`serving/query_identity.py`: texts it cannot tell apart share a key, a cased
+model's "US" and "us" do not), the passage exactly, so an edited passage is scored again. Each file is written
+under a temporary name and renamed, so readers never see half a file. Loaded, the cache is a sorted array of
+16-byte keys and one of float32 logits (20 bytes a pair: 50 million pairs fit in 1 GB per tokenize actor).
+`root` must be a path every node reads and writes.
 
 Light module: numpy and pyarrow only.
 """
@@ -33,22 +35,27 @@ KEY_BYTES = 16
 _SCHEMA = pa.schema([pa.field("key", pa.binary(KEY_BYTES)), pa.field("logit", pa.float32())])
 
 
-def normalise_query(query: str) -> str:
-    """Case-folded, whitespace collapsed: "What is  COBRA? " and "what is cobra?" are one query."""
-    return " ".join(query.casefold().split())
+# What a pair key is made of: 2 = the query as the cross-encoder's tokenizer normalises it (1 was
+# `str.casefold`, which merged texts a cased model tells apart). Part of the namespace: another rule
+# never reads a cache written under this one.
+KEY_RULE = 2
 
 
-def pair_keys(queries: Sequence[str], doc_ids: Sequence[str], passages: Sequence[str]) -> np.ndarray:
-    """One 16-byte key per pair (numpy `S16`)."""
-    out = np.empty(len(queries), dtype=f"S{KEY_BYTES}")
-    for i, (q, d, p) in enumerate(zip(queries, doc_ids, passages, strict=True)):
-        blob = "\x1f".join((normalise_query(q), d, p)).encode("utf-8", errors="surrogateescape")
+def pair_keys(query_keys: Sequence[str], doc_ids: Sequence[str], passages: Sequence[str]) -> np.ndarray:
+    """One 16-byte key per pair (numpy `S16`); `query_keys`: each pair's query as its `QueryNormaliser`
+    gives it."""
+    out = np.empty(len(query_keys), dtype=f"S{KEY_BYTES}")
+    for i, (q, d, p) in enumerate(zip(query_keys, doc_ids, passages, strict=True)):
+        blob = "\x1f".join((q, d, p)).encode("utf-8", errors="surrogateescape")
         out[i] = hashlib.blake2b(blob, digest_size=KEY_BYTES).digest()
     return out
 
 
 def namespace(model_id: str, precision: str, tokenizer: dict) -> str:
-    blob = json.dumps({"model": model_id, "precision": precision, "tokenizer": tokenizer}, sort_keys=True)
+    blob = json.dumps(
+        {"model": model_id, "precision": precision, "tokenizer": tokenizer, "key_rule": KEY_RULE},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -29,6 +29,7 @@ from rerank_engine.job.score_cache import (
     pair_keys,
 )
 from rerank_engine.quality.score_policy import ScorePolicy
+from rerank_engine.serving.query_identity import QueryNormaliser
 from rerank_engine.serving.tokenization import TokenizedPairs
 from rerank_engine.serving.validation import EMPTY_TEXT, text_problem
 
@@ -178,6 +179,7 @@ class TokenizeStage:
         self.query_column = columns.query
         self.corpus = load_corpus(corpus_path, columns)
         self.tokenizer = PairTokenizer(resolve_export(model_source, precisions), tokenizer)
+        self.query_key = QueryNormaliser.of(self.tokenizer.tokenizer)  # the score cache's query key
         self.cache = ScoreCache(cache.root, cache.namespace).load() if cache is not None else None
 
     def __call__(self, batch) -> pa.Table:
@@ -208,7 +210,10 @@ class TokenizeStage:
         keys = None
         if self.cache is not None:
             flat_d = [d for ids in cand_ids for d in ids]
-            keys = pair_keys(flat_q, flat_d, flat_p)
+            row_key = [self.query_key(q) if n else "" for q, n in zip(queries, counts, strict=True)]
+            keys = pair_keys(
+                [k for k, n in zip(row_key, counts, strict=True) for _ in range(n)], flat_d, flat_p
+            )
             cached = self.cache.lookup(keys)
             todo = np.isnan(cached)
             keys = keys[todo]
