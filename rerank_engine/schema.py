@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rerank_engine.errors import InputError
 
@@ -76,6 +77,14 @@ EXPLODED_FIELDS = [
     pa.field("recall_score", pa.float32()),
     pa.field("recall_rank", pa.int32()),
 ]
+
+
+def exploded_heads(table: pa.Table) -> pa.Table:
+    """The rows of an exploded output that stand for its input rows, one each: an input row's first kept
+    pair (rank 1, as kept pairs are ranked from 1), or its one row with none kept (rank null). Its other
+    rows (ranks 2, 3, ...) repeat its per-query columns. Counting and checking heads counts an input row
+    once even where its query id repeats."""
+    return table.filter(pc.fill_null(pc.equal(table.column("rank"), 1), True))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,11 @@ def out(*ids):
     return pa.table({"query_id": list(ids)})
 
 
+def exploded(*rows):
+    """An exploded output: (query id, rank) a row, rank None where an input row kept nothing."""
+    return pa.table({"query_id": [r[0] for r in rows], "rank": pa.array([r[1] for r in rows], pa.int32())})
+
+
 def test_every_row_once_in_any_order_passes(ids):
     assert len(ids) == 8 and ids.sorted_digests.dtype == "S16"
     ids.verify(out("q6", "q2", "q5", "q4", "q3", "q2", "q1", "q0"), "query_id", exploded=False)
@@ -45,10 +50,16 @@ def test_missing_and_extra_rows_are_counted_and_named(ids):
     assert "3 extra (e.g. ['zz', 'yy'])" in str(err.value)
 
 
-def test_exploded_output_needs_each_id_present_and_no_other(ids):
-    ids.verify(out("q0", "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q6"), "query_id", exploded=True)
+def test_exploded_output_needs_each_input_row_once_as_its_head_row_and_no_other_id(ids):
+    rows = [("q0", 1), ("q0", 2), ("q1", None), ("q2", 1), ("q2", None), ("q3", 1), ("q4", 1), ("q4", 2)]
+    ids.verify(exploded(*rows, ("q5", None), ("q6", 1), ("q6", 2), ("q6", 3)), "query_id", exploded=True)
+    # q2 is in the input twice: one of its rows lost is a missing row, though the id is still present
+    with pytest.raises(RerankEngineError, match=r"1 query rows missing \(e.g. \['q2'\]\), 0 extra"):
+        ids.verify(exploded(*rows[:4], *rows[5:], ("q5", None), ("q6", 1)), "query_id", exploded=True)
     with pytest.raises(RerankEngineError, match=r"1 query rows missing \(e.g. \['q5'\]\), 1 extra"):
-        ids.verify(out("q0", "q1", "q2", "q3", "q4", "q6", "new"), "query_id", exploded=True)
+        ids.verify(exploded(*rows, ("q6", 1), ("new", None)), "query_id", exploded=True)
+    with pytest.raises(RerankEngineError, match=r"0 query rows missing .*1 extra \(e.g. \['stray'\]\)"):
+        ids.verify(exploded(*rows, ("q5", None), ("q6", 1), ("stray", 2)), "query_id", exploded=True)
 
 
 def test_an_empty_output_misses_every_row(ids):

@@ -65,6 +65,7 @@ def test_the_report_names_the_run_and_every_plot_is_a_png_of_the_expected_size(t
 def test_an_exploded_output_counts_each_query_once(tmp_path):
     flat = output_table()
     exploded = flat.take(pa.array([0, 0, 0, 1, 2, 3, 4]))  # query a kept 3 rows
+    exploded = exploded.append_column("rank", pa.array([1, 2, 3, 1, None, None, None], pa.int32()))
     once, plain = (
         QueryFigures.of(exploded, "query_id", exploded=True),
         QueryFigures.of(flat, "query_id", False),

@@ -152,3 +152,30 @@ def test_an_output_scanned_a_file_at_a_time_sums_to_the_whole(output, tmp_path):
 
     with pytest.raises(Exception, match=r"1 query rows missing \(e.g. \['q3'\]\), 0 extra"):
         scan_output([files[0], files[2]], config, expected)
+
+
+def test_an_exploded_output_counts_and_checks_each_input_row_once_when_ids_repeat(output, tmp_path):
+    """Exploded (one row per kept pair), an input row is its head row (rank 1, or its one row with none
+    kept): two input rows of one id, with the same results, are two queries, and losing one is caught."""
+    from rerank_engine.job.exactly_once import InputIds
+    from rerank_engine.job.output_scan import scan_output
+    from rerank_engine.job.stages import explode
+
+    config, out, _ = output
+    config = config.model_copy(update={"exploded": True})
+    doubled = pa.concat_tables([out, out.slice(0, 1)])  # q1 (two pairs kept) twice in the input
+    inp = tmp_path / "in.parquet"
+    pq.write_table(doubled.select(["query_id"]), inp)
+    expected = InputIds.read([str(inp)], None, "query_id")
+    flat = explode(doubled, query_id="query_id", query="query")
+    assert flat.num_rows == 2 * 2 + 4  # q1's two pairs, twice; one row for each of the other four
+    f = tmp_path / "part-0.parquet"
+    pq.write_table(flat, f)
+    counts, figures = scan_output([str(f)], config, expected)
+    plain = summarize(doubled, config.model_copy(update={"exploded": False}), pipeline_s=1.0, wall_s=1.0)
+    assert summarize(counts, config, pipeline_s=1.0, wall_s=1.0) == plain
+    assert plain["queries"] == 6 and sum(figures.status.values()) == 6
+
+    pq.write_table(flat.slice(2), f)  # one of q1's two input rows lost, its id still present
+    with pytest.raises(Exception, match=r"1 query rows missing \(e.g. \['q1'\]\), 0 extra"):
+        scan_output([str(f)], config, expected)

@@ -4,7 +4,7 @@ rows), read a batch at a time; the ids' text is read again only to name examples
 
     ids = InputIds.read(files, filesystem, "query_id")   # before the run
     ids.verify(table, "query_id", exploded)              # after it: raises naming missing / extra ids
-    ids.verify_digests(parts, exploded, id_column)       # the same on digests read a file at a time
+    ids.verify_digests(parts, id_column, rows=None)      # the same on digests read a file at a time
 
 Light module: numpy and pyarrow only.
 """
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rerank_engine import schema
 from rerank_engine.errors import RerankEngineError
 
 DIGEST_BYTES = 16
@@ -89,24 +90,37 @@ class InputIds:
         return found
 
     def verify(self, table: pa.Table | None, id_col: str, exploded: bool) -> None:
-        """Every input query row appears in `table` exactly once (exploded: every input id appears, and
-        no other); otherwise a RerankEngineError naming how many rows are missing and extra, with examples."""
-        column = table.column(id_col) if table is not None else None
-        self.verify_digests([ids_digests(column)] if column is not None else [], exploded, lambda: column)
+        """Every input query row appears in `table` exactly once (exploded: as its head row,
+        `schema.exploded_heads`, and no row is of an id the input lacks); otherwise a RerankEngineError
+        naming how many rows are missing and extra, with examples."""
+        if table is None:
+            return self.verify_digests([], lambda: None)
+        column = table.column(id_col)
+        heads = schema.exploded_heads(table).column(id_col) if exploded else column
+        rows = [ids_digests(column)] if exploded else None
+        self.verify_digests([ids_digests(heads)], lambda: column, rows=rows)
 
     def verify_digests(
-        self, parts: list[np.ndarray], exploded: bool, id_column: Callable[[], pa.ChunkedArray | None]
+        self,
+        parts: list[np.ndarray],
+        id_column: Callable[[], pa.ChunkedArray | None],
+        rows: list[np.ndarray] | None = None,
     ) -> None:
-        """`verify` on the output's id digests (`ids_digests`, in parts); `id_column()` gives the output's
-        ids again, read only when something is wrong, to name the extra ones."""
+        """`verify` on the digests (`ids_digests`, in parts) of the output rows that stand for input rows,
+        and, for an exploded output, of all its `rows`; `id_column()` gives the output's ids again, read
+        only when something is wrong, to name the extra ones."""
         got = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=DIGEST)
         expected = self.sorted_digests
-        if exploded:  # one row per kept pair: each input id present, nothing else
-            got, expected = np.unique(got), np.unique(expected)
-        if len(got) == len(expected) and np.array_equal(got, expected):
+        strays = np.empty(0, dtype=DIGEST)  # exploded rows (ranks 2, 3, ...) of an id the input lacks
+        if rows:
+            distinct = np.unique(np.concatenate(rows))
+            strays = distinct[~np.isin(distinct, expected)]
+        if len(got) == len(expected) and np.array_equal(got, expected) and not len(strays):
             return
         missing, n_missing = _difference(expected, got)
         extra, n_extra = _difference(got, expected)
+        extra = np.union1d(extra, strays)
+        n_extra += len(np.setdiff1d(strays, got))
         column = id_column()
         ids = column.to_pylist() if column is not None else []  # only now, to name examples
         extra_ids = [ids[i] for i in np.flatnonzero(np.isin(digests(ids), extra))]

@@ -389,6 +389,7 @@ def commit(
     # may lack the latter: the report then shows them unknown)
     present = set(pq.read_schema(paths_read[0]).names) if parts else set()
     columns = [id_col, *(c for c in QueryFigures.COLUMNS if c in present)]
+    columns += ["rank"] if config.job.exploded else []  # an exploded input row is its head row
     table = pq.read_table(paths_read, columns=columns, partitioning=None) if parts else None
     InputIds.read(files, filesystem, id_col).verify(table, id_col, config.job.exploded)
     figures = QueryFigures.of(table, id_col, config.job.exploded)

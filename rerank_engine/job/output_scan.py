@@ -37,8 +37,8 @@ SUMMARY_COLUMNS = (
 def tally(table: pa.Table, config: JobConfig) -> Counter:
     """The summary's additive figures over some rows of an output (a file of it, or all of it): sums,
     and `status:<name>` / `provider:<name>` counts. Tallies of parts add up to the tally of the whole."""
-    if config.exploded:  # one row per kept pair: count queries once
-        table = table.group_by([config.columns.query_id, *SUMMARY_COLUMNS]).aggregate([])
+    if config.exploded:  # one row per kept pair: count each input row once
+        table = schema.exploded_heads(table)
     ranked = pa.compute.is_in(table.column("status"), pa.array([schema.OK, schema.NO_RELEVANT]))
     top_k = pa.compute.min_element_wise(table.column("n_candidates"), config.k_rerank)
     below = pa.compute.subtract(
@@ -98,20 +98,23 @@ def summarize(
 def scan_output(files: list[str], config: JobConfig, expected: InputIds) -> tuple[Counter, QueryFigures]:
     """The driver's one pass over a written output, a file at a time, reading only the query id and the
     per-query figure columns: the exactly-once check against `expected`, the summary's tally and the
-    run report's figures. The driver holds 16 bytes and a top score per row, never the output. An
-    exploded output is read whole (its narrow columns), as a query's rows are grouped across files."""
+    run report's figures. The driver holds 16 bytes and a top score per row, never the output. In an
+    exploded output each input row is its head row (`schema.exploded_heads`), and every other row must
+    be of an input id."""
     qid = config.columns.query_id
-    columns = [qid, *SUMMARY_COLUMNS]
+    columns = [qid, *SUMMARY_COLUMNS, *(["rank"] if config.exploded else [])]
 
     def read(paths):
         return pq.read_table(paths, columns=columns, partitioning=None)
 
-    parts = [files] if config.exploded else [[f] for f in files]
-    got, total, figures = [], Counter(), QueryFigures.of(None, qid, config.exploded)
-    for paths in parts:
-        table = read(paths)
-        got.append(ids_digests(table.column(qid)))
+    heads, rows, total, figures = [], [], Counter(), QueryFigures.of(None, qid, config.exploded)
+    for f in files:
+        table = read([f])
+        rows.append(ids_digests(table.column(qid)))
+        heads.append(ids_digests(schema.exploded_heads(table).column(qid)) if config.exploded else rows[-1])
         total += tally(table, config)
         figures = figures + QueryFigures.of(table, qid, config.exploded)
-    expected.verify_digests(got, config.exploded, lambda: read(files).column(qid) if files else None)
+    expected.verify_digests(
+        heads, lambda: read(files).column(qid) if files else None, rows=rows if config.exploded else None
+    )
     return total, figures

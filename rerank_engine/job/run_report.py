@@ -53,10 +53,9 @@ class QueryFigures:
         for name in cls.COLUMNS:  # an output written without one (not by run_job) shows it as unknown
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, types[name]))
-        keys = [query_id, *cls.COLUMNS]
-        table = table.select(keys)
-        if exploded:  # one row per kept pair: these columns repeat on each of a query's rows
-            table = table.group_by(keys, use_threads=False).aggregate([])
+        if exploded:  # one row per kept pair: an input row's columns repeat on each of its rows
+            table = schema.exploded_heads(table)
+        table = table.select([query_id, *cls.COLUMNS])
         top = table.column("top_score").drop_null().to_numpy().astype(np.float32)
         return cls(
             value_counts(table.column("status"), "unknown"), value_counts(table.column("n_kept"), 0), top
