@@ -115,9 +115,10 @@ def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-def check_query_schema(schema: pa.Schema, cols: QueryColumns, where: str) -> bool:
-    """Raise InputError unless `schema` has a string query column and a query id column.
-    Returns True when it carries a candidates column (logged-candidates mode)."""
+def check_query_schema(schema: pa.Schema, cols: QueryColumns, where: str, *, exploded: bool = False) -> bool:
+    """Raise InputError unless `schema` has a string query column and a query id column, and no column the
+    job writes (with `exploded`, the exploded output's columns too). Returns True when it carries a
+    candidates column (logged-candidates mode)."""
     names = schema.names
     for role, name in (("query id", cols.query_id), ("query", cols.query)):
         if name not in names:
@@ -131,6 +132,11 @@ def check_query_schema(schema: pa.Schema, cols: QueryColumns, where: str) -> boo
     for reserved in (f.name for f in OUTPUT_FIELDS):
         if reserved in names:
             raise InputError(f"{where}: column {reserved!r} is written by the job; rename it in the input")
+    for reserved in (f.name for f in EXPLODED_FIELDS) if exploded else ():
+        if reserved in names:
+            raise InputError(
+                f"{where}: column {reserved!r} is written by the job (exploded: true); rename it in the input"
+            )
     for name in names:
         if name.startswith(WORK_PREFIX):
             raise InputError(

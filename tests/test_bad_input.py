@@ -102,6 +102,21 @@ def test_bad_file_fails_naming_file_and_expectation(tmp_path, case, message):
         inspect_query_log(str(path), CONFIG)
 
 
+@pytest.mark.parametrize("column", [f.name for f in schema.EXPLODED_FIELDS])
+def test_a_column_the_exploded_output_writes_is_refused_when_exploded(tmp_path, column):
+    """Click logs often carry doc_id, rank or score: exploded, the output would hold two such columns and
+    could not be read back; nested (the default), the job's are inside `results` and the input's pass."""
+    path = tmp_path / "queries.parquet"
+    pq.write_table(_queries(**{column: ["x", "y"]}), path)
+    with pytest.raises(
+        InputError,
+        match=rf"queries\.parquet: column '{column}' is written by the job \(exploded: true\); "
+        "rename it in the input",
+    ):
+        inspect_query_log(str(path), JobConfig.build(model="unused", threshold=0.0, exploded=True))
+    assert inspect_query_log(str(path), CONFIG)[2].names == ["query_id", "query", column]
+
+
 def test_schemas_differing_across_files(tmp_path):
     pq.write_table(_queries(), tmp_path / "a.parquet")
     pq.write_table(_queries(tenant=["x", "y"]), tmp_path / "b.parquet")

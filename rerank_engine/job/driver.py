@@ -58,7 +58,10 @@ def inspect_query_log(path: str, config: JobConfig):
             raise InputError(f"{f} is not a readable Parquet file: {exc}") from None
         file_schema = meta.schema_arrow
         logged = schema.check_query_schema(
-            file_schema, schema.QueryColumns(cols.query_id, cols.query, cols.candidates), f
+            file_schema,
+            schema.QueryColumns(cols.query_id, cols.query, cols.candidates),
+            f,
+            exploded=config.exploded,
         )
         if first_schema is None:
             first_schema = file_schema
