@@ -155,6 +155,71 @@ def check_query_schema(schema: pa.Schema, cols: QueryColumns, where: str, *, exp
     return False
 
 
+UTF8_BATCH_ROWS = 65_536
+
+
+def check_utf8(batch: pa.RecordBatch, where: str, first_row: int = 0) -> None:
+    """Raise InputError unless every string in `batch` (its string columns, and the values of its lists of
+    strings) is valid UTF-8, naming the column, the row (`first_row` + its index in the batch, counted from
+    0) and the bytes. Parquet readers do not check UTF-8, and `to_pylist` on such a column fails with a bare
+    UnicodeDecodeError. Arrow validates; the bad row is looked for only when it fails."""
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if not _holds_strings(column.type):
+            continue
+        is_list = not _is_string(column.type)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            found = _first_invalid_utf8(column.flatten() if is_list else column)
+            if found is None:
+                raise  # Arrow found something else wrong
+            i, raw, bad = found
+            row = first_row + (int(pc.list_parent_indices(column)[i].as_py()) if is_list else i)
+            raise InputError(
+                f"{where}: column {name!r}, row {row} (counted from 0) holds {_shown(raw, bad)}, which is "
+                "not valid UTF-8; expected UTF-8 strings"
+            ) from None
+
+
+def _holds_strings(t: pa.DataType) -> bool:
+    """A string column, or a list of strings."""
+    is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+    return _is_string(t) or (is_list and _is_string(t.value_type))
+
+
+def _first_invalid_utf8(values: pa.Array) -> tuple[int, bytes, int] | None:
+    """(index, bytes, offset of the first bad byte) of the first value of a string array that is not
+    UTF-8, or None."""
+    for i, raw in enumerate(values.cast(pa.large_binary()).to_pylist()):
+        try:
+            (raw or b"").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return i, raw, exc.start
+    return None
+
+
+def check_file_utf8(reader, columns: Sequence[str], where: str) -> None:
+    """`check_utf8` on `columns` of a `pyarrow.parquet.ParquetFile`, read a batch at a time (only those of
+    them that hold strings or lists of strings)."""
+    file_schema = reader.schema_arrow
+    wanted = [c for c in columns if c in file_schema.names and _holds_strings(file_schema.field(c).type)]
+    if not wanted:
+        return
+    first_row = 0
+    for batch in reader.iter_batches(batch_size=UTF8_BATCH_ROWS, columns=wanted):
+        check_utf8(batch, where, first_row)
+        first_row += batch.num_rows
+
+
+def _shown(raw: bytes, bad: int, width: int = 40) -> str:
+    """`raw` as a bytes repr, cut to `width` bytes around byte `bad` where it is longer."""
+    if len(raw) <= width:
+        return repr(raw)
+    start = max(0, min(bad - width // 2, len(raw) - width))
+    cut = repr(raw[start : start + width])
+    return ("…" if start else "") + cut + ("…" if start + width < len(raw) else "")
+
+
 def check_corpus_schema(schema: pa.Schema, cols: CorpusColumns, where: str) -> None:
     names = schema.names
     for role, name in (("doc id", cols.doc_id), ("text", cols.text)):

@@ -77,6 +77,13 @@ def _write_bad(tmp_path, case: str):
         pq.write_table(_queries(candidates=["d1", "d2"]), path)
     elif case == "reserved column":
         pq.write_table(_queries(status=["x", "y"]), path)
+    elif case == "invalid utf8 query_id":
+        pq.write_table(_queries().set_column(0, "query_id", _invalid_utf8([b"q1", b"q\xff2"])), path)
+    elif case == "invalid utf8 candidate":
+        cands = pa.ListArray.from_arrays(
+            pa.array([0, 1, 3], pa.int32()), _invalid_utf8([b"d1", b"d2", b"d\xc3"])
+        )
+        pq.write_table(_queries(candidates=cands), path)
     return path
 
 
@@ -94,6 +101,16 @@ def _write_bad(tmp_path, case: str):
         ("float query_id", r"column 'query_id' must hold strings or integers, found double"),
         ("string candidates", r"column 'candidates' must be a list of doc ids \(strings\), found string"),
         ("reserved column", r"column 'status' is written by the job"),
+        (
+            "invalid utf8 query_id",
+            r"queries\.parquet: column 'query_id', row 1 \(counted from 0\) holds b'q\\xff2', which is not "
+            "valid UTF-8; expected UTF-8 strings",
+        ),
+        (
+            "invalid utf8 candidate",
+            r"queries\.parquet: column 'candidates', row 1 \(counted from 0\) holds b'd\\xc3', which is not "
+            "valid UTF-8",
+        ),
     ],
 )
 def test_bad_file_fails_naming_file_and_expectation(tmp_path, case, message):
@@ -115,6 +132,35 @@ def test_a_column_the_exploded_output_writes_is_refused_when_exploded(tmp_path, 
     ):
         inspect_query_log(str(path), JobConfig.build(model="unused", threshold=0.0, exploded=True))
     assert inspect_query_log(str(path), CONFIG)[2].names == ["query_id", "query", column]
+
+
+def test_invalid_utf8_id_deep_in_a_file_is_named_by_its_row(tmp_path):
+    """Read a batch at a time: the row counts on across batches and row groups; a long value is cut around
+    its bad byte."""
+    ids = [f"q{i}".encode() for i in range(70_000)]
+    ids[68_000] = b"x" * 60 + b"\xfe" + b"y" * 60
+    path = tmp_path / "queries.parquet"
+    pq.write_table(
+        pa.table({"query_id": _invalid_utf8(ids), "query": ["flood"] * len(ids)}), path, row_group_size=30_000
+    )
+    with pytest.raises(
+        InputError,
+        match=r"column 'query_id', row 68000 \(counted from 0\) holds …b'x{20}\\xfey{19}'…, which is not",
+    ):
+        inspect_query_log(str(path), CONFIG)
+
+
+def test_invalid_utf8_id_stops_the_job_before_anything_is_written(tmp_path, corpus):
+    bad = tmp_path / "queries.parquet"
+    ids = _invalid_utf8([b"q1", b"q\xff2"])
+    pq.write_table(_queries(candidates=[["d1"], ["d2"]]).set_column(0, "query_id", ids), bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00000.parquet").write_bytes(b"an earlier run's output")
+    with pytest.raises(InputError, match=r"column 'query_id', row 1 \(counted from 0\)"):
+        run_job(CONFIG, input=str(bad), corpus=corpus, output=str(out), overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["part-00000.parquet"]  # --overwrite did not empty it yet
+    assert not _ray_started()
 
 
 def test_schemas_differing_across_files(tmp_path):

@@ -70,6 +70,7 @@ def inspect_query_log(path: str, config: JobConfig):
                 f"{f} has columns {_columns(file_schema)} but {files[0]} has {_columns(first_schema)}; "
                 "all files of one input must share a schema"
             )
+        schema.check_file_utf8(meta, [cols.query_id, cols.candidates], f)  # ids, candidate ids: UTF-8
         n_rows += meta.metadata.num_rows
     return files, filesystem, first_schema, n_rows, logged
 
