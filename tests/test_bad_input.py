@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -234,6 +235,83 @@ def test_zero_rows_write_an_empty_output_without_models(tmp_path, corpus):
     ]
     assert json.loads((out / "_run_summary.json").read_text())["queries"] == 0
     assert not _ray_started()
+
+
+# -- the corpus: every document has text ---------------------------------------------------------------
+
+
+def _corpus_file(tmp_path, texts, titles=None) -> Path:
+    columns = {"doc_id": [f"d{i}" for i in range(len(texts))], "text": pa.array(texts, pa.string())}
+    if titles is not None:
+        columns["title"] = pa.array(titles, pa.string())
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("texts", "titles", "message"),
+    [
+        (["a", None, "b"], None, r"1 of its 3 documents have no text .*: doc ids 'd1'\. Give them text or"),
+        (
+            ["", "a", " \t\n", "\u3000"],
+            None,
+            r"3 of its 4 documents have no text .*: doc ids 'd0', 'd2', 'd3'\.",
+        ),
+        (
+            ["a", "  "],
+            ["A", "Flood cover"],
+            r"1 of its 2 documents .*a title alone does not count\): doc ids 'd1'",
+        ),
+        ([None] * 7, None, r"7 of its 7 documents .*: doc ids 'd0', 'd1', 'd2', 'd3', 'd4', …\. Give"),
+    ],
+    ids=["null", "blank", "title-only", "many"],
+)
+def test_a_corpus_document_without_text_is_refused_naming_it(tmp_path, texts, titles, message):
+    from rerank_engine.recall.checks import check_corpus
+
+    path = _corpus_file(tmp_path, texts, titles)
+    with pytest.raises(InputError, match=rf"corpus .*corpus\.parquet: {message}"):
+        check_corpus(path, CONFIG.columns)
+
+
+def test_a_corpus_document_without_text_stops_the_job_and_the_index_build(tmp_path, monkeypatch):
+    from rerank_engine.job import driver, index_build
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("got past the checks")
+
+    monkeypatch.setattr(driver, "ensure_ray", stop)
+    monkeypatch.setattr(index_build, "embed_corpus", stop)
+    corpus = _corpus_file(tmp_path, [*DOCS.values(), " "])
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(_queries(candidates=[["d1"], ["d3"]]), queries)
+    message = r"corpus .*corpus\.parquet: 1 of its 4 documents have no text .*: doc ids 'd3'"
+    with pytest.raises(InputError, match=message):  # d3 would have been an unknown candidate
+        run_job(CONFIG, input=str(queries), corpus=str(corpus), output=str(tmp_path / "out"))
+    with pytest.raises(InputError, match=message):  # and embedded as "" into the index
+        index_build.build_index(str(corpus), str(tmp_path / "index"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "index").exists()
+
+
+def test_a_corpus_with_text_everywhere_passes_titles_or_not(tmp_path):
+    from rerank_engine.recall.checks import check_corpus
+
+    path = _corpus_file(tmp_path, ["Flood is excluded.", " No title. ", "洪水"], ["Home cover", None, ""])
+    assert check_corpus(path, CONFIG.columns).rows == 3
+
+
+def test_a_corpus_text_that_is_not_utf8_is_refused_naming_its_row(tmp_path):
+    from rerank_engine.recall.checks import check_corpus
+
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": ["d0", "d1"], "text": _invalid_utf8([b"fine", b"flood \xff"])}), path)
+    with pytest.raises(
+        InputError,
+        match=r"corpus .*corpus\.parquet: column 'text', row 1 \(counted from 0\) holds b'flood \\xff', "
+        "which is not valid UTF-8",
+    ):
+        check_corpus(path, CONFIG.columns)
 
 
 # -- config: ConfigError naming the key ------------------------------------------------------------------

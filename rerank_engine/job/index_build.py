@@ -109,7 +109,7 @@ def build_index(
     """
     emb_dir = Path(embeddings) if embeddings else Path(out) / "embeddings"
     repeats = 0
-    if corpus is not None:  # a doc id repeated with another text fails here, before any embedding
+    if corpus is not None:  # a doc without text, or a doc id repeated with another text, fails here
         repeats = check_corpus(corpus, columns or ColumnsConfig()).duplicate_rows
         embed_corpus(
             corpus, emb_dir, bi_encoder=bi_encoder, max_length=max_length, embed=embed, columns=columns

@@ -137,7 +137,9 @@ def logged_candidates(batch, *, columns: ColumnsConfig) -> pa.Table:
 
 
 def load_corpus(path: str, columns: ColumnsConfig) -> dict[str, str]:
-    """doc_id → passage text ("title. text" where a title column is present and non-empty)."""
+    """doc_id → passage text ("title. text" where a title column is present and non-empty). A corpus the
+    job runs on has passed `recall.checks.check_corpus`, so every document has text; a document without
+    one (in a corpus read unchecked) has no passage."""
     import pyarrow.parquet as pq
 
     cols = columns

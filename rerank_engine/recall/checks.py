@@ -1,8 +1,11 @@
 """What a corpus and its recall index declare about each other, checked before any embedding or Ray.
 
-    corpus = check_corpus("corpus.parquet", config.columns)      # doc ids unique (identical repeats collapse)
+    corpus = check_corpus("corpus.parquet", config.columns)  # every doc has text; doc ids unique
     check_index("index/", manifest, "corpus.parquet", corpus, bi_encoder=None)
 
+- Every document has text: a null or whitespace-only text is an InputError naming how many and the first
+  doc ids (the job would count such a candidate as not in the corpus, the index would embed it as "").
+  A title does not make up for a blank text. The doc ids, texts and titles are valid UTF-8.
 - The corpus's doc ids are unique. A doc id repeated with the same text (and title) is one document: the
   repeats are counted (`CorpusCheck.duplicate_rows`, in the run summary) and collapse to one. A doc id
   repeated with different texts is an InputError naming it: which text a candidate would get is not
@@ -39,11 +42,12 @@ class CorpusCheck:
 
 
 def check_corpus(path: str | Path, cols: ColumnsConfig) -> CorpusCheck:
-    """The corpus's columns are there and its doc ids unique, or repeated only with identical texts;
-    InputError naming the file (and the doc id) otherwise."""
+    """The corpus's columns are there, every document has text, and its doc ids are unique, or repeated
+    only with identical texts; InputError naming the file (and the doc ids) otherwise."""
     schema.check_corpus_schema(
         pq.read_schema(path), schema.CorpusColumns(cols.doc_id, cols.text, cols.title), str(path)
     )
+    _check_texts(path, cols)
     ids = pq.read_table(path, columns=[cols.doc_id]).column(cols.doc_id).cast(pa.string())
     counts = pc.value_counts(ids.combine_chunks())
     distinct = counts.field("values")
@@ -51,6 +55,30 @@ def check_corpus(path: str | Path, cols: ColumnsConfig) -> CorpusCheck:
     if len(repeated):
         _check_repeats_identical(path, cols, repeated)
     return CorpusCheck(rows=len(ids), doc_ids=distinct, duplicate_rows=len(ids) - len(distinct))
+
+
+def _check_texts(path, cols: ColumnsConfig, examples: int = 5) -> None:
+    """No null or blank (whitespace-only) text, read a batch at a time with Arrow; valid UTF-8 first (Arrow
+    refuses to trim invalid UTF-8)."""
+    reader = pq.ParquetFile(path)
+    wanted = [c for c in (cols.doc_id, cols.text, cols.title) if c in reader.schema_arrow.names]
+    n_blank, shown, rows = 0, [], 0
+    for batch in reader.iter_batches(columns=wanted):
+        schema.check_utf8(batch, f"corpus {path}", first_row=rows)
+        rows += batch.num_rows
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(batch.column(cols.text)), ""), True)
+        n = pc.sum(blank).as_py() or 0
+        if n and len(shown) < examples:
+            ids = batch.column(cols.doc_id).filter(blank).slice(0, examples - len(shown))
+            shown += ids.cast(pa.string()).to_pylist()
+        n_blank += n
+    if n_blank:
+        more = ", …" if n_blank > len(shown) else ""
+        raise InputError(
+            f"corpus {path}: {n_blank} of its {rows} documents have no text (a null or whitespace-only "
+            f"{cols.text!r}; a title alone does not count): doc ids {', '.join(map(repr, shown))}{more}. "
+            "Give them text or remove them from the corpus"
+        )
 
 
 def _check_repeats_identical(path, cols: ColumnsConfig, repeated: pa.Array) -> None:
