@@ -234,3 +234,10 @@ def check_corpus_schema(schema: pa.Schema, cols: CorpusColumns, where: str) -> N
 def output_schema(input_schema: pa.Schema, drop: Sequence[str] = ()) -> pa.Schema:
     kept = [f for f in input_schema if f.name not in drop]
     return pa.schema(kept + OUTPUT_FIELDS)
+
+
+def exploded_output_schema(input_schema: pa.Schema, drop: Sequence[str] = ()) -> pa.Schema:
+    """The output with `exploded: true` (`job.stages.explode`): one row per kept pair, the `results`
+    list replaced by one pair's fields."""
+    plain = output_schema(input_schema, drop)
+    return pa.schema([f for f in plain if f.name != "results"] + EXPLODED_FIELDS)

@@ -175,6 +175,27 @@ def test_explode_one_row_per_kept_pair_and_one_for_empty(scored):
     assert flat.column("doc_id").to_pylist()[ids.index("q2")] is None
 
 
+def test_the_declared_output_schemas_are_what_finalize_and_explode_write():
+    """schema.output_schema and schema.exploded_output_schema (used where no row is scored, e.g. a date
+    with no rows) are the schemas of the rows the job writes, column for column."""
+    batch = {
+        "query_id": ["a", "b"],
+        "query": ["x", "y"],
+        "tenant": ["t0", "t1"],
+        "__rerank_status": pa.array([None, None], pa.string()),
+        "__rerank_cand_ids": [["z", "b"], ["p"]],
+        "__rerank_recall_scores": pa.array([[0.5, 0.4], [0.3]], pa.list_(pa.float32())),
+        "__rerank_recall_ranks": [[1, 2], [1]],
+        "__rerank_logits": pa.array([[2.0, -3.0], [-4.0]], pa.list_(pa.float32())),
+    }
+    policy = ScorePolicy(reranker_model="m", recall_model="r", threshold=0.5)
+    out = finalize(batch, k_rerank=2, policy=policy, run_id="x")
+    inp = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("tenant", pa.string())])
+    assert out.schema == schema.output_schema(inp)
+    flat = explode(out, query_id="query_id", query="query")
+    assert flat.num_rows == 2 and flat.schema == schema.exploded_output_schema(inp)
+
+
 def test_stage_names_missing_columns(config, corpus, tiny_export):
     with pytest.raises(InputError, match=r"stage tokenize: missing columns \['__rerank_status'"):
         TokenizeStage(
