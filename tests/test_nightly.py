@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from rerank_engine import schema
 from rerank_engine.config import load_job_config
 from rerank_engine.errors import ConfigError, InputError
 from rerank_engine.job.nightly import (
@@ -221,6 +222,24 @@ def test_changed_input_discards_unfinished_work(tmp_path, plain_model):
     summary = run_nightly(config, DATE, runner=runner)
     assert runner.inputs == ["chunk-00000.parquet", "chunk-00001.parquet"]  # 12 rows: both redone
     assert summary["queries"] == 12 and summary["chunks_resumed"] == 0
+
+
+@pytest.mark.parametrize("exploded", [False, True])
+def test_a_date_with_no_rows_commits_an_empty_part_with_the_output_schema(tmp_path, plain_model, exploded):
+    """Readers infer the date's schema from its part files (Spark fails on a folder without one)."""
+    folder = tmp_path / "logs" / f"dt={DATE}"
+    folder.mkdir(parents=True)
+    logged = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("tenant", pa.string())])
+    pq.write_table(logged.empty_table(), folder / "part-0.parquet")
+    runner = PlainRunner()
+    summary = run_nightly(nightly_config(tmp_path, plain_model, exploded=exploded), DATE, runner=runner)
+    assert runner.inputs == [] and summary["rows"] == summary["queries"] == 0 and summary["chunks"] == 0
+    out = tmp_path / "out" / f"dt={DATE}"
+    table = pq.read_table(out)
+    want = schema.exploded_output_schema(logged) if exploded else schema.output_schema(logged)
+    assert table.num_rows == 0 and table.schema.equals(want)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest == {"files": [{"file": "part-00000.parquet", "chunk": None, "rows": 0}], "rows": 0}
 
 
 def test_foreign_output_is_not_replaced_without_overwrite(tmp_path, plain_model):

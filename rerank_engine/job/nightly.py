@@ -46,6 +46,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+from rerank_engine import schema
 from rerank_engine.config import JobConfig, _Frozen, apply_overrides, read_yaml_mapping
 from rerank_engine.errors import ConfigError, InputError, RerankEngineError
 from rerank_engine.files import check_output_apart
@@ -281,7 +282,7 @@ def run_nightly(
             "code_version": code_version(),
             "run_id": run_id,
         }
-        success = commit(config, paths, plan, success, files, filesystem, started)
+        success = commit(config, paths, plan, success, files, filesystem, file_schema, started)
     return {**success, "skipped": False}
 
 
@@ -374,10 +375,11 @@ def aggregate(summaries: list[dict]) -> dict:
 
 
 def commit(
-    config: NightlyConfig, paths: NightlyPaths, plan, summary: dict, files, filesystem, started
+    config: NightlyConfig, paths: NightlyPaths, plan, summary: dict, files, filesystem, file_schema, started
 ) -> dict:
     """Check every input query once across all chunks, assemble the output beside it, rename it in.
-    Returns what `_SUCCESS` holds."""
+    A date without rows gets one empty part file with the output schema, which readers infer the
+    date's columns from (Spark fails on a folder without one). Returns what `_SUCCESS` holds."""
     id_col = config.job.columns.query_id
     parts = [
         (chunk["id"], p)
@@ -406,6 +408,10 @@ def commit(
         except OSError:
             shutil.copy2(src, final / name)
         entries.append({"file": name, "chunk": cid, "rows": pq.ParquetFile(src).metadata.num_rows})
+    if not parts:
+        output = schema.exploded_output_schema if config.job.exploded else schema.output_schema
+        pq.write_table(output(file_schema).empty_table(), final / "part-00000.parquet")
+        entries.append({"file": "part-00000.parquet", "chunk": None, "rows": 0})
     wall_s = round(time.perf_counter() - started, 2)
     success = {
         **summary,
