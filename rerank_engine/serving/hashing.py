@@ -12,9 +12,10 @@ NOT_MODEL_FILES = {"README.md", THRESHOLD_FILE, FUSION_FILE, "metrics.json", "ca
 MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model", ".onnx", ".data"}
 
 
-def file_hash(path: str | Path, digest=None) -> str:
+def file_hash(path: str | Path, digest=None, filesystem=None) -> str:
+    """sha256 of a file's bytes (fed into `digest` where given); on a pyarrow `filesystem` where given."""
     digest = digest or hashlib.sha256()
-    with open(path, "rb") as fh:
+    with filesystem.open_input_stream(str(path)) if filesystem else open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
