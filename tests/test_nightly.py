@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from rerank_engine.job.nightly import (
     NightlyPaths,
     load_nightly_config,
     parse_date,
+    resume_key,
     run_nightly,
 )
 from rerank_engine.probe_pairs import PASSAGES, QUERIES
@@ -137,17 +139,28 @@ class PlainRunner:
         return summary
 
 
+def write_corpus(root: Path, texts: list[str]) -> Path:
+    corpus = root / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}), corpus)
+    return corpus
+
+
 @pytest.fixture
-def plain_model(tmp_path) -> str:
+def plain_files(tmp_path) -> str:
+    """What the resume key reads, for the plain runner (which reads none of it): a model folder, the
+    corpus and the index manifest. Returns the model folder."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "bert"}')
+    write_corpus(tmp_path, ["hail is covered", "floods are not"])
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "manifest.json").write_text('{"count": 2, "model": "bi-encoder"}\n')
     return str(model)
 
 
-def test_plain_run_commits_once_and_a_rerun_is_a_noop(tmp_path, plain_model):
+def test_plain_run_commits_once_and_a_rerun_is_a_noop(tmp_path, plain_files):
     write_query_log(tmp_path)
-    config, runner = nightly_config(tmp_path, plain_model), PlainRunner()
+    config, runner = nightly_config(tmp_path, plain_files), PlainRunner()
     summary = run_nightly(config, DATE, runner=runner)
     out = tmp_path / "out" / f"dt={DATE}"
     assert runner.inputs == ["chunk-00000.parquet", "chunk-00001.parquet"]  # 6 + 5 rows
@@ -185,9 +198,9 @@ def test_plain_run_commits_once_and_a_rerun_is_a_noop(tmp_path, plain_model):
     assert json.loads((out / SUCCESS).read_text())["run_id"] == redone["run_id"]
 
 
-def test_crashes_leave_nothing_visible_and_the_rerun_completes_without_redoing(tmp_path, plain_model):
+def test_crashes_leave_nothing_visible_and_the_rerun_completes_without_redoing(tmp_path, plain_files):
     write_query_log(tmp_path)
-    config = nightly_config(tmp_path, plain_model)
+    config = nightly_config(tmp_path, plain_files)
     out = tmp_path / "out" / f"dt={DATE}"
     work = tmp_path / "out" / "_nightly" / f"dt={DATE}"
 
@@ -205,34 +218,126 @@ def test_crashes_leave_nothing_visible_and_the_rerun_completes_without_redoing(t
     summary = run_nightly(config, DATE, runner=finish)
     assert finish.inputs == ["chunk-00001.parquet"]  # chunk 0 was not redone
     assert summary["chunks_resumed"] == 1 and summary["chunks_run"] == 1
-    clean_config = nightly_config(tmp_path, plain_model, out="clean")
+    clean_config = nightly_config(tmp_path, plain_files, out="clean")
     run_nightly(clean_config, DATE, runner=PlainRunner())
     assert read_output(out) == read_output(tmp_path / "clean" / f"dt={DATE}")
 
 
-def test_changed_input_discards_unfinished_work(tmp_path, plain_model):
+def test_changed_input_after_a_committed_chunk_is_refused_until_overwrite(tmp_path, plain_files):
     folder = write_query_log(tmp_path)
-    config = nightly_config(tmp_path, plain_model)
+    config = nightly_config(tmp_path, plain_files)
     with pytest.raises(InjectedFailure):
         run_nightly(config, DATE, runner=PlainRunner(), fail_after_chunks=1)
     pq.write_table(
         pa.table({"query_id": ["late"], "query": ["a late query"], "tenant": ["t0"]}), folder / "p2.parquet"
     )
     runner = PlainRunner()
-    summary = run_nightly(config, DATE, runner=runner)
+    with pytest.raises(InputError, match=r"1 chunk\(s\) committed .* before the input files changed"):
+        run_nightly(config, DATE, runner=runner)
+    assert runner.inputs == []  # refused before any chunk runs
+    summary = run_nightly(config, DATE, runner=runner, overwrite=True)
     assert runner.inputs == ["chunk-00000.parquet", "chunk-00001.parquet"]  # 12 rows: both redone
     assert summary["queries"] == 12 and summary["chunks_resumed"] == 0
 
 
+def test_changed_input_before_any_chunk_is_committed_is_planned_again(tmp_path, plain_files):
+    folder = write_query_log(tmp_path)
+    config = nightly_config(tmp_path, plain_files)
+    with pytest.raises(RuntimeError, match="killed"):  # dies half way through chunk 0: nothing committed
+        run_nightly(config, DATE, runner=PlainRunner(crash_on=1))
+    pq.write_table(
+        pa.table({"query_id": ["late"], "query": ["a late query"], "tenant": ["t0"]}), folder / "p2.parquet"
+    )
+    summary = run_nightly(config, DATE, runner=PlainRunner())
+    assert summary["queries"] == 12 and summary["chunks_run"] == 2
+
+
+def _resume_key(config: NightlyConfig, root: Path) -> dict:
+    files = sorted(str(p) for p in (root / "logs" / f"dt={DATE}").glob("*.parquet"))
+    return resume_key(config, files, None)
+
+
+def test_the_resume_key_follows_content_and_leaves_out_placement(tmp_path, plain_files):
+    write_query_log(tmp_path)
+    config = nightly_config(tmp_path, plain_files)
+    base = _resume_key(config, tmp_path)
+
+    def changed(key: dict) -> list[str]:
+        return [part for part in base if key[part] != base[part]]
+
+    placed = nightly_config(  # where, how fast and how long: a retry may change these and resume
+        tmp_path,
+        plain_files,
+        timeout_s=7200,
+        resources={"rerank_actors": 4, "rerank_cpus": 2.0, "rerank_batch_rows": 8, "block_rows": 16},
+        batching={"max_batch_tokens": 2048},
+    )
+    assert _resume_key(placed, tmp_path) == base
+    fewer = nightly_config(tmp_path, plain_files, k_rerank=3)
+    assert changed(_resume_key(fewer, tmp_path)) == ["config_hash"]
+    on_cpu = nightly_config(tmp_path, plain_files, resources={"rerank_gpus": 0})  # fp32 where auto is fp16
+    assert changed(_resume_key(on_cpu, tmp_path)) == ["config_hash"]
+
+    # the corpus rebuilt in place: same path, same size, even the same modification time
+    corpus = tmp_path / "corpus.parquet"
+    before = corpus.stat()
+    write_corpus(tmp_path, ["hail is excluded", "floods are not"])
+    os.utime(corpus, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert corpus.stat().st_mtime_ns == before.st_mtime_ns
+    assert changed(_resume_key(config, tmp_path)) == ["corpus"]
+    base = _resume_key(config, tmp_path)
+
+    model = Path(plain_files)
+    (model / "threshold.json").write_text('{"value": 0.4}')
+    assert changed(_resume_key(config, tmp_path)) == ["threshold.json"]
+    base = _resume_key(config, tmp_path)
+    (model / "threshold.json").write_text('{"value": 0.6}')
+    assert changed(_resume_key(config, tmp_path)) == ["threshold.json"]
+    (model / "fusion.json").write_text('{"weight": 0.5, "threshold": 0.6}')
+    assert changed(_resume_key(config, tmp_path)) == ["threshold.json", "fusion.json"]
+    base = _resume_key(config, tmp_path)
+    (model / "fusion.json").write_text('{"weight": 0.7, "threshold": 0.6}')  # the same threshold
+    assert changed(_resume_key(config, tmp_path)) == ["fusion.json"]
+
+    base = _resume_key(config, tmp_path)
+    (tmp_path / "index" / "manifest.json").write_text('{"count": 2, "model": "another bi-encoder"}\n')
+    assert changed(_resume_key(config, tmp_path)) == ["index_manifest"]
+
+
+def test_a_rebuilt_corpus_or_recalibrated_model_is_refused_and_placement_resumes(tmp_path, plain_files):
+    """A night that crashed after a chunk: its retry resumes with a longer timeout and other placement,
+    and refuses to mix corpora or calibrations in one date, naming what changed and --overwrite."""
+    write_query_log(tmp_path)
+    config = nightly_config(tmp_path, plain_files)
+    with pytest.raises(InjectedFailure):
+        run_nightly(config, DATE, runner=PlainRunner(), fail_after_chunks=1)
+
+    write_corpus(tmp_path, ["hail is excluded", "floods are not"])  # rebuilt in place
+    (Path(plain_files) / "fusion.json").write_text('{"weight": 0.7}')
+    runner = PlainRunner()
+    with pytest.raises(InputError) as refused:
+        run_nightly(config, DATE, runner=runner)
+    message = str(refused.value)
+    assert "1 chunk(s) committed" in message and "--overwrite to restart the date" in message
+    assert "made before the model's fusion.json and the corpus file's content changed;" in message
+    assert runner.inputs == []
+
+    write_corpus(tmp_path, ["hail is covered", "floods are not"])  # put back: the same bytes
+    (Path(plain_files) / "fusion.json").unlink()
+    retry = nightly_config(tmp_path, plain_files, timeout_s=7200, resources={"rerank_actors": 2})
+    summary = run_nightly(retry, DATE, runner=runner)
+    assert runner.inputs == ["chunk-00001.parquet"] and summary["chunks_resumed"] == 1
+
+
 @pytest.mark.parametrize("exploded", [False, True])
-def test_a_date_with_no_rows_commits_an_empty_part_with_the_output_schema(tmp_path, plain_model, exploded):
+def test_a_date_with_no_rows_commits_an_empty_part_with_the_output_schema(tmp_path, plain_files, exploded):
     """Readers infer the date's schema from its part files (Spark fails on a folder without one)."""
     folder = tmp_path / "logs" / f"dt={DATE}"
     folder.mkdir(parents=True)
     logged = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("tenant", pa.string())])
     pq.write_table(logged.empty_table(), folder / "part-0.parquet")
     runner = PlainRunner()
-    summary = run_nightly(nightly_config(tmp_path, plain_model, exploded=exploded), DATE, runner=runner)
+    summary = run_nightly(nightly_config(tmp_path, plain_files, exploded=exploded), DATE, runner=runner)
     assert runner.inputs == [] and summary["rows"] == summary["queries"] == 0 and summary["chunks"] == 0
     out = tmp_path / "out" / f"dt={DATE}"
     table = pq.read_table(out)
@@ -242,19 +347,19 @@ def test_a_date_with_no_rows_commits_an_empty_part_with_the_output_schema(tmp_pa
     assert manifest == {"files": [{"file": "part-00000.parquet", "chunk": None, "rows": 0}], "rows": 0}
 
 
-def test_foreign_output_is_not_replaced_without_overwrite(tmp_path, plain_model):
+def test_foreign_output_is_not_replaced_without_overwrite(tmp_path, plain_files):
     write_query_log(tmp_path)
     (tmp_path / "out" / f"dt={DATE}").mkdir(parents=True)
     with pytest.raises(InputError, match="no _SUCCESS"):
-        run_nightly(nightly_config(tmp_path, plain_model), DATE, runner=PlainRunner())
+        run_nightly(nightly_config(tmp_path, plain_files), DATE, runner=PlainRunner())
 
 
-def test_a_missing_partition_fails_loudly(tmp_path, plain_model):
+def test_a_missing_partition_fails_loudly(tmp_path, plain_files):
     with pytest.raises(InputError, match="matches no Parquet file"):
-        run_nightly(nightly_config(tmp_path, plain_model), DATE, runner=PlainRunner())
+        run_nightly(nightly_config(tmp_path, plain_files), DATE, runner=PlainRunner())
 
 
-def test_a_chunk_that_loses_rows_is_not_committed(tmp_path, plain_model):
+def test_a_chunk_that_loses_rows_is_not_committed(tmp_path, plain_files):
     write_query_log(tmp_path)
 
     def lossy(config, *, input, output, **kw):
@@ -265,7 +370,7 @@ def test_a_chunk_that_loses_rows_is_not_committed(tmp_path, plain_model):
         return {}
 
     with pytest.raises(Exception, match="query rows missing"):
-        run_nightly(nightly_config(tmp_path, plain_model), DATE, runner=lossy)
+        run_nightly(nightly_config(tmp_path, plain_files), DATE, runner=lossy)
     assert not (tmp_path / "out" / f"dt={DATE}").exists()
 
 

@@ -16,9 +16,12 @@ input query id, and renamed into place in one step. For an output `<root>/dt=D`:
     <root>/dt=D/                       that folder renamed into place: readers see all of it or nothing
 
 The work folder starts with "_", so readers that skip such paths (pyarrow datasets, Spark, Hive) never
-list it. A rerun resumes: committed chunks are kept when the config, the model and the input files are
-the ones they were made with, anything else in the work folder is redone; a committed date is a no-op
-unless `overwrite`, which recomputes the date from scratch and swaps the folder (two renames).
+list it. A rerun resumes: committed chunks are kept when what decides the output (`resume_key`: the
+config less its placement keys, the model's weights and calibration files, the corpus's and the input's
+bytes, the index manifest) is what they were made with, anything else in the work folder is redone; a
+changed key is an error naming what changed once a chunk is committed (resuming would mix two outputs in
+one date). A committed date is a no-op unless `overwrite`, which recomputes the date from scratch and
+swaps the folder (two renames).
 
 Output must be a path every node can write (local disk for one machine, a shared mount on a cluster):
 `run_job` writes with local file APIs and the commit relies on rename. Input may be a pyarrow URI.
@@ -53,6 +56,7 @@ from rerank_engine.files import check_output_apart
 from rerank_engine.job.driver import inspect_query_log, job_inputs, run_job
 from rerank_engine.job.exactly_once import InputIds
 from rerank_engine.job.run_report import QueryFigures, write_report, write_trend
+from rerank_engine.serving.hashing import FUSION_FILE, THRESHOLD_FILE, content_hash, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +147,52 @@ class NightlyPaths:
         return self.work / "chunks" / chunk
 
 
+# Job keys that decide where, how fast and how long the work runs, not what it computes: left out of the
+# resume key, so a retry with a longer timeout (after JobTimeoutError) or smaller batches (after running
+# out of memory) keeps the committed chunks. A pair's logit depends only on the model, the precision, the
+# tokenizer settings and the pair (the score cache's rule), so batch sizes, actor counts, CPU shares and
+# threads change none of it. resources.rerank_gpus stays: it decides CPU or CUDA, hence what precision
+# "auto" scores in. Keys added later stay in the key until listed here.
+PLACEMENT_KEYS = {
+    "timeout_s": True,
+    "batching": True,
+    "resources": dict.fromkeys(
+        (
+            "recall_actors",
+            "recall_cpus",
+            "recall_batch_rows",
+            "shard_actors",
+            "shard_cpus",
+            "tokenize_actors",
+            "tokenize_cpus",
+            "rerank_actors",
+            "rerank_cpus",
+            "rerank_batch_rows",
+            "rerank_threads",
+            "io_cpus",
+            "fit_to_nodes",
+            "block_rows",
+            "fanout_block_rows",
+        ),
+        True,
+    ),
+}
+
+# The parts of the resume key, and what each is in the error naming those that changed.
+KEY_PARTS = {
+    "config_hash": "the config (placement keys aside)",
+    "model_hash": "the reranker's weights",
+    THRESHOLD_FILE: f"the model's {THRESHOLD_FILE}",
+    FUSION_FILE: f"the model's {FUSION_FILE}",
+    "corpus": "the corpus file's content",
+    "index_manifest": "the index's manifest.json",
+    "input": "the input files",
+}
+
+
 def config_hash(config: NightlyConfig) -> str:
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    """sha256 of the resolved config less its placement keys (`PLACEMENT_KEYS`)."""
+    blob = json.dumps(config.model_dump(mode="json", exclude={"job": PLACEMENT_KEYS}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -155,9 +203,37 @@ def model_hash(model: str) -> str:
     if (Path(model) / MANIFEST_NAME).is_file():
         return str(read_manifest(model).source["content_hash"])
     from rerank_engine.serving.export_cache import resolve_source
-    from rerank_engine.serving.hashing import content_hash
 
     return content_hash(resolve_source(model)[0])
+
+
+def file_fingerprint(path: str, filesystem=None) -> list:
+    """[path, sha256] of a file, local or on `filesystem`: the same bytes whatever their modification
+    time (a file rebuilt in place differs, one touched or copied unchanged does not)."""
+    if filesystem is None:
+        return [os.path.abspath(path), file_hash(path)]
+    return [path, file_hash(path, filesystem=filesystem)]
+
+
+def resume_key(config: NightlyConfig, files: list[str], filesystem) -> dict:
+    """What decides a date's output (`KEY_PARTS`): committed chunks are kept only where it is unchanged.
+    The calibration files are read where the job reads them, beside `job.model`."""
+    from rerank_engine.recall.index import RecallIndex
+
+    model = Path(config.job.model)
+    calibration = {
+        name: file_hash(model / name) if (model / name).is_file() else None
+        for name in (THRESHOLD_FILE, FUSION_FILE)
+    }
+    index = None if config.index is None else Path(config.index) / RecallIndex.MANIFEST_FILE
+    return {
+        "config_hash": config_hash(config),
+        "model_hash": model_hash(config.job.model),
+        **calibration,
+        "corpus": file_fingerprint(config.corpus),
+        "index_manifest": None if index is None else file_hash(index),
+        "input": [file_fingerprint(f, filesystem) for f in files],
+    }
 
 
 def code_version() -> dict:
@@ -179,13 +255,6 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"package": __version__, "git_commit": commit}
-
-
-def input_fingerprint(files: list[str], filesystem) -> list[list]:
-    """[path, size, mtime_ns] of every input file: a rerun resumes only on the same input."""
-    if filesystem is None:
-        return [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
-    return [[i.path, i.size, i.mtime_ns] for i in filesystem.get_file_info(files)]
 
 
 @contextmanager
@@ -237,11 +306,7 @@ def run_nightly(
             shutil.rmtree(paths.work, ignore_errors=True)
 
         files, filesystem, file_schema, _, _ = inspect_query_log(source, config.job)
-        key = {
-            "config_hash": config_hash(config),
-            "model_hash": model_hash(config.job.model),
-            "input": input_fingerprint(files, filesystem),
-        }
+        key = resume_key(config, files, filesystem)
         plan = load_or_make_plan(paths, key, files, filesystem, file_schema, config.chunk_rows)
 
         summaries, ran = [], 0
@@ -287,13 +352,22 @@ def run_nightly(
 
 
 def load_or_make_plan(paths: NightlyPaths, key: dict, files, filesystem, file_schema, chunk_rows: int):
-    """The plan of an earlier run with the same key, or a new one (discarding that run's work)."""
+    """The plan of an earlier run with the same key, or a new one where that run committed no chunk
+    (discarding its work). InputError naming what changed where it committed some: resuming would mix
+    outputs of two corpora, models or configs in one date, and starting over discards work."""
     plan_file = paths.plan / "plan.json"
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         if plan["key"] == key:
             return plan
-        changed = [k for k in key if plan["key"].get(k) != key[k]]
+        changed = [KEY_PARTS.get(k, k) for k in {**plan["key"], **key} if plan["key"].get(k) != key.get(k)]
+        committed = [c["id"] for c in plan["chunks"] if paths.committed(c["id"]).is_dir()]
+        if committed:
+            raise InputError(
+                f"{paths.output.name}: {len(committed)} chunk(s) committed in {paths.work} were made before "
+                f"{' and '.join(changed)} changed; resuming would mix their output with this run's in one "
+                "date. Pass --overwrite to restart the date from scratch, or put back what changed"
+            )
         log.warning("discarding the unfinished work in %s: %s changed since", paths.work, changed)
     shutil.rmtree(paths.work, ignore_errors=True)
     tmp = paths.work / f"plan-tmp-{uuid.uuid4().hex[:8]}"
