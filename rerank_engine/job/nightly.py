@@ -438,7 +438,10 @@ def aggregate(summaries: list[dict]) -> dict:
             values.add(s.get(k))
     for k, values in same.items():
         if len(values) > 1:
-            raise RerankEngineError(f"the committed chunks disagree on {k}: {sorted(map(str, values))}")
+            raise RerankEngineError(
+                f"the committed chunks disagree on {k}: {sorted(map(str, values))}; pass --overwrite to "
+                "recompute the date from scratch"
+            )
     return {
         **{k: totals[k] for k in SUMMED},
         "errors": dict(errors),
