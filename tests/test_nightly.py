@@ -223,7 +223,7 @@ def test_crashes_leave_nothing_visible_and_the_rerun_completes_without_redoing(t
     assert read_output(out) == read_output(tmp_path / "clean" / f"dt={DATE}")
 
 
-def test_changed_input_after_a_committed_chunk_is_refused_until_overwrite(tmp_path, plain_files):
+def test_changed_input_after_a_committed_chunk_starts_the_date_over(tmp_path, plain_files, caplog):
     folder = write_query_log(tmp_path)
     config = nightly_config(tmp_path, plain_files)
     with pytest.raises(InjectedFailure):
@@ -232,12 +232,11 @@ def test_changed_input_after_a_committed_chunk_is_refused_until_overwrite(tmp_pa
         pa.table({"query_id": ["late"], "query": ["a late query"], "tenant": ["t0"]}), folder / "p2.parquet"
     )
     runner = PlainRunner()
-    with pytest.raises(InputError, match=r"1 chunk\(s\) committed .* before the input files changed"):
-        run_nightly(config, DATE, runner=runner)
-    assert runner.inputs == []  # refused before any chunk runs
-    summary = run_nightly(config, DATE, runner=runner, overwrite=True)
+    summary = run_nightly(config, DATE, runner=runner)  # a scheduled retry: no --overwrite
     assert runner.inputs == ["chunk-00000.parquet", "chunk-00001.parquet"]  # 12 rows: both redone
     assert summary["queries"] == 12 and summary["chunks_resumed"] == 0
+    assert "the input files changed since the earlier run" in caplog.text
+    assert "(1 committed chunk(s)) is discarded" in caplog.text
 
 
 def test_changed_input_before_any_chunk_is_committed_is_planned_again(tmp_path, plain_files):
@@ -304,9 +303,11 @@ def test_the_resume_key_follows_content_and_leaves_out_placement(tmp_path, plain
     assert changed(_resume_key(config, tmp_path)) == ["index_manifest"]
 
 
-def test_a_rebuilt_corpus_or_recalibrated_model_is_refused_and_placement_resumes(tmp_path, plain_files):
+def test_a_rebuilt_corpus_or_recalibrated_model_starts_over_and_placement_resumes(
+    tmp_path, plain_files, caplog
+):
     """A night that crashed after a chunk: its retry resumes with a longer timeout and other placement,
-    and refuses to mix corpora or calibrations in one date, naming what changed and --overwrite."""
+    and never mixes corpora or calibrations in one date: it starts over, naming what changed."""
     write_query_log(tmp_path)
     config = nightly_config(tmp_path, plain_files)
     with pytest.raises(InjectedFailure):
@@ -315,18 +316,15 @@ def test_a_rebuilt_corpus_or_recalibrated_model_is_refused_and_placement_resumes
     write_corpus(tmp_path, ["hail is excluded", "floods are not"])  # rebuilt in place
     (Path(plain_files) / "fusion.json").write_text('{"weight": 0.7}')
     runner = PlainRunner()
-    with pytest.raises(InputError) as refused:
-        run_nightly(config, DATE, runner=runner)
-    message = str(refused.value)
-    assert "1 chunk(s) committed" in message and "--overwrite to restart the date" in message
-    assert "made before the model's fusion.json and the corpus file's content changed;" in message
-    assert runner.inputs == []
+    with pytest.raises(InjectedFailure):  # the retry starts over, and crashes after a chunk again
+        run_nightly(config, DATE, runner=runner, fail_after_chunks=1)
+    assert runner.inputs == ["chunk-00000.parquet"]  # chunk 0 scored again, not resumed
+    assert "the model's fusion.json and the corpus file's content changed since" in caplog.text
 
-    write_corpus(tmp_path, ["hail is covered", "floods are not"])  # put back: the same bytes
-    (Path(plain_files) / "fusion.json").unlink()
     retry = nightly_config(tmp_path, plain_files, timeout_s=7200, resources={"rerank_actors": 2})
     summary = run_nightly(retry, DATE, runner=runner)
-    assert runner.inputs == ["chunk-00001.parquet"] and summary["chunks_resumed"] == 1
+    assert runner.inputs == ["chunk-00000.parquet", "chunk-00001.parquet"]
+    assert summary["chunks_resumed"] == 1
 
 
 @pytest.mark.parametrize("exploded", [False, True])

@@ -18,9 +18,9 @@ input query id, and renamed into place in one step. For an output `<root>/dt=D`:
 The work folder starts with "_", so readers that skip such paths (pyarrow datasets, Spark, Hive) never
 list it. A rerun resumes: committed chunks are kept when what decides the output (`resume_key`: the
 config less its placement keys, the model's weights and calibration files, the corpus's and the input's
-bytes, the index manifest) is what they were made with, anything else in the work folder is redone; a
-changed key is an error naming what changed once a chunk is committed (resuming would mix two outputs in
-one date). A committed date is a no-op unless `overwrite`, which recomputes the date from scratch and
+bytes, the index manifest) is what they were made with, anything else in the work folder is redone; on
+a changed key the date starts over, with a warning naming what changed (resuming would mix two outputs
+in one date). A committed date is a no-op unless `overwrite`, which recomputes the date from scratch and
 swaps the folder (two renames).
 
 Output must be a path every node can write (local disk for one machine, a shared mount on a cluster):
@@ -352,9 +352,11 @@ def run_nightly(
 
 
 def load_or_make_plan(paths: NightlyPaths, key: dict, files, filesystem, file_schema, chunk_rows: int):
-    """The plan of an earlier run with the same key, or a new one where that run committed no chunk
-    (discarding its work). InputError naming what changed where it committed some: resuming would mix
-    outputs of two corpora, models or configs in one date, and starting over discards work."""
+    """The plan of an earlier run with the same key, or else a new one: where what decides the output
+    changed (`KEY_PARTS`), the earlier run's chunks, committed or not, are discarded with a warning
+    naming the change, since resuming would mix the outputs of two corpora, models or configs in one
+    date. Starting over unattended keeps a scheduled retry (which passes no --overwrite) working; the
+    key leaves placement out, so a retry with a longer timeout or smaller batches still resumes."""
     plan_file = paths.plan / "plan.json"
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
@@ -362,13 +364,14 @@ def load_or_make_plan(paths: NightlyPaths, key: dict, files, filesystem, file_sc
             return plan
         changed = [KEY_PARTS.get(k, k) for k in {**plan["key"], **key} if plan["key"].get(k) != key.get(k)]
         committed = [c["id"] for c in plan["chunks"] if paths.committed(c["id"]).is_dir()]
-        if committed:
-            raise InputError(
-                f"{paths.output.name}: {len(committed)} chunk(s) committed in {paths.work} were made before "
-                f"{' and '.join(changed)} changed; resuming would mix their output with this run's in one "
-                "date. Pass --overwrite to restart the date from scratch, or put back what changed"
-            )
-        log.warning("discarding the unfinished work in %s: %s changed since", paths.work, changed)
+        log.warning(
+            "%s: %s changed since the earlier run of this date; its work in %s (%d committed chunk(s)) is "
+            "discarded and the date starts over",
+            paths.output.name,
+            " and ".join(changed),
+            paths.work,
+            len(committed),
+        )
     shutil.rmtree(paths.work, ignore_errors=True)
     tmp = paths.work / f"plan-tmp-{uuid.uuid4().hex[:8]}"
     (tmp / "inputs").mkdir(parents=True)
