@@ -237,6 +237,18 @@ def test_zero_rows_write_an_empty_output_without_models(tmp_path, corpus):
     assert not _ray_started()
 
 
+def test_zero_rows_exploded_write_the_exploded_schema(tmp_path, corpus):
+    inp = tmp_path / "zero.parquet"
+    pq.write_table(_queries(candidates=[["d1"], ["d2"]]).slice(0, 0), inp)
+    (tmp_path / "no-model").mkdir()
+    config = JobConfig.build(model=str(tmp_path / "no-model"), exploded=True)
+    run_job(config, input=str(inp), corpus=corpus, output=str(tmp_path / "out"))
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == 0 and table.schema.equals(schema.exploded_output_schema(pq.read_schema(inp)))
+    assert "doc_id" in table.schema.names and "results" not in table.schema.names
+    assert not _ray_started()
+
+
 # -- the corpus: every document has text ---------------------------------------------------------------
 
 

@@ -358,7 +358,8 @@ def run_job(
     if c.n_rows == 0:  # nothing to rerank: an empty output with the output schema, and no model started
         staging.mkdir(parents=True)
         empty = staging / "part-00000.parquet"
-        pq.write_table(schema.output_schema(c.input_schema).empty_table(), empty)
+        form = schema.exploded_output_schema if config.exploded else schema.output_schema
+        pq.write_table(form(c.input_schema).empty_table(), empty)
         commit(staging, c.out, [str(empty)])
         summary = summarize(None, config, pipeline_s=0.0, wall_s=time.perf_counter() - started)
         summary.update(_about(c, run_id=run_id, input=input))
