@@ -250,6 +250,40 @@ def test_logged_candidates_cpu_actors_and_no_relevant(data, tiny_export):
     assert rows["c"]["status"] == "no_candidates"
 
 
+def test_exploded_output_is_the_plain_output_row_for_row_with_repeated_query_ids(data, tiny_export):
+    """exploded: true on a log whose query ids repeat (two rows of q0, the same query; two of q1, another
+    query the second time): one row per kept pair or per row with none kept, the same pairs and scores
+    as the plain output's results, and every input row counted in the summary."""
+    root, _ = data
+    log = pq.read_table(root / "queries.parquet")
+    again = log.slice(0, 2).set_column(1, "query", pa.array([QUERIES[0], "Does my policy cover theft?"]))
+    pq.write_table(pa.concat_tables([log, again]), root / "repeated.parquet")
+    config = {"model": str(tiny_export), "precision": "fp32", "threshold": 0.5}
+    inp = str(root / "repeated.parquet")
+    plain = _run(config, root, root / "out-plain", input=inp, index=str(root / "index"))
+    flat = _run({**config, "exploded": True}, root, root / "out-flat", input=inp, index=str(root / "index"))
+
+    rows = pq.read_table(root / "out-plain").to_pylist()
+    exploded = pq.read_table(root / "out-flat").to_pylist()
+    assert flat["queries"] == plain["queries"] == len(rows) == log.num_rows + 2
+    assert flat["kept"] == plain["kept"] and flat["ok"] == plain["ok"] and flat["errors"] == plain["errors"]
+
+    def pairs(r, results):
+        return [(r["query_id"], r["query"], x["doc_id"], x["rank"], x["score"]) for x in results]
+
+    want = sorted(
+        (
+            p
+            for r in rows
+            for p in (pairs(r, r["results"]) or [(r["query_id"], r["query"], None, None, None)])
+        ),
+        key=str,
+    )
+    got = sorted(((r["query_id"], r["query"], r["doc_id"], r["rank"], r["score"]) for r in exploded), key=str)
+    assert got == want
+    assert sum(1 for r in exploded if r["query_id"] == "q0" and r["rank"] in (1, None)) == 2
+
+
 def test_chunk_max_one_row_per_passage_and_windows_in_the_summary(ray_head, tiny_export, tmp_path):
     """long_passages chunk_max on a real local Ray: passages of many windows at max_length 32, logged
     candidates, one query repeated (scored once, fanned out). Read back: one result per candidate
