@@ -6,7 +6,8 @@
 
 Writes <report_dir>/table.md and results.json. Rerun the same command after an interruption.
 `--models NAME=FOLDER ...` trains nothing: it scores those trained models on the same two valid sets
-(cascade and pool, alone and fused) and writes <report_dir>/models.md and models.json.
+(cascade and pool, alone and fused) and writes <report_dir>/models.md and models.json (`--report-name`
+another name, so that a new comparison keeps the committed one).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main(argv=None, prog: str = "python -m jobs.compare_recipes") -> int:
     )
     p.add_argument(
         "--models", nargs="*", metavar="NAME=FOLDER", help="score these trained models instead of training"
+    )
+    p.add_argument(
+        "--report-name", default="models", help="with --models: write <report_dir>/<name>.md and .json"
     )
     args = p.parse_args(argv)
     return cli.run_main("recipe comparison", args, lambda: run(args))
@@ -55,7 +59,7 @@ def run(args) -> int:
         rows = comparison.trained_model_rows(
             comparison.valid_sets(cfg), models, cfg["run_dir"], cfg["train"]["max_length"]
         )
-        names = ("models.md", "models.json")
+        names = (f"{args.report_name}.md", f"{args.report_name}.json")
     else:
         rows = comparison.run(cfg, train_missing=not args.report_only)
         names = ("table.md", "results.json")

@@ -507,3 +507,34 @@ def test_ship_writes_fp16_weights_and_keeps_the_card_already_there(tmp_path, tin
     assert (out / "README.md").read_text() == "# new card\n"
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}  # noqa: SIM118
+
+
+def test_compare_recipes_models_report_can_be_named_beside_the_committed_one(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """`--report-name` writes a new models comparison under its own name, leaving models.md as it is
+    (the scoring itself is tested above; here only which files the job writes)."""
+    import json
+
+    import yaml
+
+    from jobs import compare_recipes
+    from rerank_engine.training import comparison
+
+    row = {"name": "bi-encoder (zero-shot)", "cascade": {"NDCG@5": 0.3}, "pool": {"NDCG@5": 0.5}}
+    monkeypatch.setattr(comparison, "valid_sets", lambda cfg: {})
+    monkeypatch.setattr(comparison, "trained_model_rows", lambda sets, models, run_dir, max_length: [row])
+    config = tmp_path / "c.yaml"
+    report = tmp_path / "report"
+    config.write_text(
+        yaml.safe_dump(
+            {"run_dir": str(tmp_path / "run"), "report_dir": str(report), "train": {"max_length": 32}}
+        )
+    )
+    (report).mkdir()
+    (report / "models.md").write_text("committed")
+    argv = ["--config", str(config), "--models", f"v5={tiny_model_dir}", "--report-name", "models_v6_v5"]
+    assert compare_recipes.main(argv) == 0
+    assert (report / "models.md").read_text() == "committed"
+    assert json.loads((report / "models_v6_v5.json").read_text()) == [row]
+    assert (report / "models_v6_v5.md").read_text().startswith("| recipe |")
