@@ -261,12 +261,23 @@ def test_the_teacher_logits_are_computed_once_and_resume_after_an_interruption(
 
 
 @pytest.mark.slow
-def test_an_interrupted_distillation_resumes_exactly(tmp_path, teacher_dir, records, assert_same_checkpoint):
-    """Stopped at step 7 and resumed, a run ends with the same weights and losses as one left alone."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_interrupted_distillation_resumes_exactly(
+    tmp_path, teacher_dir, records, assert_same_checkpoint, precision
+):
+    """Stopped at step 7 and resumed, a run ends with the same weights and losses as one left alone, in
+    either training precision (the fine-tuning loop's `precision`, shared by distillation)."""
 
     from rerank_engine.training.distill import distill
 
-    config = _config(steps=14, warmup_share=0.2, checkpoint_every=3, label_weight=0.5, label_loss="bce")
+    config = _config(
+        steps=14,
+        warmup_share=0.2,
+        checkpoint_every=3,
+        label_weight=0.5,
+        label_loss="bce",
+        precision=precision,
+    )
     cache = tmp_path / "cache"
     whole = distill(
         config, records, tmp_path / "whole", teacher=teacher_dir, teacher_cache=cache, progress=False
