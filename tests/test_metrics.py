@@ -154,3 +154,12 @@ def test_bm25_hand_computed():
     assert scores[0] == pytest.approx(expected)
     assert scores[1] == 0 and scores[2] == 0
     assert bm.top_k("fire cover", 2) == [1, 0]
+
+
+def test_a_document_listed_twice_counts_once_in_every_metric():
+    from rerank_engine.quality.metrics import METRICS
+
+    ranked, relevant = ["a", "a", "b"], {"b"}
+    for name, fn in METRICS.items():
+        assert fn(ranked, relevant, 10) == fn(["a", "b"], relevant, 10), name
+    assert METRICS["MRR"](ranked, relevant, 10) == 0.5

@@ -41,7 +41,7 @@ def ndcg_at_k(ranked: Sequence[Hashable], relevant: set, k: int) -> float:
 
 
 def mrr_at_k(ranked: Sequence[Hashable], relevant: set, k: int) -> float:
-    for i, d in enumerate(ranked[:k]):
+    for i, d in enumerate(_distinct(ranked)[:k]):
         if d in relevant:
             return 1.0 / (i + 1)
     return 0.0
