@@ -3,6 +3,9 @@
     python -m jobs.compare_models --baseline models/insurance-minilm-l6-ce \
         --candidate artifacts/candidate/insurance-minilm-l6-ce --split valid --queries 500
 
+`--skip M` starts after the first M questions: compare on questions neither model's calibration
+(`jobs.calibrate --queries 500` fits on the first 500) nor its checkpoint choice has seen.
+
 Each model is scored as `jobs.evaluate` scores it (fp32 ONNX; scores cached under --scores-cache, so a
 model calibrated on the same questions scores nothing new), at the max_length it was calibrated at, and
 fused with the recall cosine by its own `fusion.json` where it has one, as the job serves it. Prints each
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_engine import cli
+from rerank_engine.errors import ConfigError
 from rerank_engine.quality import evaluation
 from rerank_engine.quality.metrics import ndcg_at_k
 from rerank_engine.quality.paired import paired_difference
@@ -87,7 +91,13 @@ def main(argv=None, prog: str = "python -m jobs.compare_models") -> int:
     p.add_argument("--baseline", default="models/insurance-minilm-l6-ce", help="local model folder")
     p.add_argument("--candidate", required=True, help="local model folder")
     p.add_argument("--split", default="valid", choices=["valid", "test"], help="choose on valid")
-    p.add_argument("--queries", type=int, default=None, help="first N questions of the split (all)")
+    p.add_argument("--queries", type=int, default=None, help="N questions of the split (all)")
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="start after the first M questions (those a calibration or checkpoint choice has seen)",
+    )
     p.add_argument("--k-recall", type=int, default=20)
     p.add_argument("--precision", default="fp32", choices=["int8", "fp32"])
     p.add_argument("--embeddings-cache", default=".cache/embeddings")
@@ -96,20 +106,28 @@ def main(argv=None, prog: str = "python -m jobs.compare_models") -> int:
     return cli.run_main("compare", args, lambda: run(args))
 
 
+def questions_of(split: list, skip: int, n: int | None) -> list:
+    """Questions skip … skip + n - 1 of a split (to its end without n); an empty choice is an error."""
+    chosen = split[skip : None if n is None else skip + n]
+    if not chosen:
+        raise ConfigError(f"--skip {skip} --queries {n}: no questions (the split has {len(split)})")
+    return chosen
+
+
 def run(args) -> int:
     from rerank_engine.data.insuranceqa import answer_recall, load_answers, load_split
 
     result = compare(
         args.baseline,
         args.candidate,
-        load_split(args.split)[: args.queries],
+        questions_of(load_split(args.split), args.skip, args.queries),
         load_answers(),
         answer_recall(args.embeddings_cache),
         k_recall=args.k_recall,
         precision=args.precision,
         cache_dir=args.scores_cache,
     )
-    print(json.dumps({"split": args.split, **result}, indent=2))
+    print(json.dumps({"split": args.split, "skip": args.skip, **result}, indent=2))
     return 0
 
 

@@ -347,3 +347,14 @@ def test_compare_models_alone_against_fused(tiny_world, tiny_export, copy_export
     )
     itself = compare(baseline, baseline, questions, answers, recall, k_recall=10, cache_dir=tmp_path / "s")
     assert itself["candidate_minus_baseline"]["ndcg@5_mean_difference"] == 0
+
+
+def test_compare_models_can_skip_the_questions_calibration_has_seen():
+    from jobs.compare_models import questions_of
+    from rerank_engine.errors import ConfigError
+
+    split = list(range(2000))
+    assert questions_of(split, 500, 1500) == list(range(500, 2000))
+    assert questions_of(split, 0, 500) == list(range(500)) and questions_of(split, 1990, None) == split[1990:]
+    with pytest.raises(ConfigError, match=r"--skip 2000 --queries 10: no questions \(the split has 2000\)"):
+        questions_of(split, 2000, 10)
