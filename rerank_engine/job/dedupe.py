@@ -47,7 +47,8 @@ def row_keys(table: pa.Table, columns: ColumnsConfig, logged: bool, key: QueryKe
     """One 16-byte key per row (numpy S16): BLAKE2b of the query's `key`, and in logged-candidates
     mode of the candidate list too. A missing query keys as the empty one."""
     queries = column_texts(table.column(columns.query))
-    texts = [key(q) if q is not None else "" for q in queries]
+    keyed = {q: key(q) for q in set(queries) if q is not None}  # a log repeats: each text keyed once
+    texts = [keyed[q] if q is not None else "" for q in queries]
     if logged:
         cands = table.column(columns.candidates).to_pylist()
         texts = [f"{k}\x1e{json.dumps(c)}" for k, c in zip(texts, cands, strict=True)]
