@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,11 @@ def _submit(head: dict, root: Path, model: Path, out: Path, submission_id: str) 
         "--set", f"model={model}", "--set", "precision=fp32", "--set", "threshold=0.0",
         "--set", "timeout_s=240",
     ]  # fmt: skip
-    done = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=600)
+    for _ in range(12):  # a head just started may have no job agent up yet: Ray says to try again later
+        done = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in done.stderr:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
